@@ -1,0 +1,13 @@
+"""primeflow.kernels: the RL log-prob hot path.
+
+CUDA tensors run Triton kernels, CPU tensors run the C++ extension (`primeflow._C`) where an op has one,
+otherwise the PyTorch reference; TRITON_INTERPRET=1 forces Triton on CPU tensors (kernel validation).
+References: `primeflow.kernels.reference`.
+"""
+
+from . import reference
+from ._backend import Backend
+from ._ext import HAS_EXTENSION
+from .logprob import token_logprobs, token_logprobs_backend
+
+__all__ = ["Backend", "HAS_EXTENSION", "reference", "token_logprobs", "token_logprobs_backend"]

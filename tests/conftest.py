@@ -1,0 +1,41 @@
+"""Shared fixtures: fresh seeds, NaN-poisoned allocations, device and marker handling.
+
+What CI runs: everything, including `slow`, `vllm` and `multiproc` tests (the suite is sized to finish well
+inside CI's budget). `gpu` tests skip themselves without CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def seed(request) -> int:
+    """A fresh seed per test run (printed on failure), fixed with PRIMEFLOW_TEST_SEED to replay one."""
+    value = int(os.environ.get("PRIMEFLOW_TEST_SEED", random.SystemRandom().randrange(2**31)))
+    torch.manual_seed(value)
+    random.seed(value)
+    request.node.user_properties.append(("seed", value))
+    print(f"seed={value} (replay with PRIMEFLOW_TEST_SEED={value})")
+    return value
+
+
+@pytest.fixture
+def generator(seed) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def nan_poisoned(shape, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    """An output buffer full of NaN: a kernel that forgets to write an element cannot pass a test."""
+    return torch.full(shape, float("nan"), dtype=dtype, device=device)

@@ -1,0 +1,48 @@
+"""The only table of numerical tolerances in the test suite, and the comparison rule that uses it.
+
+Rule (flash-attention's): a low-precision result may be at most `ERROR_RATIO` times further from the
+float64 truth than PyTorch's own computation in the same input dtype, plus a small absolute floor. Where
+no low-precision PyTorch baseline applies, the fixed per-dtype tolerance below is used.
+"""
+
+from __future__ import annotations
+
+import torch
+
+ERROR_RATIO = 2.0
+
+# Absolute floors / fixed tolerances for fp32 outputs computed from inputs of the given dtype, versus a
+# float64 computation on the *same* (already rounded) inputs. Input rounding is therefore not part of the
+# error: what remains is fp32 accumulation over V terms (~V * 2^-24 relative in the worst case, far less
+# with pairwise/online sums), so the floors are set from fp32 epsilon, not from bf16/fp16 epsilon.
+ATOL = {torch.float32: 2e-5, torch.bfloat16: 2e-5, torch.float16: 2e-5, torch.float64: 1e-10}
+RTOL = {torch.float32: 2e-5, torch.bfloat16: 2e-5, torch.float16: 2e-5, torch.float64: 1e-10}
+
+# Gradients are computed in fp32 and written back in the input dtype, so they carry that dtype's rounding:
+# half an ulp, i.e. 2^-9 relative for bf16 (8 significant bits) and 2^-12 for fp16 (11 bits), plus fp32 slop.
+# fp16 also has subnormals below 6.1e-5 with a fixed spacing of 6e-8, hence its absolute floor.
+GRAD_ATOL = {torch.float32: 1e-7, torch.bfloat16: 1e-30, torch.float16: 6e-8, torch.float64: 1e-12}
+GRAD_RTOL = {torch.float32: 1e-5, torch.bfloat16: 2**-9 + 1e-5, torch.float16: 2**-12 + 1e-5,
+             torch.float64: 1e-10}
+
+
+def max_abs_error(out: torch.Tensor, truth: torch.Tensor) -> float:
+    return (out.double() - truth.double()).abs().max().item() if out.numel() else 0.0
+
+
+def assert_close_to_truth(out: torch.Tensor, truth: torch.Tensor, dtype: torch.dtype, *, grad: bool = False,
+                          what: str = "") -> None:
+    """|out - truth| <= atol + rtol*|truth| elementwise, with the per-dtype table above; NaN must match NaN."""
+    atol = (GRAD_ATOL if grad else ATOL)[dtype]
+    rtol = (GRAD_RTOL if grad else RTOL)[dtype]
+    torch.testing.assert_close(out.double(), truth.double(), atol=atol, rtol=rtol, equal_nan=True,
+                               msg=lambda m: f"{what} ({dtype}, grad={grad}): {m}")
+
+
+def assert_not_worse_than_torch(out: torch.Tensor, torch_lowp: torch.Tensor, truth: torch.Tensor,
+                                dtype: torch.dtype, *, what: str = "") -> None:
+    """err(out) <= ERROR_RATIO * err(torch in the same dtype) + floor, both measured against float64."""
+    floor = GRAD_ATOL[dtype]
+    ours, theirs = max_abs_error(out, truth), max_abs_error(torch_lowp, truth)
+    assert ours <= ERROR_RATIO * theirs + floor, (
+        f"{what} ({dtype}): error {ours:.3e} vs torch's {theirs:.3e} (allowed {ERROR_RATIO}x + {floor:.1e})")
