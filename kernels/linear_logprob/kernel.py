@@ -1,0 +1,108 @@
+"""Triton kernels for fused lm_head + log-prob. Launchers: triton_op.py.
+
+Legend: rows n (tokens, BLOCK_N per program), vocab columns v (BLOCK_V per tile), hidden k (BLOCK_H per
+dot step). A logits tile z[BLOCK_N, BLOCK_V] = hidden[rows] @ weight[cols].T / T lives only in registers.
+DOT_FP32 casts both operands to fp32 before tl.dot: needed under TRITON_INTERPRET=1, where a bf16 tl.dot
+returns garbage (environment.md), and harmless for fp32 inputs. On GPUs bf16/fp16 tiles go to the tensor
+cores with an fp32 accumulator.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_hn, stride_wv, inv_temperature,
+                 BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr, DOT_FP32: tl.constexpr):
+    """z = hidden[rows] @ weight[cols].T * (1/T), fp32 [BLOCK_N, BLOCK_V]; invalid columns are -inf."""
+    acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+    ks = tl.arange(0, BLOCK_H)
+    h_rows = h_ptr + rows.to(tl.int64)[:, None] * stride_hn
+    w_rows = w_ptr + cols.to(tl.int64)[:, None] * stride_wv
+    for k0 in range(0, H, BLOCK_H):
+        k_ok = (k0 + ks) < H
+        h_NK = tl.load(h_rows + (k0 + ks)[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        w_VK = tl.load(w_rows + (k0 + ks)[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+        if DOT_FP32:
+            h_NK = h_NK.to(tl.float32)
+            w_VK = w_VK.to(tl.float32)
+        acc = tl.dot(h_NK, tl.trans(w_VK), acc)
+    z_NV = acc * inv_temperature
+    return tl.where(col_ok[None, :], z_NV, float("-inf"))
+
+
+@triton.jit
+def linear_stats_fwd_kernel(
+    h_ptr, w_ptr, labels_ptr, lse_ptr, ent_ptr, zt_ptr,
+    N, V, H, stride_hn, stride_wv, inv_temperature, cols_per_split,
+    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+    WITH_ENTROPY: tl.constexpr, DOT_FP32: tl.constexpr,
+):
+    """Grid (row blocks, vocab splits). Each program streams its split's tiles with per-row online
+    (max, sum-exp, sum e*(z-max)) and writes the split's (lse, entropy, z_label or 0) to [split, row]; the
+    splits are merged afterwards in a fixed order (vocab_parallel.merge_pieces). No atomics anywhere."""
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    labels = tl.load(labels_ptr + rows, mask=row_ok, other=-1)
+    v_lo = split * cols_per_split
+    v_hi = tl.minimum(v_lo + cols_per_split, V)
+    m = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+    s = tl.zeros((BLOCK_N,), tl.float32)
+    w = tl.zeros((BLOCK_N,), tl.float32)
+    zt = tl.zeros((BLOCK_N,), tl.float32)
+    for v0 in range(v_lo, v_hi, BLOCK_V):
+        cols = v0 + tl.arange(0, BLOCK_V)
+        col_ok = cols < v_hi
+        z_NV = _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_hn, stride_wv,
+                            inv_temperature, BLOCK_N, BLOCK_V, BLOCK_H, DOT_FP32)
+        zt += tl.sum(tl.where(cols[None, :] == labels[:, None], z_NV, 0.0), axis=1)
+        m_new = tl.maximum(m, tl.max(z_NV, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        e_NV = tl.exp(z_NV - m_safe[:, None])
+        scale = tl.exp(m - m_safe)
+        if WITH_ENTROPY:
+            d_NV = tl.where(e_NV > 0, z_NV - m_safe[:, None], 0.0)
+            w = tl.where(s > 0, scale * (w + s * (m - m_safe)), 0.0) + tl.sum(e_NV * d_NV, axis=1)
+        s = s * scale + tl.sum(e_NV, axis=1)
+        m = m_new
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    log_s = tl.log(s)
+    out = split.to(tl.int64) * N + rows
+    tl.store(lse_ptr + out, m_safe + log_s, mask=row_ok)
+    tl.store(zt_ptr + out, zt, mask=row_ok)
+    if WITH_ENTROPY:
+        tl.store(ent_ptr + out, log_s - w / s, mask=row_ok)
+
+
+@triton.jit
+def linear_dz_kernel(
+    h_ptr, w_ptr, labels_ptr, lse_ptr, ent_ptr, g_ptr, g_ent_ptr, dz_ptr,
+    N, V, H, stride_hn, stride_wv, inv_temperature,
+    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+    WITH_ENTROPY: tl.constexpr, DOT_FP32: tl.constexpr,
+):
+    """Backward, one vocab chunk: recompute the logits tile and write
+    dz = (1/T)(g (onehot - p) - g_ent p (log p + H)) as fp32 [N, V] (V = the chunk's width; labels are
+    chunk-local). dhidden and dweight are then deterministic GEMMs of dz (triton_op.py)."""
+    pid_n = tl.program_id(0)
+    pid_v = tl.program_id(1)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    row_ok = rows < N
+    col_ok = cols < V
+    z_NV = _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_hn, stride_wv, inv_temperature,
+                        BLOCK_N, BLOCK_V, BLOCK_H, DOT_FP32)
+    lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
+    g = tl.load(g_ptr + rows, mask=row_ok, other=0.0)
+    labels = tl.load(labels_ptr + rows, mask=row_ok, other=-1)
+    log_p_NV = z_NV - lse[:, None]
+    p_NV = tl.exp(log_p_NV)
+    dz_NV = tl.where(cols[None, :] == labels[:, None], g[:, None], 0.0) - g[:, None] * p_NV
+    if WITH_ENTROPY:
+        g_ent = tl.load(g_ent_ptr + rows, mask=row_ok, other=0.0)
+        ent = tl.load(ent_ptr + rows, mask=row_ok, other=0.0)
+        dz_NV -= g_ent[:, None] * tl.where(p_NV > 0, p_NV * (log_p_NV + ent[:, None]), 0.0)
+    out = dz_ptr + rows.to(tl.int64)[:, None] * V + cols[None, :]
+    tl.store(out, dz_NV * inv_temperature, mask=row_ok[:, None] & col_ok[None, :])

@@ -1,0 +1,47 @@
+"""The autograd Function behind the Triton and vocab-parallel paths of `token_logprobs`.
+
+`impl` is a module with `token_stats` / `token_grad` (triton_op on CUDA or under TRITON_INTERPRET=1,
+torch_op for vocab-parallel CPU). With a TP group, each rank computes its shard's (lse, entropy, z_label),
+ONE all-gather merges them (vocab_parallel.all_gather_merge), and the backward needs no collective at all:
+every rank already holds the global lse and entropy that its shard's gradient depends on.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import torch
+import torch.distributed as dist
+
+from ..vocab_parallel import all_gather_merge, local_labels, vocab_shard_offset
+
+
+class ShardedTokenLogprobs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits_NV, labels_N, temperature: float, with_entropy: bool,
+                tp_group: dist.ProcessGroup | None, impl: ModuleType):
+        labels_local_N = labels_N
+        if tp_group is not None:
+            offset, _ = vocab_shard_offset(logits_NV.shape[1], tp_group)
+            labels_local_N = local_labels(labels_N, offset, logits_NV.shape[1])
+        lse_N, ent_N, zt_N = impl.token_stats(logits_NV, labels_local_N, temperature, with_entropy)
+        if tp_group is not None:
+            lse_N, ent_N, zt_N = all_gather_merge(lse_N, ent_N, zt_N, tp_group)
+        logp_N = zt_N - lse_N
+        ctx.save_for_backward(logits_NV, labels_local_N, lse_N, ent_N)
+        ctx.temperature, ctx.impl = temperature, impl
+        if ent_N is None:
+            return logp_N
+        return logp_N, ent_N
+
+    @staticmethod
+    def backward(ctx, grad_logp_N, grad_ent_N=None):
+        logits_NV, labels_local_N, lse_N, ent_N = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None, None
+        if grad_logp_N is None:
+            grad_logp_N = torch.zeros_like(lse_N)
+        grad_logits_NV = ctx.impl.token_grad(
+            grad_logp_N.float().contiguous(), None if grad_ent_N is None else grad_ent_N.float().contiguous(),
+            logits_NV, labels_local_N, lse_N, ent_N, ctx.temperature)
+        return grad_logits_NV, None, None, None, None, None

@@ -1,0 +1,80 @@
+"""Merging per-vocab-piece softmax statistics: across vocab splits of one kernel, CPU chunks, or TP ranks.
+
+Every log-prob path here reduces one vocabulary piece r (a tile range, a CPU chunk, a TP rank's shard) to
+three fp32 numbers per row:
+    lse_r = log sum_{j in r} exp(z_j)          (-inf when the piece holds no finite logit)
+    ent_r = -sum_{j in r} q_j log q_j           q_j = exp(z_j - lse_r), the softmax *within* the piece
+    zt_r  = z_label if the label lies in r, else 0
+and the pieces merge exactly:
+    lse = log sum_r exp(lse_r)
+    H   = sum_r a_r (ent_r + lse - lse_r)      a_r = exp(lse_r - lse), the piece's share of probability
+    z_label = sum_r zt_r                        (exactly one piece holds the label; the others add 0.0)
+The entropy never forms sum p*z directly, so a common +1e4 offset does not cancel catastrophically.
+
+With a TP group the three numbers are packed into ONE tensor and exchanged with ONE all-gather (not the
+2-3 all-reduces of Megatron/CCE/verl); the merge then runs locally, in the same rank order on every rank,
+so all ranks hold bitwise-identical results.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from ._validate import require
+
+
+def merge_pieces(lse_KN: torch.Tensor, ent_KN: torch.Tensor | None, zt_KN: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Merge K pieces' (lse, entropy, target logit) along dim 0 in a fixed order -> ([N], [N] | None, [N])."""
+    zt_N = zt_KN[0]
+    for k in range(1, zt_KN.shape[0]):  # a left fold: fixed order, so the sum is reproducible bitwise
+        zt_N = zt_N + zt_KN[k]
+    m_N = lse_KN.max(dim=0).values
+    # A row whose pieces are all -inf has lse = -inf; shift by 0 there so the result is -inf, not NaN.
+    m_safe_N = torch.where(torch.isinf(m_N) & (m_N < 0), torch.zeros_like(m_N), m_N)
+    share_KN = torch.exp(lse_KN - m_safe_N)
+    total_N = share_KN[0]
+    for k in range(1, share_KN.shape[0]):
+        total_N = total_N + share_KN[k]
+    lse_N = m_safe_N + torch.log(total_N)
+    if ent_KN is None:
+        return lse_N, None, zt_N
+    a_KN = share_KN / total_N
+    # Empty pieces (lse_r = -inf) have a_r = 0 and must add exactly 0, not 0 * inf = NaN.
+    term_KN = torch.where(a_KN > 0, a_KN * (ent_KN + (lse_N - lse_KN)), torch.zeros_like(a_KN))
+    ent_N = term_KN[0]
+    for k in range(1, term_KN.shape[0]):
+        ent_N = ent_N + term_KN[k]
+    return lse_N, ent_N, zt_N
+
+
+def vocab_shard_offset(local_vocab: int, tp_group: dist.ProcessGroup) -> tuple[int, int]:
+    """(first global column of this rank's shard, global V). Shards are contiguous and equal-sized
+    (rank r holds [r*V_local, (r+1)*V_local)), the Megatron layout; pad the vocabulary to a multiple of the
+    TP size with -inf columns (or zero weight rows are NOT enough: they give logit 0, see verl #2656)."""
+    require(dist.is_initialized(), "tp_group was given but torch.distributed is not initialized")
+    rank = dist.get_rank(tp_group)
+    world = dist.get_world_size(tp_group)
+    return rank * local_vocab, world * local_vocab
+
+
+def all_gather_merge(lse_N: torch.Tensor, ent_N: torch.Tensor | None, zt_N: torch.Tensor,
+                     tp_group: dist.ProcessGroup) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """The single collective: all-gather the packed [N, 2|3] fp32 stats of every rank, then merge locally."""
+    pieces = [lse_N, zt_N] if ent_N is None else [lse_N, zt_N, ent_N]
+    packed_Nk = torch.stack(pieces, dim=1).contiguous()
+    world = dist.get_world_size(tp_group)
+    # The list form of all_gather: gloo (CPU) has no all_gather_into_tensor; it is one collective either way.
+    parts = [torch.empty_like(packed_Nk) for _ in range(world)]
+    dist.all_gather(parts, packed_Nk, group=tp_group)
+    gathered_WNk = torch.stack(parts, dim=0)
+    ent_WN = None if ent_N is None else gathered_WNk[:, :, 2]
+    return merge_pieces(gathered_WNk[:, :, 0], ent_WN, gathered_WNk[:, :, 1])
+
+
+def local_labels(labels_N: torch.Tensor, offset: int, local_vocab: int) -> torch.Tensor:
+    """Global ids -> ids within this shard; ids on other shards become -1 (kernels then skip the one-hot)."""
+    shifted_N = labels_N - offset
+    inside_N = (shifted_N >= 0) & (shifted_N < local_vocab)
+    return torch.where(inside_N, shifted_N, torch.full_like(shifted_N, -1))
