@@ -1,0 +1,127 @@
+"""Public `rloo_advantages`: the full PRIME advantage on device (prime_spec 3.3, 7.1-7.4).
+
+Legend: B response rows = G prompt groups x K contiguous rows, T response positions.
+
+Triton path (CUDA, or CPU tensors under TRITON_INTERPRET=1), three launches and no host sync:
+  1. rloo_row_stats_kernel  per row: masked reward sum, valid count, max |reverse cumsum| (for batch_norm)
+  2. (torch, on [B] vectors) batch_norm scalar, per-response means, group leave-one-out shifts, outcome RLOO
+  3. rloo_returns_kernel    per row: x_t = scale*r_t - shift, discounted reverse scans of the process and
+                            outcome sources, returns written, per-row (mean, M2) of the valid returns
+  4. (torch, on [B]) global mean and unbiased variance by Chan's merge; whiten_kernel in place.
+Otherwise (CPU) the PyTorch reference runs; it is vectorized over rows (a loop over T only for gamma != 1).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._backend import triton_interpret
+from .._rl_validate import validate_rloo_args
+from . import ref
+from .ref import BATCH_NORM_EPS, WHITEN_EPS
+
+
+def rloo_advantages_backend(token_rewards: torch.Tensor) -> str:
+    """"triton" or "torch": the implementation `rloo_advantages` runs for tensors on this device."""
+    return "triton" if token_rewards.is_cuda or triton_interpret() else "torch"
+
+
+def rloo_advantages(
+    token_rewards: torch.Tensor,
+    outcome: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    group_size: int,
+    gamma_process: float = 1.0,
+    gamma_outcome: float = 1.0,
+    reward_norm: str = "batch_norm",
+    form: str = "prime",
+    whiten: bool = True,
+    process_coef: float = 1.0,
+    outcome_coef: float = 1.0,
+) -> torch.Tensor:
+    """PRIME advantages from token-level implicit rewards and per-response outcome scores, fp32 [B, T].
+
+    token_rewards: [B, T] any float dtype, the process reward of each response token (padding ignored).
+    outcome: [B] real, the verifier score of each response. mask: [B, T] bool or 0/1, a prefix mask
+    (1 up to and including EOS), at least one valid token per row. Rows [g*K, (g+1)*K) are the K = group_size
+    responses of prompt g (contiguous, complete; K >= 2).
+
+    1. reward_norm="batch_norm": r /= max over the batch of |sum_{s>=t} r_s| + 1e-6 ("none": unchanged).
+    2. Leave-one-out per group, m_i = mean of r over row i's valid tokens, S = sum_i m_i:
+       form="prime" (released code, spec 7.3): r_t*K/(K-1) - S/(K-1) on valid tokens;
+       form="paper" (Eq. 5, spec 7.2):          r_t - (S - m_i)/(K-1).
+       The outcome sits on the last valid token and gets the same transform there: o_i - mean_{j!=i} o_j.
+    3. Discounted reverse cumsum per source (G_t = x_t + gamma*G_{t+1}, its own gamma), then
+       returns = process_coef*G_process + outcome_coef*G_outcome (0 on padding).
+    4. whiten: (returns - mu) / sqrt(var + 1e-8), mu and unbiased var over the valid tokens of the batch,
+       applied to every position (padding too, as PRIME does; losses mask it out).
+    NaN in a valid position propagates (through batch_norm's max to the whole batch, else to its group).
+    """
+    valid_BT = validate_rloo_args(token_rewards, outcome, mask, group_size=group_size,
+                                  gamma_process=gamma_process, gamma_outcome=gamma_outcome,
+                                  reward_norm=reward_norm, form=form, whiten=whiten,
+                                  process_coef=process_coef, outcome_coef=outcome_coef)
+    kwargs = dict(group_size=group_size, gamma_process=float(gamma_process), gamma_outcome=float(gamma_outcome),
+                  reward_norm=reward_norm, form=form, whiten=whiten, process_coef=float(process_coef),
+                  outcome_coef=float(outcome_coef))
+    if rloo_advantages_backend(token_rewards) == "triton":
+        return rloo_advantages_triton(token_rewards, outcome, valid_BT, **kwargs)
+    return ref.rloo_advantages(token_rewards, outcome, valid_BT, **kwargs)
+
+
+def rloo_advantages_triton(token_rewards: torch.Tensor, outcome: torch.Tensor, valid_BT: torch.Tensor, *,
+                           group_size: int, gamma_process: float, gamma_outcome: float, reward_norm: str,
+                           form: str, whiten: bool, process_coef: float, outcome_coef: float,
+                           block_t: int | None = None) -> torch.Tensor:
+    """The Triton path on validated inputs (valid_BT: bool [B, T]); `block_t` overrides the tile (tests)."""
+    import triton
+
+    from .kernel import rloo_returns_kernel, rloo_row_stats_kernel, whiten_kernel
+
+    K = group_size
+    B, T = token_rewards.shape
+    r_BT = token_rewards.contiguous()
+    m_BT = valid_BT.contiguous().view(torch.uint8)
+    BT = block_t or min(1024, max(16, triton.next_power_of_2(T)))
+    dev = r_BT.device
+    f32 = dict(dtype=torch.float32, device=dev)
+
+    row_sum_B, count_B, absmax_B = (torch.empty(B, **f32) for _ in range(3))
+    rloo_row_stats_kernel[(B,)](r_BT, m_BT, row_sum_B, count_B, absmax_B, T, r_BT.stride(0), m_BT.stride(0),
+                                BT=BT, NORM=reward_norm == "batch_norm")
+
+    # Per-row coefficients on [B] vectors (no host sync): x_t = scale_B*r_t - shift_B on valid tokens.
+    if reward_norm == "batch_norm":
+        norm = absmax_B.max() + BATCH_NORM_EPS  # torch's max propagates NaN
+    else:
+        norm = torch.ones((), **f32)
+    mean_B = row_sum_B / count_B / norm
+    group_total_B = mean_B.view(-1, K).sum(-1).repeat_interleave(K)
+    if form == "prime":
+        scale_B = (process_coef * (K / (K - 1)) / norm).expand(B)
+        shift_B = process_coef * group_total_B / (K - 1)
+    else:
+        scale_B = (process_coef / norm).expand(B)
+        shift_B = process_coef * (group_total_B - mean_B) / (K - 1)
+    o_B = outcome.float()
+    outc_B = outcome_coef * (o_B * (K / (K - 1)) - o_B.view(-1, K).sum(-1).repeat_interleave(K) / (K - 1))
+
+    out_BT = torch.empty(B, T, **f32)
+    row_mean_B, row_m2_B = torch.empty(B, **f32), torch.empty(B, **f32)
+    rloo_returns_kernel[(B,)](
+        r_BT, m_BT, scale_B.contiguous(), shift_B.contiguous(), outc_B.contiguous(), count_B,
+        out_BT, row_mean_B, row_m2_B, T, r_BT.stride(0), m_BT.stride(0), out_BT.stride(0),
+        gamma_process, gamma_outcome, BT=BT, GAMMA_P_ONE=gamma_process == 1.0,
+        GAMMA_O_ONE=gamma_outcome == 1.0)
+    if not whiten:
+        return out_BT
+
+    # Chan's merge of the per-row (n, mean, M2): global mean and unbiased variance of the valid returns.
+    n = count_B.sum()
+    mu = (count_B * row_mean_B).sum() / n
+    m2 = row_m2_B.sum() + (count_B * (row_mean_B - mu) ** 2).sum()
+    inv_std = torch.rsqrt(m2 / (n - 1) + WHITEN_EPS)
+    BLOCK = 1024
+    whiten_kernel[(triton.cdiv(B * T, BLOCK),)](out_BT, mu.reshape(1), inv_std.reshape(1), B * T, BLOCK=BLOCK)
+    return out_BT
