@@ -8,6 +8,10 @@ References: `primeflow.kernels.reference`.
 from . import reference
 from ._backend import Backend
 from ._ext import HAS_EXTENSION
+from .linear_logprob import linear_token_logprobs, linear_token_logprobs_backend
 from .logprob import token_logprobs, token_logprobs_backend
+from .prime_rewards import PrimeLogprobs, prime_token_rewards, prime_token_rewards_backend
 
-__all__ = ["Backend", "HAS_EXTENSION", "reference", "token_logprobs", "token_logprobs_backend"]
+__all__ = ["Backend", "HAS_EXTENSION", "reference", "token_logprobs", "token_logprobs_backend",
+           "linear_token_logprobs", "linear_token_logprobs_backend", "PrimeLogprobs", "prime_token_rewards",
+           "prime_token_rewards_backend"]
