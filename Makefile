@@ -1,0 +1,42 @@
+# primeflow: `make train` runs the embedded default, `make test` runs the full test suite.
+# Both create the virtualenv (.venv) and install everything on first use; later runs reuse it.
+# On a machine with CUDA the GPU extras are installed instead of the CPU ones.
+
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+EXTRAS := $(if $(HAS_CUDA),gpu,cpu),dev
+# Everything the installed result depends on: reinstall when any of it changes.
+INSTALL_INPUTS := setup.py pyproject.toml CMakeLists.txt $(wildcard kernels/csrc/*)
+STAMP := $(VENV)/.primeflow-installed
+
+.PHONY: install train test validate-kernels build-ext bench clean
+
+install: $(STAMP)
+
+$(STAMP): $(INSTALL_INPUTS)
+	bash scripts/install.sh "$(VENV)" "$(EXTRAS)"
+	touch $@
+
+train: install
+	$(VENV)/bin/primeflow train
+
+# The README's test command: the whole suite, exactly what CI runs.
+test: install
+	$(VENV)/bin/pytest
+
+# Kernel checks against the PyTorch references (CUDA shapes on a GPU, Triton interpreter + C++ on CPU).
+validate-kernels: install
+	$(VENV)/bin/pytest tests/kernels -v -rs
+
+# Incremental rebuild of the C++ extension in place (development; `install` does a full build).
+build-ext:
+	$(PY) setup.py -q build_ext --inplace
+
+bench: install
+	$(VENV)/bin/pytest bench --benchmark-only
+
+clean:
+	rm -rf build *.egg-info $(VENV)
