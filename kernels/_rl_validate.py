@@ -121,3 +121,32 @@ def validate_rloo_args(token_rewards: torch.Tensor, outcome: torch.Tensor, mask:
     valid_BT = check_mask("mask", mask, shape)
     check_prefix_mask("mask", valid_BT)
     return valid_BT
+
+
+PPO_AGGREGATIONS = ("token-mean", "seq-mean-token-mean")
+
+
+def validate_ppo_args(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                      *, clip: float, agg: str) -> torch.Tensor:
+    """All checks of `ppo_clip_loss`; returns the mask as bool [B, T]."""
+    check_bt("logp", logp)
+    shape = tuple(logp.shape)
+    check_bt("old_logp", old_logp, shape)
+    check_bt("advantages", advantages, shape)
+    check_same_device(logp, old_logp=old_logp, advantages=advantages, mask=mask)
+    check_real("clip", clip, lo=0.0, lo_open=True)
+    check_choice("agg", agg, PPO_AGGREGATIONS)
+    return check_mask("mask", mask, shape)
+
+
+def validate_prm_ce_args(prm_logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
+                         outcome: torch.Tensor, *, beta: float) -> torch.Tensor:
+    """All checks of `prm_ce_loss`; returns the mask as bool [B, T]."""
+    check_bt("prm_logp", prm_logp)
+    shape = tuple(prm_logp.shape)
+    check_bt("ref_logp", ref_logp, shape)
+    check_outcome("outcome", outcome, shape[0], unit_interval=True)
+    check_same_device(prm_logp, ref_logp=ref_logp, mask=mask, outcome=outcome)
+    check_real("beta", beta, lo=0.0, lo_open=True)
+    require(shape[0] > 0, "prm_logp has B = 0 rows; the loss is a mean over responses")
+    return check_mask("mask", mask, shape)

@@ -1,0 +1,107 @@
+"""Public `prm_ce_loss`: the implicit PRM's BCE on its summed log-ratio (prime_spec 4.1).
+
+Legend: B response rows, T positions.
+
+Forward: one pass over prm_logp/ref_logp/mask for the per-row sums (Triton on CUDA / under
+TRITON_INTERPRET=1, torch on CPU), then the [B]-sized BCE in torch. Backward: one write of the
+per-row constant beta*(sigmoid(R_b) - o_b)/B * grad_output on the valid tokens. Only prm_logp gets a
+gradient: ref_logp and outcome are treated as constants even if they require grad (spec: gradients
+flow only through log pi_phi).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .._backend import triton_interpret
+from .._rl_validate import validate_prm_ce_args
+
+
+def prm_ce_loss_backend(prm_logp: torch.Tensor) -> str:
+    """"triton" or "torch": the implementation `prm_ce_loss` runs for tensors on this device."""
+    return "triton" if prm_logp.is_cuda or triton_interpret() else "torch"
+
+
+def prm_ce_loss(
+    prm_logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    mask: torch.Tensor,
+    outcome: torch.Tensor,
+    *,
+    beta: float,
+) -> torch.Tensor:
+    """mean_b BCE(sigmoid(R_b), o_b), R_b = beta * sum_{t valid} (prm_logp - ref_logp); 0-d fp32.
+
+    prm_logp, ref_logp: [B, T] any float dtype (per-token log-probs of the PRM and the reference);
+    mask: [B, T] bool or 0/1 (padding ignored); outcome: [B] soft labels in [0, 1]; beta > 0.
+    Computed as -(o*logsigmoid(R) + (1-o)*logsigmoid(-R)): finite for any R. At initialization
+    (prm == ref) the loss is ln 2.
+    """
+    valid_BT = validate_prm_ce_args(prm_logp, ref_logp, mask, outcome, beta=beta)
+    use_triton = prm_ce_loss_backend(prm_logp) == "triton"
+    return _PRMCELoss.apply(prm_logp, ref_logp.detach(), valid_BT, outcome.detach(), float(beta), use_triton)
+
+
+class _PRMCELoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, prm_logp, ref_logp, valid_BT, outcome, beta, use_triton):
+        row_sum_B = (_row_sums_triton if use_triton else _row_sums_torch)(prm_logp, ref_logp, valid_BT)
+        reward_B = beta * row_sum_B
+        o_B = outcome.float()
+        loss = -(o_B * F.logsigmoid(reward_B) + (1.0 - o_B) * F.logsigmoid(-reward_B)).mean()
+        # d loss / d R_b = (sigmoid(R_b) - o_b) / B; d R_b / d prm_logp[b, t] = beta on valid tokens.
+        ctx.coef_B = beta * (torch.sigmoid(reward_B) - o_B) / reward_B.shape[0]
+        ctx.save_for_backward(valid_BT)
+        ctx.prm_dtype = prm_logp.dtype
+        ctx.use_triton = use_triton
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        (valid_BT,) = ctx.saved_tensors
+        coef_B = (ctx.coef_B * grad_loss).contiguous()
+        if ctx.use_triton:
+            grad = _grad_triton(valid_BT, coef_B, ctx.prm_dtype)
+        else:
+            grad = torch.where(valid_BT, coef_B[:, None], 0.0).to(ctx.prm_dtype)
+        return grad, None, None, None, None, None
+
+
+def _row_sums_torch(prm_logp, ref_logp, valid_BT):
+    return torch.where(valid_BT, prm_logp.float() - ref_logp.float(), 0.0).sum(-1)
+
+
+def _block_t(T: int) -> int:
+    import triton
+
+    return min(2048, max(16, triton.next_power_of_2(T)))
+
+
+def _row_sums_triton(prm_logp, ref_logp, valid_BT, block_t: int | None = None):
+    import triton
+
+    from .kernel import prm_logratio_sum_kernel
+
+    B, T = prm_logp.shape
+    prm, ref = prm_logp.contiguous(), ref_logp.contiguous()
+    m = valid_BT.contiguous().view(torch.uint8)
+    BT = block_t or _block_t(T)
+    n_tiles = triton.cdiv(T, BT)
+    part = torch.empty(B, n_tiles, dtype=torch.float32, device=prm.device)
+    prm_logratio_sum_kernel[(n_tiles, B)](prm, ref, m, part, T, n_tiles, prm.stride(0), ref.stride(0),
+                                          m.stride(0), BT=BT)
+    return part.sum(-1)
+
+
+def _grad_triton(valid_BT, coef_B, dtype, block_t: int | None = None):
+    import triton
+
+    from .kernel import prm_grad_kernel
+
+    B, T = valid_BT.shape
+    m = valid_BT.contiguous().view(torch.uint8)
+    grad = torch.empty(B, T, dtype=dtype, device=valid_BT.device)
+    BT = block_t or _block_t(T)
+    prm_grad_kernel[(triton.cdiv(T, BT), B)](m, coef_B, grad, T, m.stride(0), grad.stride(0), BT=BT)
+    return grad
