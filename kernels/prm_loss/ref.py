@@ -19,12 +19,16 @@ def prm_ce_loss(
     *,
     beta: float,
 ) -> torch.Tensor:
-    """Same contract as `primeflow.kernels.prm_ce_loss`; gradients flow to `prm_logp` only."""
+    """Same contract as `primeflow.kernels.prm_ce_loss`; gradients flow to `prm_logp` only.
+
+    Math in fp32 (fp64 when prm_logp is fp64, so torch.autograd.gradcheck can run on it).
+    """
     valid_BT = validate_prm_ce_args(prm_logp, ref_logp, mask, outcome, beta=beta)
+    dtype = torch.promote_types(prm_logp.dtype, torch.float32)
     # Padding is masked on the inputs, so garbage there reaches neither the loss nor the gradient.
-    log_ratio_BT = torch.where(valid_BT, prm_logp.float() - ref_logp.detach().float(), 0.0)
+    log_ratio_BT = torch.where(valid_BT, prm_logp.to(dtype) - ref_logp.detach().to(dtype), 0.0)
     implicit_reward_B = beta * log_ratio_BT.sum(-1)
-    o_B = outcome.detach().float()
+    o_B = outcome.detach().to(dtype)
     # BCE with logits through logsigmoid: finite for any |R| (log(sigmoid(R)) underflows past |R| ~ 100).
     loss_B = -(o_B * F.logsigmoid(implicit_reward_B) + (1.0 - o_B) * F.logsigmoid(-implicit_reward_B))
     return loss_B.mean()
