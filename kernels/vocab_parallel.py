@@ -1,8 +1,9 @@
 """Merging per-vocab-piece softmax statistics: across vocab splits of one kernel, CPU chunks, or TP ranks.
 
 Every log-prob path here reduces one vocabulary piece r (a tile range, a CPU chunk, a TP rank's shard) to
-three fp32 numbers per row:
-    lse_r = log sum_{j in r} exp(z_j)          (-inf when the piece holds no finite logit)
+four fp32 numbers per row (lse_r = m_r + ls_r, kept as a pair):
+    m_r   = max_{j in r} z_j                    (-inf when the piece holds no finite logit; ls_r = -inf)
+    ls_r  = log sum_{j in r} exp(z_j - m_r)
     ent_r = -sum_{j in r} q_j log q_j           q_j = exp(z_j - lse_r), the softmax *within* the piece
     zt_r  = z_label if the label lies in r, else 0
 and the pieces merge exactly:
@@ -24,29 +25,36 @@ import torch.distributed as dist
 from ._validate import require
 
 
-def merge_pieces(lse_KN: torch.Tensor, ent_KN: torch.Tensor | None, zt_KN: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Merge K pieces' (lse, entropy, target logit) along dim 0 in a fixed order -> ([N], [N] | None, [N])."""
+def merge_pieces(m_KN: torch.Tensor, ls_KN: torch.Tensor, ent_KN: torch.Tensor | None, zt_KN: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Merge K pieces' (max, log-sum-exp-below-max, entropy, target logit) along dim 0 in a fixed order.
+
+    Pieces with no finite logit carry m_r = -inf, ls_r = -inf. Returns ([N] max, [N] log sum exp(z - max),
+    [N] entropy | None, [N] z_label). lse = max + log_s is never formed in one fp32 number by callers: with a +1e4 offset that sum
+    would round to 1e-3, while logp = (z_label - max) - log_s keeps full precision.
+    """
     zt_N = zt_KN[0]
     for k in range(1, zt_KN.shape[0]):  # a left fold: fixed order, so the sum is reproducible bitwise
         zt_N = zt_N + zt_KN[k]
-    m_N = lse_KN.max(dim=0).values
-    # A row whose pieces are all -inf has lse = -inf; shift by 0 there so the result is -inf, not NaN.
+    m_N = m_KN.max(dim=0).values
+    # Empty pieces report m_r = -inf (ls_r = -inf) and get share 0. A row with no finite logit at all is
+    # shifted by 0 instead of -inf so the arithmetic below stays NaN-free (its log-probs are NaN anyway).
     m_safe_N = torch.where(torch.isinf(m_N) & (m_N < 0), torch.zeros_like(m_N), m_N)
-    share_KN = torch.exp(lse_KN - m_safe_N)
+    share_KN = torch.exp((m_KN - m_safe_N) + ls_KN)
     total_N = share_KN[0]
     for k in range(1, share_KN.shape[0]):
         total_N = total_N + share_KN[k]
-    lse_N = m_safe_N + torch.log(total_N)
+    ls_N = torch.log(total_N)
     if ent_KN is None:
-        return lse_N, None, zt_N
+        return m_N, ls_N, None, zt_N
     a_KN = share_KN / total_N
-    # Empty pieces (lse_r = -inf) have a_r = 0 and must add exactly 0, not 0 * inf = NaN.
-    term_KN = torch.where(a_KN > 0, a_KN * (ent_KN + (lse_N - lse_KN)), torch.zeros_like(a_KN))
+    # lse - lse_r in pair form; empty pieces (a_r = 0) must add exactly 0, not 0 * inf = NaN.
+    gap_KN = (m_safe_N - m_KN) + (ls_N - ls_KN)
+    term_KN = torch.where(a_KN > 0, a_KN * (ent_KN + gap_KN), torch.zeros_like(a_KN))
     ent_N = term_KN[0]
     for k in range(1, term_KN.shape[0]):
         ent_N = ent_N + term_KN[k]
-    return lse_N, ent_N, zt_N
+    return m_N, ls_N, ent_N, zt_N
 
 
 def vocab_shard_offset(local_vocab: int, tp_group: dist.ProcessGroup) -> tuple[int, int]:
@@ -59,18 +67,19 @@ def vocab_shard_offset(local_vocab: int, tp_group: dist.ProcessGroup) -> tuple[i
     return rank * local_vocab, world * local_vocab
 
 
-def all_gather_merge(lse_N: torch.Tensor, ent_N: torch.Tensor | None, zt_N: torch.Tensor,
-                     tp_group: dist.ProcessGroup) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """The single collective: all-gather the packed [N, 2|3] fp32 stats of every rank, then merge locally."""
-    pieces = [lse_N, zt_N] if ent_N is None else [lse_N, zt_N, ent_N]
+def all_gather_merge(m_N: torch.Tensor, ls_N: torch.Tensor, ent_N: torch.Tensor | None, zt_N: torch.Tensor,
+                     tp_group: dist.ProcessGroup
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """The single collective: all-gather every rank's packed [N, 3|4] fp32 stats, then merge locally."""
+    pieces = [m_N, ls_N, zt_N] if ent_N is None else [m_N, ls_N, zt_N, ent_N]
     packed_Nk = torch.stack(pieces, dim=1).contiguous()
     world = dist.get_world_size(tp_group)
     # The list form of all_gather: gloo (CPU) has no all_gather_into_tensor; it is one collective either way.
     parts = [torch.empty_like(packed_Nk) for _ in range(world)]
     dist.all_gather(parts, packed_Nk, group=tp_group)
     gathered_WNk = torch.stack(parts, dim=0)
-    ent_WN = None if ent_N is None else gathered_WNk[:, :, 2]
-    return merge_pieces(gathered_WNk[:, :, 0], ent_WN, gathered_WNk[:, :, 1])
+    ent_WN = None if ent_N is None else gathered_WNk[:, :, 3]
+    return merge_pieces(gathered_WNk[:, :, 0], gathered_WNk[:, :, 1], ent_WN, gathered_WNk[:, :, 2])
 
 
 def local_labels(labels_N: torch.Tensor, offset: int, local_vocab: int) -> torch.Tensor:

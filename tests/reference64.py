@@ -40,3 +40,34 @@ def token_logprobs_grad64(logits: torch.Tensor, labels: torch.Tensor, grad_logp:
         term = torch.where(p > 0, p * (log_p + entropy), torch.zeros_like(p))
         grad_z = grad_z - grad_entropy.double()[:, None] * term
     return grad_z / temperature
+
+
+def linear_token_logprobs64(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                            temperature: float = 1.0):
+    """(logp[N], entropy[N]) in float64 of log softmax(hidden @ weight.T / T): float64 logits, then the above."""
+    return token_logprobs64(hidden.double() @ weight.double().T, labels, temperature)
+
+
+def linear_token_logprobs_grads64(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                                  grad_logp: torch.Tensor, grad_entropy: torch.Tensor | None,
+                                  temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dhidden, dweight) in float64 by the chain rule through the closed-form dlogits: dh = dz W, dW = dz^T h."""
+    h, w = hidden.double(), weight.double()
+    dz = token_logprobs_grad64(h @ w.T, labels, grad_logp, grad_entropy, temperature)
+    return dz @ w, dz.T @ h
+
+
+def prime_token_rewards64(labels: torch.Tensor, *, prm, ref, policy=None, beta: float, mask=None):
+    """(policy_logp | None, prm_logp, ref_logp, reward) in float64; a model is logits or (hidden, weight).
+
+    reward = beta * (logp_prm - logp_ref) exactly (float64 has the headroom the fp32 kernels get by forming it
+    from (z, lse) pieces), 0 where mask == 0."""
+    def logp(model):
+        logits = model.double() if isinstance(model, torch.Tensor) else model[0].double() @ model[1].double().T
+        return token_logprobs64(logits, labels)[0]
+
+    prm_logp, ref_logp = logp(prm), logp(ref)
+    reward = beta * (prm_logp - ref_logp)
+    if mask is not None:
+        reward = torch.where(mask != 0, reward, torch.zeros_like(reward))
+    return (None if policy is None else logp(policy)), prm_logp, ref_logp, reward

@@ -3,7 +3,8 @@
 Memory is bounded by one fp32 logits block of ROWS_PER_CHUNK x COLS_PER_CHUNK (16 MB) plus, for bf16/fp16
 inputs, fp32 copies of one weight chunk and of hidden: never [N, V]. The loop runs vocab chunks outside and
 row chunks inside, so each weight chunk is read (and converted) once and stays hot in cache while every row
-block multiplies it. Numerics match the Triton kernels: fp32 logits, per-piece (lse, entropy, z_label)
+block multiplies it. Numerics match the Triton kernels: fp32 logits, per-piece (max, log-sum-exp, entropy,
+z_label)
 merged exactly (vocab_parallel.merge_pieces), gradient dz = (1/T)(g (onehot - p) - g_ent p (log p + H)).
 """
 
@@ -31,12 +32,13 @@ def _labels_in_chunk(labels_N: torch.Tensor, lo: int, hi: int) -> tuple[torch.Te
 
 
 def linear_stats(hidden_NH: torch.Tensor, weight_VH: torch.Tensor, labels_N: torch.Tensor, temperature: float,
-                 with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """(lse, entropy | None, z_label or 0 where the label is -1 / elsewhere), fp32 [N] each."""
+                 with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(max, log sum exp(z - max), entropy | None, z_label or 0 where the label is -1 / elsewhere), fp32 [N]."""
     n_rows, vocab = hidden_NH.shape[0], weight_VH.shape[0]
     inv_t = 1.0 / temperature
     h_NH = hidden_NH.float()
-    lse_N = torch.full((n_rows,), float("-inf"), dtype=torch.float32)
+    m_N = torch.full((n_rows,), float("-inf"), dtype=torch.float32)
+    ls_N = torch.full((n_rows,), float("-inf"), dtype=torch.float32)
     ent_N = torch.zeros(n_rows, dtype=torch.float32) if with_entropy else None
     zt_N = torch.zeros(n_rows, dtype=torch.float32)
     buf = torch.empty(min(n_rows, ROWS_PER_CHUNK) * min(vocab, COLS_PER_CHUNK), dtype=torch.float32)
@@ -49,37 +51,38 @@ def linear_stats(hidden_NH: torch.Tensor, weight_VH: torch.Tensor, labels_N: tor
                 z_RC.mul_(inv_t)
             sel = (rows_R >= n0) & (rows_R < n1)
             zt_N[rows_R[sel]] = z_RC[rows_R[sel] - n0, cols_R[sel]]
-            lse_R, ent_R = _block_stats(z_RC, with_entropy)
-            pieces = (torch.stack((lse_N[n0:n1], lse_R)),
+            m_R, ls_R, ent_R = _block_stats(z_RC, with_entropy)
+            pieces = (torch.stack((m_N[n0:n1], m_R)), torch.stack((ls_N[n0:n1], ls_R)),
                       None if ent_R is None else torch.stack((ent_N[n0:n1], ent_R)), torch.zeros(2, n1 - n0))
-            lse_N[n0:n1], ent_new, _ = merge_pieces(*pieces)
+            m_N[n0:n1], ls_N[n0:n1], ent_new, _ = merge_pieces(*pieces)
             if ent_R is not None:
                 ent_N[n0:n1] = ent_new
-    return lse_N, ent_N, zt_N
+    return m_N, ls_N, ent_N, zt_N
 
 
-def _block_stats(z_RC: torch.Tensor, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """lse (and entropy) of each row of a finite fp32 block; overwrites the block."""
+def _block_stats(z_RC: torch.Tensor, with_entropy: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(max, log sum exp(z - max), entropy | None) of each row of a finite fp32 block; overwrites the block."""
     m_R = z_RC.amax(dim=1)
     e_RC = z_RC.sub_(m_R[:, None])
     if not with_entropy:
-        return m_R + torch.log(e_RC.exp_().sum(dim=1)), None
+        return m_R, torch.log(e_RC.exp_().sum(dim=1)), None
     d_RC = e_RC.clone()
     e_RC.exp_()
     s_R = e_RC.sum(dim=1)
     w_R = (e_RC * d_RC).sum(dim=1)  # linear logits are finite, so no 0 * inf guard is needed here
     log_s_R = torch.log(s_R)
-    return m_R + log_s_R, log_s_R - w_R / s_R
+    return m_R, log_s_R, log_s_R - w_R / s_R
 
 
-def cpu_dz(h_RH: torch.Tensor, w_CH: torch.Tensor, labels_R: torch.Tensor, lse_R: torch.Tensor,
-           ent_R: torch.Tensor | None, g_R: torch.Tensor, g_ent_R: torch.Tensor | None, inv_t: float,
+def cpu_dz(h_RH: torch.Tensor, w_CH: torch.Tensor, labels_R: torch.Tensor, m_R: torch.Tensor,
+           ls_R: torch.Tensor, ent_R: torch.Tensor | None, g_R: torch.Tensor, g_ent_R: torch.Tensor | None, inv_t: float,
            out: torch.Tensor) -> torch.Tensor:
     """dz of one (row, vocab) block in fp32, written into `out`; labels are chunk-local (others never match)."""
     log_p_RC = torch.mm(h_RH, w_CH.T, out=out)
     if inv_t != 1.0:
         log_p_RC.mul_(inv_t)
-    log_p_RC.sub_(lse_R[:, None])
+    log_p_RC.sub_(m_R[:, None]).sub_(ls_R[:, None])
     if g_ent_R is None:
         dz_RC = log_p_RC.exp_().mul_(-g_R[:, None])
     else:
@@ -98,8 +101,8 @@ DzFn = Callable[..., torch.Tensor]
 
 def linear_grad(dz_fn: DzFn, rows_per_chunk: int, cols_per_chunk: int, grad_logp_N: torch.Tensor,
                 grad_ent_N: torch.Tensor | None, hidden_NH: torch.Tensor, weight_VH: torch.Tensor,
-                labels_N: torch.Tensor, lse_N: torch.Tensor, ent_N: torch.Tensor | None, temperature: float,
-                need_dh: bool, need_dw: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+                labels_N: torch.Tensor, m_N: torch.Tensor, ls_N: torch.Tensor, ent_N: torch.Tensor | None,
+                temperature: float, need_dh: bool, need_dw: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Recompute-in-backward driver shared by the CPU and Triton paths (dz_fn differs).
 
     For each vocab chunk (outer) and row chunk (inner): dz = dz_fn(...), dh[rows] += dz @ W[chunk] and
@@ -121,7 +124,8 @@ def linear_grad(dz_fn: DzFn, rows_per_chunk: int, cols_per_chunk: int, grad_logp
         for n0, n1 in _ranges(n_rows, rows_per_chunk):
             out = buf[: (n1 - n0) * (v1 - v0)].view(n1 - n0, v1 - v0)
             dz_RC = dz_fn(
-                hidden_NH[n0:n1], weight_VH[v0:v1], h_NH[n0:n1], w_CH, labels_local_N[n0:n1], lse_N[n0:n1],
+                hidden_NH[n0:n1], weight_VH[v0:v1], h_NH[n0:n1], w_CH, labels_local_N[n0:n1], m_N[n0:n1],
+                ls_N[n0:n1],
                 None if ent_N is None else ent_N[n0:n1], grad_logp_N[n0:n1],
                 None if grad_ent_N is None else grad_ent_N[n0:n1], inv_t, out)
             if need_dh:
@@ -133,9 +137,9 @@ def linear_grad(dz_fn: DzFn, rows_per_chunk: int, cols_per_chunk: int, grad_logp
     return dh_NH, dw_VH
 
 
-def cpu_dz_fn(_h_raw, _w_raw, h_RH, w_CH, labels_R, lse_R, ent_R, g_R, g_ent_R, inv_t, out):
+def cpu_dz_fn(_h_raw, _w_raw, h_RH, w_CH, labels_R, m_R, ls_R, ent_R, g_R, g_ent_R, inv_t, out):
     """Adapter with the dz_fn signature of linear_grad (the Triton one uses the raw-dtype operands)."""
-    return cpu_dz(h_RH, w_CH, labels_R, lse_R, ent_R, g_R, g_ent_R, inv_t, out)
+    return cpu_dz(h_RH, w_CH, labels_R, m_R, ls_R, ent_R, g_R, g_ent_R, inv_t, out)
 
 
 dz_fn = cpu_dz_fn

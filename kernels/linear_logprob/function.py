@@ -1,6 +1,6 @@
 """The autograd Function of `linear_token_logprobs`, shared by the Triton and the chunked CPU paths.
 
-Forward saves only (hidden, weight, labels, lse, entropy): O(N) extra. Backward recomputes logits blocks.
+Forward saves only (hidden, weight, labels, max, log-sum-exp, entropy): O(N) extra. Backward recomputes logits blocks.
 With a TP group, `weight` is this rank's vocab shard: the forward merges the shards' packed stats with ONE
 all-gather; the backward produces this shard's dweight and a rank-partial dhidden, which is all-reduced
 here (inside the op, unlike verl) so callers get the full dhidden.
@@ -25,27 +25,28 @@ class LinearTokenLogprobs(torch.autograd.Function):
         if tp_group is not None:
             offset, _ = vocab_shard_offset(weight_VH.shape[0], tp_group)
             labels_local_N = local_labels(labels_N, offset, weight_VH.shape[0])
-        lse_N, ent_N, zt_N = impl.linear_stats(hidden_NH, weight_VH, labels_local_N, temperature, with_entropy)
+        m_N, ls_N, ent_N, zt_N = impl.linear_stats(hidden_NH, weight_VH, labels_local_N, temperature,
+                                                   with_entropy)
         if tp_group is not None:
-            lse_N, ent_N, zt_N = all_gather_merge(lse_N, ent_N, zt_N, tp_group)
-        ctx.save_for_backward(hidden_NH, weight_VH, labels_local_N, lse_N, ent_N)
+            m_N, ls_N, ent_N, zt_N = all_gather_merge(m_N, ls_N, ent_N, zt_N, tp_group)
+        ctx.save_for_backward(hidden_NH, weight_VH, labels_local_N, m_N, ls_N, ent_N)
         ctx.temperature, ctx.impl, ctx.tp_group = temperature, impl, tp_group
-        logp_N = zt_N - lse_N
+        logp_N = (zt_N - m_N) - ls_N
         return logp_N if ent_N is None else (logp_N, ent_N)
 
     @staticmethod
     def backward(ctx, grad_logp_N, grad_ent_N=None):
-        hidden_NH, weight_VH, labels_local_N, lse_N, ent_N = ctx.saved_tensors
+        hidden_NH, weight_VH, labels_local_N, m_N, ls_N, ent_N = ctx.saved_tensors
         need_dh, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_dh or need_dw):
             return None, None, None, None, None, None, None
         if grad_logp_N is None:
-            grad_logp_N = torch.zeros_like(lse_N)
+            grad_logp_N = torch.zeros_like(m_N)
         rows, cols = ctx.impl.grad_chunking(hidden_NH.shape[0], hidden_NH.device)
         dh_NH, dw_VH = cpu.linear_grad(
             ctx.impl.dz_fn, rows, cols, grad_logp_N.float().contiguous(),
             None if grad_ent_N is None else grad_ent_N.float().contiguous(), hidden_NH, weight_VH,
-            labels_local_N, lse_N, ent_N, ctx.temperature, need_dh, need_dw)
+            labels_local_N, m_N, ls_N, ent_N, ctx.temperature, need_dh, need_dw)
         if need_dh:
             if ctx.tp_group is not None:
                 dist.all_reduce(dh_NH, group=ctx.tp_group)  # each rank saw only its vocab shard

@@ -33,13 +33,14 @@ def _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_hn, stride_
 
 @triton.jit
 def linear_stats_fwd_kernel(
-    h_ptr, w_ptr, labels_ptr, lse_ptr, ent_ptr, zt_ptr,
+    h_ptr, w_ptr, labels_ptr, m_ptr, ls_ptr, ent_ptr, zt_ptr,
     N, V, H, stride_hn, stride_wv, inv_temperature, cols_per_split,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
     WITH_ENTROPY: tl.constexpr, DOT_FP32: tl.constexpr,
 ):
     """Grid (row blocks, vocab splits). Each program streams its split's tiles with per-row online
-    (max, sum-exp, sum e*(z-max)) and writes the split's (lse, entropy, z_label or 0) to [split, row]; the
+    (max, sum-exp, sum e*(z-max)) and writes the split's (max, log sum-exp, entropy, z_label or 0) to
+    [split, row]; the
     splits are merged afterwards in a fixed order (vocab_parallel.merge_pieces). No atomics anywhere."""
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
@@ -67,10 +68,10 @@ def linear_stats_fwd_kernel(
             w = tl.where(s > 0, scale * (w + s * (m - m_safe)), 0.0) + tl.sum(e_NV * d_NV, axis=1)
         s = s * scale + tl.sum(e_NV, axis=1)
         m = m_new
-    m_safe = tl.where(m == float("-inf"), 0.0, m)
     log_s = tl.log(s)
     out = split.to(tl.int64) * N + rows
-    tl.store(lse_ptr + out, m_safe + log_s, mask=row_ok)
+    tl.store(m_ptr + out, m, mask=row_ok)
+    tl.store(ls_ptr + out, log_s, mask=row_ok)
     tl.store(zt_ptr + out, zt, mask=row_ok)
     if WITH_ENTROPY:
         tl.store(ent_ptr + out, log_s - w / s, mask=row_ok)
@@ -78,7 +79,7 @@ def linear_stats_fwd_kernel(
 
 @triton.jit
 def linear_dz_kernel(
-    h_ptr, w_ptr, labels_ptr, lse_ptr, ent_ptr, g_ptr, g_ent_ptr, dz_ptr,
+    h_ptr, w_ptr, labels_ptr, m_ptr, ls_ptr, ent_ptr, g_ptr, g_ent_ptr, dz_ptr,
     N, V, H, stride_hn, stride_wv, inv_temperature,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
     WITH_ENTROPY: tl.constexpr, DOT_FP32: tl.constexpr,
@@ -94,10 +95,11 @@ def linear_dz_kernel(
     col_ok = cols < V
     z_NV = _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_hn, stride_wv, inv_temperature,
                         BLOCK_N, BLOCK_V, BLOCK_H, DOT_FP32)
-    lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
+    m = tl.load(m_ptr + rows, mask=row_ok, other=0.0)
+    ls = tl.load(ls_ptr + rows, mask=row_ok, other=0.0)
     g = tl.load(g_ptr + rows, mask=row_ok, other=0.0)
     labels = tl.load(labels_ptr + rows, mask=row_ok, other=-1)
-    log_p_NV = z_NV - lse[:, None]
+    log_p_NV = (z_NV - m[:, None]) - ls[:, None]
     p_NV = tl.exp(log_p_NV)
     dz_NV = tl.where(cols[None, :] == labels[:, None], g[:, None], 0.0) - g[:, None] * p_NV
     if WITH_ENTROPY:

@@ -24,8 +24,9 @@ def _dot_fp32(dtype: torch.dtype) -> bool:
 
 
 def linear_stats(hidden_NH: torch.Tensor, weight_VH: torch.Tensor, labels_N: torch.Tensor, temperature: float,
-                 with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """(lse, entropy | None, z_label or 0), fp32 [N]: per-split partials, then a fixed-order merge.
+                 with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(max, log sum exp(z - max), entropy | None, z_label or 0), fp32 [N]: per-split partials, then a
+    fixed-order merge.
 
     The split width is fixed (COLS_PER_SPLIT), independent of N, so a row's result does not depend on the
     batch it is in."""
@@ -33,28 +34,29 @@ def linear_stats(hidden_NH: torch.Tensor, weight_VH: torch.Tensor, labels_N: tor
     n_rows, hidden = hidden_NH.shape
     vocab = weight_VH.shape[0]
     n_splits = triton.cdiv(vocab, cfg["COLS_PER_SPLIT"])
-    lse_KN = torch.empty((n_splits, n_rows), dtype=torch.float32, device=hidden_NH.device)
-    zt_KN = torch.empty_like(lse_KN)
-    ent_KN = torch.empty_like(lse_KN) if with_entropy else lse_KN
+    m_KN = torch.empty((n_splits, n_rows), dtype=torch.float32, device=hidden_NH.device)
+    ls_KN = torch.empty_like(m_KN)
+    zt_KN = torch.empty_like(m_KN)
+    ent_KN = torch.empty_like(m_KN) if with_entropy else m_KN
     if n_rows:
         grid = (triton.cdiv(n_rows, cfg["BLOCK_N"]), n_splits)
         linear_stats_fwd_kernel[grid](
-            hidden_NH, weight_VH, labels_N, lse_KN, ent_KN, zt_KN, n_rows, vocab, hidden,
+            hidden_NH, weight_VH, labels_N, m_KN, ls_KN, ent_KN, zt_KN, n_rows, vocab, hidden,
             hidden_NH.stride(0), weight_VH.stride(0), 1.0 / temperature, cfg["COLS_PER_SPLIT"],
             BLOCK_N=cfg["BLOCK_N"], BLOCK_V=cfg["BLOCK_V"], BLOCK_H=cfg["BLOCK_H"],
             WITH_ENTROPY=with_entropy, DOT_FP32=_dot_fp32(hidden_NH.dtype), num_warps=cfg["num_warps"],
             **({"num_stages": cfg["num_stages"]} if "num_stages" in cfg else {}))
-    return merge_pieces(lse_KN, ent_KN if with_entropy else None, zt_KN)
+    return merge_pieces(m_KN, ls_KN, ent_KN if with_entropy else None, zt_KN)
 
 
-def triton_dz_fn(h_raw_RH, w_raw_CH, _h_RH, _w_CH, labels_R, lse_R, ent_R, g_R, g_ent_R, inv_t, out):
+def triton_dz_fn(h_raw_RH, w_raw_CH, _h_RH, _w_CH, labels_R, m_R, ls_R, ent_R, g_R, g_ent_R, inv_t, out):
     """dz of one (rows x vocab chunk) block via linear_dz_kernel, written into `out` (fp32, contiguous)."""
     cfg = tile_config(h_raw_RH.device)
     n_rows, width = out.shape
     with_entropy = g_ent_R is not None
     grid = (triton.cdiv(n_rows, cfg["BLOCK_N"]), triton.cdiv(width, cfg["BLOCK_V"]))
     linear_dz_kernel[grid](
-        h_raw_RH, w_raw_CH, labels_R, lse_R, ent_R if with_entropy else lse_R, g_R,
+        h_raw_RH, w_raw_CH, labels_R, m_R, ls_R, ent_R if with_entropy else m_R, g_R,
         g_ent_R if with_entropy else g_R, out, n_rows, width, h_raw_RH.shape[1], h_raw_RH.stride(0),
         w_raw_CH.stride(0), inv_t, BLOCK_N=cfg["BLOCK_N"], BLOCK_V=cfg["BLOCK_V"], BLOCK_H=cfg["BLOCK_H"],
         WITH_ENTROPY=with_entropy, DOT_FP32=_dot_fp32(h_raw_RH.dtype), num_warps=cfg["num_warps"])

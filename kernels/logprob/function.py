@@ -1,9 +1,9 @@
 """The autograd Function behind the Triton and vocab-parallel paths of `token_logprobs`.
 
 `impl` is a module with `token_stats` / `token_grad` (triton_op on CUDA or under TRITON_INTERPRET=1,
-torch_op for vocab-parallel CPU). With a TP group, each rank computes its shard's (lse, entropy, z_label),
+torch_op for vocab-parallel CPU). With a TP group, each rank computes its shard's (max, log-sum-exp, entropy, z_label),
 ONE all-gather merges them (vocab_parallel.all_gather_merge), and the backward needs no collective at all:
-every rank already holds the global lse and entropy that its shard's gradient depends on.
+every rank already holds the global (max, log-sum-exp) and entropy that its shard's gradient depends on.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ class ShardedTokenLogprobs(torch.autograd.Function):
         if tp_group is not None:
             offset, _ = vocab_shard_offset(logits_NV.shape[1], tp_group)
             labels_local_N = local_labels(labels_N, offset, logits_NV.shape[1])
-        lse_N, ent_N, zt_N = impl.token_stats(logits_NV, labels_local_N, temperature, with_entropy)
+        m_N, ls_N, ent_N, zt_N = impl.token_stats(logits_NV, labels_local_N, temperature, with_entropy)
         if tp_group is not None:
-            lse_N, ent_N, zt_N = all_gather_merge(lse_N, ent_N, zt_N, tp_group)
-        logp_N = zt_N - lse_N
-        ctx.save_for_backward(logits_NV, labels_local_N, lse_N, ent_N)
+            m_N, ls_N, ent_N, zt_N = all_gather_merge(m_N, ls_N, ent_N, zt_N, tp_group)
+        logp_N = (zt_N - m_N) - ls_N  # never zt - (m + ls): m + ls would round away small ls at |m| ~ 1e4
+        ctx.save_for_backward(logits_NV, labels_local_N, m_N, ls_N, ent_N)
         ctx.temperature, ctx.impl = temperature, impl
         if ent_N is None:
             return logp_N
@@ -36,12 +36,12 @@ class ShardedTokenLogprobs(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_logp_N, grad_ent_N=None):
-        logits_NV, labels_local_N, lse_N, ent_N = ctx.saved_tensors
+        logits_NV, labels_local_N, m_N, ls_N, ent_N = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None, None
         if grad_logp_N is None:
-            grad_logp_N = torch.zeros_like(lse_N)
+            grad_logp_N = torch.zeros_like(m_N)
         grad_logits_NV = ctx.impl.token_grad(
             grad_logp_N.float().contiguous(), None if grad_ent_N is None else grad_ent_N.float().contiguous(),
-            logits_NV, labels_local_N, lse_N, ent_N, ctx.temperature)
+            logits_NV, labels_local_N, m_N, ls_N, ent_N, ctx.temperature)
         return grad_logits_NV, None, None, None, None, None

@@ -7,15 +7,18 @@ Row offsets are int64 (N*V exceeds 2^31 at RL shapes). Columns past V load as -i
 import triton
 import triton.language as tl
 
+from .._triton_utils import store_rounded
+
 
 @triton.jit
 def token_stats_fwd_kernel(
-    logits_ptr, labels_ptr, lse_ptr, ent_ptr, zt_ptr,
+    logits_ptr, labels_ptr, m_ptr, ls_ptr, ent_ptr, zt_ptr,
     V, stride_row, inv_temperature,
     BLOCK_V: tl.constexpr, WITH_ENTROPY: tl.constexpr,
 ):
-    """Per row: lse of z, the entropy of softmax(z) (optional) and z[label] (0 when label == -1, i.e. the
-    label lives on another vocab shard). One pass over the row with an online max; the entropy is
+    """Per row: the max m and ls = log sum exp(z - m) (lse = m + ls, kept apart: a +1e4 offset would round
+    m + ls to 1e-3), the entropy of softmax(z) (optional) and z[label] (0 when label == -1, i.e. the label
+    lives on another vocab shard). One pass over the row with an online max; the entropy is
     accumulated relative to the running max (w = sum e^(z-m) (z-m)) so a +1e4 offset cannot cancel."""
     row = tl.program_id(0).to(tl.int64)
     row_ptr = logits_ptr + row * stride_row
@@ -38,9 +41,9 @@ def token_stats_fwd_kernel(
             w = tl.where(s > 0, scale * (w + s * (m - m_safe)), 0.0) + tl.sum(e_V * d_V, axis=0)
         s = s * scale + tl.sum(e_V, axis=0)
         m = m_new
-    m_safe = tl.where(m == float("-inf"), 0.0, m)
     log_s = tl.log(s)
-    tl.store(lse_ptr + row, m_safe + log_s)
+    tl.store(m_ptr + row, m)
+    tl.store(ls_ptr + row, log_s)
     if WITH_ENTROPY:
         tl.store(ent_ptr + row, log_s - w / s)
     label = tl.load(labels_ptr + row)
@@ -51,26 +54,27 @@ def token_stats_fwd_kernel(
 
 @triton.jit
 def token_logprobs_bwd_kernel(
-    logits_ptr, labels_ptr, lse_ptr, ent_ptr, grad_logp_ptr, grad_ent_ptr, grad_logits_ptr,
+    logits_ptr, labels_ptr, m_ptr, ls_ptr, ent_ptr, grad_logp_ptr, grad_ent_ptr, grad_logits_ptr,
     V, stride_row, stride_grad_row, inv_temperature,
     BLOCK_V: tl.constexpr, WITH_ENTROPY: tl.constexpr,
 ):
-    """dlogits = (1/T) * (g_logp * (onehot - p) - g_ent * p * (log p + H)), p = exp(z - lse), in one pass
-    from the saved (global, with TP) lse and entropy. Written in the logits' dtype."""
+    """dlogits = (1/T) * (g_logp * (onehot - p) - g_ent * p * (log p + H)), log p = (z - m) - ls, in one
+    pass from the saved (global, with TP) m, ls and entropy. Written in the logits' dtype."""
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
     valid = offs < V
     x_V = tl.load(logits_ptr + row * stride_row + offs, mask=valid, other=float("-inf")).to(tl.float32)
     z_V = x_V * inv_temperature
-    lse = tl.load(lse_ptr + row)
+    m = tl.load(m_ptr + row)
+    ls = tl.load(ls_ptr + row)
     g = tl.load(grad_logp_ptr + row)
     label = tl.load(labels_ptr + row)
-    p_V = tl.exp(z_V - lse)
+    log_p_V = (z_V - m) - ls
+    p_V = tl.exp(log_p_V)
     dz_V = tl.where(offs == label, g, 0.0) - g * p_V
     if WITH_ENTROPY:
         g_ent = tl.load(grad_ent_ptr + row)
         ent = tl.load(ent_ptr + row)
         # -inf columns: p = 0 and log p = -inf; their term is exactly 0, not 0 * inf.
-        dz_V -= g_ent * tl.where(p_V > 0, p_V * (z_V - lse + ent), 0.0)
-    out_ptr = grad_logits_ptr + row * stride_grad_row + offs
-    tl.store(out_ptr, (dz_V * inv_temperature).to(grad_logits_ptr.dtype.element_ty), mask=valid)
+        dz_V -= g_ent * tl.where(p_V > 0, p_V * (log_p_V + ent), 0.0)
+    store_rounded(grad_logits_ptr + row * stride_grad_row + offs, dz_V * inv_temperature, valid)

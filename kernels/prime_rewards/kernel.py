@@ -2,9 +2,10 @@
 
 Legend: a program owns BLOCK_N rows and streams the whole vocabulary of each model in turn; a model is
 absent (KIND 0), given as logits [N, V] (KIND 1, tiles loaded) or as (hidden [N, H], weight [V, H])
-(KIND 2, logits tiles computed on chip with tl.dot, never stored). Per model it keeps fp32 (z_label, lse),
-then writes the three log-probs and reward = beta*((z_prm - z_ref) - (lse_prm - lse_ref)) from those fp32
-pieces, 0 where mask is 0. No splits, no atomics: a row's results never depend on the other rows.
+(KIND 2, logits tiles computed on chip with tl.dot, never stored). Per model it keeps fp32 (z_label, max, log
+sum-exp below the max), then writes the three log-probs and reward = beta*((z_prm - z_ref) - (lse_prm -
+lse_ref)) from those fp32 pieces (lse never rounded as one number), 0 where mask is 0. No splits, no
+atomics: a row's results never depend on the other rows.
 """
 
 import triton
@@ -17,7 +18,7 @@ from ..linear_logprob.kernel import _logits_tile
 def _model_stats(a_ptr, w_ptr, rows, row_ok, labels, V, H, stride_a, stride_w,
                  KIND: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
                  DOT_FP32: tl.constexpr):
-    """(lse, z_label) fp32 [BLOCK_N] of one model over the full vocabulary (online max / sum-exp)."""
+    """(max, log sum exp(z - max), z_label) fp32 [BLOCK_N] of one model over the full vocabulary."""
     m = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     s = tl.zeros((BLOCK_N,), tl.float32)
     zt = tl.zeros((BLOCK_N,), tl.float32)
@@ -35,8 +36,7 @@ def _model_stats(a_ptr, w_ptr, rows, row_ok, labels, V, H, stride_a, stride_w,
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         s = s * tl.exp(m - m_safe) + tl.sum(tl.exp(z_NV - m_safe[:, None]), axis=1)
         m = m_new
-    lse = tl.where(m == float("-inf"), 0.0, m) + tl.log(s)
-    return lse, zt
+    return m, tl.log(s), zt
 
 
 @triton.jit
@@ -55,16 +55,17 @@ def prime_rewards_kernel(
     row_ok = rows < N
     labels = tl.load(labels_ptr + rows, mask=row_ok, other=0)
     if POL_KIND != 0:
-        lse_pol, zt_pol = _model_stats(pol_a, pol_w, rows, row_ok, labels, pol_V, pol_H, pol_sa, pol_sw,
-                                       POL_KIND, BLOCK_N, BLOCK_V, BLOCK_H, POL_DOT_FP32)
-        tl.store(logp_ptr + rows, zt_pol - lse_pol, mask=row_ok)
-    lse_prm, zt_prm = _model_stats(prm_a, prm_w, rows, row_ok, labels, prm_V, prm_H, prm_sa, prm_sw,
-                                   PRM_KIND, BLOCK_N, BLOCK_V, BLOCK_H, PRM_DOT_FP32)
-    lse_ref, zt_ref = _model_stats(ref_a, ref_w, rows, row_ok, labels, ref_V, ref_H, ref_sa, ref_sw,
-                                   REF_KIND, BLOCK_N, BLOCK_V, BLOCK_H, REF_DOT_FP32)
-    tl.store(logp_ptr + N + rows, zt_prm - lse_prm, mask=row_ok)
-    tl.store(logp_ptr + 2 * N + rows, zt_ref - lse_ref, mask=row_ok)
-    reward = beta * ((zt_prm - zt_ref) - (lse_prm - lse_ref))
+        m_pol, ls_pol, zt_pol = _model_stats(pol_a, pol_w, rows, row_ok, labels, pol_V, pol_H, pol_sa, pol_sw,
+                                             POL_KIND, BLOCK_N, BLOCK_V, BLOCK_H, POL_DOT_FP32)
+        tl.store(logp_ptr + rows, (zt_pol - m_pol) - ls_pol, mask=row_ok)
+    m_prm, ls_prm, zt_prm = _model_stats(prm_a, prm_w, rows, row_ok, labels, prm_V, prm_H, prm_sa, prm_sw,
+                                         PRM_KIND, BLOCK_N, BLOCK_V, BLOCK_H, PRM_DOT_FP32)
+    m_ref, ls_ref, zt_ref = _model_stats(ref_a, ref_w, rows, row_ok, labels, ref_V, ref_H, ref_sa, ref_sw,
+                                         REF_KIND, BLOCK_N, BLOCK_V, BLOCK_H, REF_DOT_FP32)
+    tl.store(logp_ptr + N + rows, (zt_prm - m_prm) - ls_prm, mask=row_ok)
+    tl.store(logp_ptr + 2 * N + rows, (zt_ref - m_ref) - ls_ref, mask=row_ok)
+    # lse_prm - lse_ref = (m_prm - m_ref) + (ls_prm - ls_ref): each difference is of like-sized fp32 values
+    reward = beta * ((zt_prm - zt_ref) - ((m_prm - m_ref) + (ls_prm - ls_ref)))
     if HAS_MASK:
         keep = tl.load(mask_ptr + rows, mask=row_ok, other=0)
         reward = tl.where(keep != 0, reward, 0.0)

@@ -53,26 +53,26 @@ def _triton(labels, prm, ref, policy, beta, mask) -> PrimeLogprobs:
     return PrimeLogprobs(logp_3N[0] if policy is not None else None, logp_3N[1], logp_3N[2], reward_N)
 
 
-def _cpu_pieces(model: ModelInput, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(z_label, lse) fp32 [N] in bounded memory."""
+def _cpu_pieces(model: ModelInput, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(z_label, max, log sum exp(z - max)) fp32 [N] in bounded memory."""
     if isinstance(model, torch.Tensor):
-        lse_N, _, zt_N = logits_cpu.token_stats(model, labels, 1.0, False)
+        m_N, ls_N, _, zt_N = logits_cpu.token_stats(model, labels, 1.0, False)
     else:
-        lse_N, _, zt_N = linear_cpu.linear_stats(model[0], model[1], labels, 1.0, False)
-    return zt_N, lse_N
+        m_N, ls_N, _, zt_N = linear_cpu.linear_stats(model[0], model[1], labels, 1.0, False)
+    return zt_N, m_N, ls_N
 
 
 def _cpu(labels, prm, ref, policy, beta, mask) -> PrimeLogprobs:
-    zt_prm, lse_prm = _cpu_pieces(prm, labels)
-    zt_ref, lse_ref = _cpu_pieces(ref, labels)
-    reward_N = beta * ((zt_prm - zt_ref) - (lse_prm - lse_ref))
+    zt_prm, m_prm, ls_prm = _cpu_pieces(prm, labels)
+    zt_ref, m_ref, ls_ref = _cpu_pieces(ref, labels)
+    reward_N = beta * ((zt_prm - zt_ref) - ((m_prm - m_ref) + (ls_prm - ls_ref)))
     if mask is not None:
         reward_N = torch.where(mask != 0, reward_N, torch.zeros_like(reward_N))
     policy_logp = None
     if policy is not None:
-        zt_pol, lse_pol = _cpu_pieces(policy, labels)
-        policy_logp = zt_pol - lse_pol
-    return PrimeLogprobs(policy_logp, zt_prm - lse_prm, zt_ref - lse_ref, reward_N)
+        zt_pol, m_pol, ls_pol = _cpu_pieces(policy, labels)
+        policy_logp = (zt_pol - m_pol) - ls_pol
+    return PrimeLogprobs(policy_logp, (zt_prm - m_prm) - ls_prm, (zt_ref - m_ref) - ls_ref, reward_N)
 
 
 @torch.no_grad()
