@@ -118,6 +118,6 @@ setup(
     extras_require=EXTRAS,
     ext_modules=extensions(),
     cmdclass={"build_ext": CMakeBuild},
-    entry_points={"console_scripts": ["primeflow=primeflow.cli:main"]},
+    entry_points={"console_scripts": ["primeflow=primeflow.trainer.cli:main"]},
     zip_safe=False,
 )

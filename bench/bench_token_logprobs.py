@@ -1,0 +1,77 @@
+"""token_logprobs on CPU: primeflow's C++ op vs torch eager vs torch.compile, forward and forward+backward.
+
+Run (from the repo root, after `make install`):
+    .venv/bin/pytest bench/bench_token_logprobs.py --benchmark-only --benchmark-json bench/results/<name>.json
+Shape: N=4096 rows, V=151936 (Qwen2's vocabulary); PRIMEFLOW_BENCH_N / PRIMEFLOW_BENCH_V override it.
+Each case also records the peak extra host memory of one call (bench/memory.py) in extra_info.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from memory import peak_extra_bytes
+
+import primeflow.kernels as K
+
+N = int(os.environ.get("PRIMEFLOW_BENCH_N", 4096))
+V = int(os.environ.get("PRIMEFLOW_BENCH_V", 151936))
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def eager(logits_NV: torch.Tensor, labels_N: torch.Tensor) -> torch.Tensor:
+    """The baseline every RL framework starts from: full fp32 log_softmax, then gather."""
+    return torch.log_softmax(logits_NV.float(), dim=-1).gather(-1, labels_N[:, None]).squeeze(-1)
+
+
+compiled = torch.compile(eager, dynamic=False)
+
+
+def primeflow(logits_NV: torch.Tensor, labels_N: torch.Tensor) -> torch.Tensor:
+    return K.token_logprobs(logits_NV, labels_N)
+
+
+PROVIDERS = {"eager": eager, "compile": compiled, "primeflow": primeflow}
+
+
+@pytest.fixture(scope="module", params=list(DTYPES))
+def inputs(request):
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(N, V, generator=generator).mul_(4).to(DTYPES[request.param])
+    labels = torch.randint(0, V, (N,), generator=generator)
+    return request.param, logits, labels
+
+
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+def test_forward(benchmark, inputs, provider):
+    dtype_name, logits, labels = inputs
+    fn = PROVIDERS[provider]
+    with torch.no_grad():
+        fn(logits, labels)  # warm-up (compiles once for torch.compile)
+        _, extra = peak_extra_bytes(lambda: fn(logits, labels))
+        benchmark.group = f"forward {dtype_name} N={N} V={V}"
+        benchmark.extra_info.update(provider=provider, peak_extra_bytes=extra, bytes_read=logits.numel() *
+                                    logits.element_size(), threads=torch.get_num_threads(),
+                                    path=K.token_logprobs_backend(logits).value if provider == "primeflow" else
+                                    provider)
+        benchmark.pedantic(fn, args=(logits, labels), rounds=5, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+def test_forward_backward(benchmark, inputs, provider):
+    dtype_name, logits, labels = inputs
+    fn = PROVIDERS[provider]
+    leaf = logits.detach().requires_grad_(True)
+
+    def step():
+        leaf.grad = None
+        fn(leaf, labels).sum().backward()
+
+    step()  # warm-up
+    _, extra = peak_extra_bytes(step)
+    benchmark.group = f"forward+backward {dtype_name} N={N} V={V}"
+    # The gradient itself ([N, V] in the logits dtype) is part of every provider's peak.
+    benchmark.extra_info.update(provider=provider, peak_extra_bytes=extra, threads=torch.get_num_threads())
+    benchmark.pedantic(step, rounds=3, iterations=1, warmup_rounds=0)

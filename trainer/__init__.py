@@ -1,0 +1,1 @@
+"""primeflow.trainer: config, data, rollout, verifiers, the PRIME loop, checkpoints, metrics, CLI."""
