@@ -18,6 +18,10 @@ from .._rl_validate import validate_ppo_args
 from .ref import PPOStats
 
 
+# Positions per program: a whole 2k-token row in one tile; grid (T tiles, B) keeps short micro-batches wide.
+MAX_BLOCK_T = 2048
+
+
 def ppo_clip_loss_backend(logp: torch.Tensor) -> str:
     """"triton" or "torch": the implementation `ppo_clip_loss` runs for tensors on this device."""
     return "triton" if logp.is_cuda or triton_interpret() else "torch"
@@ -99,7 +103,7 @@ def _forward_torch(logp, old_logp, advantages, valid_BT, w_B, clip, need_grad):
     return loss, clip_count, kl_sum, grad_BT
 
 
-def _forward_triton(logp, old_logp, advantages, valid_BT, w_B, clip, need_grad, block_t: int | None = None):
+def _forward_triton(logp, old_logp, advantages, valid_BT, w_B, clip, need_grad):
     import triton
 
     from .kernel import ppo_clip_fwd_kernel
@@ -107,7 +111,7 @@ def _forward_triton(logp, old_logp, advantages, valid_BT, w_B, clip, need_grad, 
     B, T = logp.shape
     lp, old, adv = logp.contiguous(), old_logp.contiguous(), advantages.contiguous()
     m = valid_BT.contiguous().view(torch.uint8)
-    BT = block_t or min(2048, max(16, triton.next_power_of_2(T)))
+    BT = min(MAX_BLOCK_T, max(16, triton.next_power_of_2(T)))
     n_tiles = triton.cdiv(T, BT)
     part = torch.empty(B, n_tiles, 3, dtype=torch.float32, device=logp.device)
     grad_BT = torch.empty(B, T, dtype=torch.float32, device=logp.device) if need_grad else part

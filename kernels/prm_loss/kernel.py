@@ -33,7 +33,7 @@ def prm_logratio_sum_kernel(
 def prm_grad_kernel(
     m_ptr,        # [B, T] mask
     coef_ptr,     # [B] fp32 d loss / d prm_logp for a valid token of the row (grad_output folded in)
-    grad_ptr,     # [B, T] gradient, in prm_logp's dtype
+    grad_ptr,     # [B, T] fp32 gradient
     T, stride_m, stride_g,
     BT: tl.constexpr,
 ):
@@ -42,4 +42,4 @@ def prm_grad_kernel(
     m_t = o_t < T
     b_valid = tl.load(m_ptr + i_b * stride_m + o_t, mask=m_t, other=0) != 0
     b_grad = tl.where(b_valid, tl.load(coef_ptr + i_b), 0.0)
-    tl.store(grad_ptr + i_b * stride_g + o_t, b_grad.to(grad_ptr.dtype.element_ty), mask=m_t)
+    tl.store(grad_ptr + i_b * stride_g + o_t, b_grad, mask=m_t)

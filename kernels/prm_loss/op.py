@@ -18,6 +18,10 @@ from .._backend import triton_interpret
 from .._rl_validate import validate_prm_ce_args
 
 
+# Positions per program: a whole 2k-token row in one tile; grid (T tiles, B) keeps short micro-batches wide.
+MAX_BLOCK_T = 2048
+
+
 def prm_ce_loss_backend(prm_logp: torch.Tensor) -> str:
     """"triton" or "torch": the implementation `prm_ce_loss` runs for tensors on this device."""
     return "triton" if prm_logp.is_cuda or triton_interpret() else "torch"
@@ -75,10 +79,10 @@ def _row_sums_torch(prm_logp, ref_logp, valid_BT):
 def _block_t(T: int) -> int:
     import triton
 
-    return min(2048, max(16, triton.next_power_of_2(T)))
+    return min(MAX_BLOCK_T, max(16, triton.next_power_of_2(T)))
 
 
-def _row_sums_triton(prm_logp, ref_logp, valid_BT, block_t: int | None = None):
+def _row_sums_triton(prm_logp, ref_logp, valid_BT):
     import triton
 
     from .kernel import prm_logratio_sum_kernel
@@ -86,7 +90,7 @@ def _row_sums_triton(prm_logp, ref_logp, valid_BT, block_t: int | None = None):
     B, T = prm_logp.shape
     prm, ref = prm_logp.contiguous(), ref_logp.contiguous()
     m = valid_BT.contiguous().view(torch.uint8)
-    BT = block_t or _block_t(T)
+    BT = _block_t(T)
     n_tiles = triton.cdiv(T, BT)
     part = torch.empty(B, n_tiles, dtype=torch.float32, device=prm.device)
     prm_logratio_sum_kernel[(n_tiles, B)](prm, ref, m, part, T, n_tiles, prm.stride(0), ref.stride(0),
@@ -94,14 +98,16 @@ def _row_sums_triton(prm_logp, ref_logp, valid_BT, block_t: int | None = None):
     return part.sum(-1)
 
 
-def _grad_triton(valid_BT, coef_B, dtype, block_t: int | None = None):
+def _grad_triton(valid_BT, coef_B, dtype):
     import triton
 
     from .kernel import prm_grad_kernel
 
     B, T = valid_BT.shape
     m = valid_BT.contiguous().view(torch.uint8)
-    grad = torch.empty(B, T, dtype=dtype, device=valid_BT.device)
-    BT = block_t or _block_t(T)
+    # fp32 out, cast by torch: Triton 3.9's interpreter truncates fp32->bf16 stores (even with
+    # fp_downcast_rounding="rtne"), which would break the bf16 tests; log-probs are fp32 in practice anyway.
+    grad = torch.empty(B, T, dtype=torch.float32, device=valid_BT.device)
+    BT = _block_t(T)
     prm_grad_kernel[(triton.cdiv(T, BT), B)](m, coef_B, grad, T, m.stride(0), grad.stride(0), BT=BT)
-    return grad
+    return grad.to(dtype)
