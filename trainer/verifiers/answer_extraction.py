@@ -52,9 +52,13 @@ def find_boxes(text: str) -> list[tuple[int, int, str | None]]:
     """
     found: list[tuple[int, int, str | None]] = []
     i = 0
+    # next occurrence of each command at or after i; re-searched only once passed (keeps this linear)
+    nxt = {cmd: text.find(cmd) for cmd in _BOX_COMMANDS}
     while True:
-        starts = [(text.find(cmd, i), cmd) for cmd in _BOX_COMMANDS]
-        starts = [(s, c) for s, c in starts if s >= 0]
+        for cmd in _BOX_COMMANDS:
+            if 0 <= nxt[cmd] < i:
+                nxt[cmd] = text.find(cmd, i)
+        starts = [(s, c) for c, s in nxt.items() if s >= 0]
         if not starts:
             return found
         start, cmd = min(starts)
@@ -149,9 +153,11 @@ def _from_text(text: str) -> str | None:
     if m:
         head = line[: m.start()]
         # keep only the last clause before "is the answer"
-        for sep in (". ", ", ", ": "):
-            if sep in head:
-                head = head.rsplit(sep, 1)[1]
+        head = head.rstrip()
+        if head.endswith("$") and head.count("$") >= 2:  # "... $\\frac{1}{2}$ is the answer"
+            head = head[: len(head) - 1].rsplit("$", 1)[1]
+        else:  # "So 9 is the answer": the last token
+            head = head.split()[-1] if head.split() else ""
         head = _clean_tail(head)
         return head or None
     # "... = 42." only on a finished sentence: a truncated line ending mid-thought never matches.

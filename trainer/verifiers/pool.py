@@ -106,7 +106,7 @@ class HardTimeoutPool:
         self._ctx.set_forkserver_preload([module])
         self._lock = threading.Lock()
         self._pool: list[_Worker] = []
-        self._closed = False
+        self._startup_failures = 0
 
     # -- worker lifecycle ------------------------------------------------------------------------------
     def _spawn(self) -> _Worker:
@@ -134,16 +134,19 @@ class HardTimeoutPool:
     def close(self) -> None:
         """Stop and reap every worker (idempotent)."""
         with self._lock:
-            for w in self._pool:
-                try:
-                    w.conn.send(None)
-                except (OSError, ValueError):
-                    pass
-            for w in self._pool:
-                w.proc.join(timeout=0.5)
-                self._kill(w)
-            self._pool = []
-            self._closed = True
+            self.close_unlocked()
+
+    def close_unlocked(self) -> None:
+        """``close`` for a caller that already holds the lock."""
+        for w in self._pool:
+            try:
+                w.conn.send(None)
+            except (OSError, ValueError):
+                pass
+        for w in self._pool:
+            w.proc.join(timeout=0.5)
+            self._kill(w)
+        self._pool = []
 
     def worker_pids(self) -> list[int]:
         return [w.proc.pid for w in self._pool if w.proc.pid is not None]
@@ -154,11 +157,14 @@ class HardTimeoutPool:
         if not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
             raise ValueError(f"timeout_s must be a positive number, got {timeout_s!r}")
         with self._lock:
-            if self._closed:
-                self._closed = False
             while len(self._pool) < self.workers:
                 self._pool.append(self._spawn())
-            return self._run(list(args_list), float(timeout_s), default)
+            try:
+                return self._run(list(args_list), float(timeout_s), default)
+            except BaseException:
+                # an interrupted map leaves workers mid-task with stale replies in their pipes: start over
+                self.close_unlocked()
+                raise
 
     def _run(self, tasks: list[tuple], timeout_s: float, default: Any) -> list[Any]:
         results: list[Any] = [default] * len(tasks)
@@ -192,10 +198,20 @@ class HardTimeoutPool:
                     if w.task is not None:
                         self.counters.crashes += 1
                         outstanding -= 1
+                    elif not w.ready:
+                        # died before saying "ready": the task module cannot even be imported; respawning
+                        # in a loop would never end
+                        self._startup_failures += 1
+                        if self._startup_failures >= 3 * self.workers:
+                            raise RuntimeError(
+                                f"verifier workers for {self.func_path} die at start-up "
+                                f"(exit code {w.proc.exitcode}); is the package importable in a fresh process?"
+                            )
                     self._replace(i)
                     continue
                 if msg[0] == "ready":
                     w.ready = True
+                    self._startup_failures = 0
                     continue
                 tid, ok, value = msg
                 if tid != w.task:

@@ -260,17 +260,23 @@ def run_in_sandbox(
     try:
         uid = UID_BASE + slot
         cgroups = _slot_cgroups(slot, limits) if status.cgroups else []
+        # As root, always run the program as the slot's unprivileged uid (even in the degraded mode, where
+        # it is the strongest layer left: RLIMIT_NPROC and file permissions then apply).
+        drop_uid = os.geteuid() == 0 and status.isolation in ("root", "none")
         lim = asdict(limits)
-        if status.isolation != "root":  # RLIMIT_NPROC then counts the caller's own processes too
+        if not drop_uid:  # RLIMIT_NPROC then counts the caller's own processes too
             lim["nproc"] = _count_own_processes() + limits.nproc
         if status.isolation == "none":
             workdir = tempfile.mkdtemp(prefix="primeflow-sbx-")
+            if drop_uid:
+                os.chown(workdir, uid, uid)
         expose = sorted({os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix,
                                                        str(HARNESS.parent))})
         job = {
             "mode": mode, "code": code, "inputs": inputs, "fn_name": fn_name, "timeout_s": timeout_s,
             "deadline_s": deadline_s, "limits": lim, "uid": uid, "cgroups": cgroups,
-            "mode_isolation": status.isolation, "env": _CLEAN_ENV, "workdir": workdir, "expose_paths": expose,
+            "mode_isolation": status.isolation, "drop_uid": drop_uid, "env": _CLEAN_ENV, "workdir": workdir,
+            "expose_paths": expose,
         }
         python = [sys.executable, "-I", str(HARNESS)]
         unshare = shutil.which("unshare", path=_CLEAN_ENV["PATH"])

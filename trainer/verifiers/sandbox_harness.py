@@ -313,7 +313,7 @@ def main():
         else:
             os.chdir(job["workdir"])
         _set_rlimits(limits)
-        if job["mode_isolation"] == "root":
+        if job["drop_uid"]:
             _drop_privileges(uid)
         elif job["mode_isolation"] == "userns":
             _drop_all_capabilities()
