@@ -44,3 +44,16 @@ def tiny_llama_tied(tmp_path_factory) -> Path:
 def vllm_greedy():
     """`generate_greedy(runs)` from vllm_generate.py: real vLLM in a child process."""
     return load_helper("vllm_generate").generate_greedy
+
+
+@pytest.fixture(scope="session")
+def helper():
+    """`helper("parity")` -> tests/models/parity.py as a module (cached per session)."""
+    cache: dict[str, object] = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = load_helper(name)
+        return cache[name]
+
+    return get

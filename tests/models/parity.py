@@ -1,0 +1,147 @@
+"""Megatron (primeflow.models) vs transformers checks, shared by the in-pytest TP=1 tests and the torchrun
+script (mp_parity.py) for TP/PP > 1. Every check raises AssertionError with the measured error.
+
+transformers is the independent reference: same checkpoint, fp32, computed row by row without padding.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from transformers import AutoModelForCausalLM
+
+from primeflow.models import ModelConfig, build_model, hf_state_dict, load_hf_checkpoint, sequence_logprobs
+
+# The issue's bar: max |logit diff| <= 1e-4 relative to the logit scale (fp32). Log-probs and gradients use
+# the same relative bar (gradients relative to each tensor's largest entry).
+REL_TOL = 1e-4
+
+
+def load_hf(ckpt: Path):
+    return AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32).eval()
+
+
+def build_loaded(ckpt: Path, role: str = "policy"):
+    cfg = ModelConfig.from_hf(ckpt)
+    model = build_model(cfg, role=role, params_dtype=torch.float32)
+    load_hf_checkpoint(model, ckpt)
+    return model, cfg
+
+
+def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    scale = max(1.0, want.abs().max().item()) if want.numel() else 1.0
+    return (got.double() - want.double()).abs().max().item() / scale if want.numel() else 0.0
+
+
+def gather_vocab(logits_bsv: torch.Tensor) -> torch.Tensor:
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    if tp == 1:
+        return logits_bsv
+    parts = [torch.empty_like(logits_bsv) for _ in range(tp)]
+    dist.all_gather(parts, logits_bsv.contiguous(), group=parallel_state.get_tensor_model_parallel_group())
+    return torch.cat(parts, dim=-1)
+
+
+def random_batch(vocab: int, seed: int, B: int = 3, T: int = 13) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids [B, T] and a mask with one full row, one right-padded, one left-padded row."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (B, T), generator=g)
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[1, T - 4:] = 0          # right padding
+    mask[2, :5] = 0              # left padding
+    return ids, mask
+
+
+def hf_row_logprobs(hf, ids: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """[B, T-1] reference: each row's valid span run alone through transformers (no padding at all)."""
+    out = torch.zeros(ids.shape[0], ids.shape[1] - 1, dtype=torch.float32)
+    for b in range(ids.shape[0]):
+        cols = mask[b].nonzero().flatten()
+        s, e = int(cols[0]), int(cols[-1]) + 1
+        seq = ids[b:b + 1, s:e]
+        logp = torch.log_softmax(hf(seq).logits[0, :-1].double() / temperature, dim=-1)
+        out[b, s:e - 1] = logp.gather(-1, seq[0, 1:, None])[:, 0].float()
+    return out
+
+
+def check_logits(model, hf, cfg: ModelConfig, seed: int) -> float:
+    """Unpadded batch: full logits (TP-gathered, padding columns dropped) vs transformers."""
+    ids, _ = random_batch(cfg.vocab_size, seed)
+    pos = torch.arange(ids.shape[1]).expand_as(ids)
+    with torch.no_grad():
+        logits = gather_vocab(model(ids, pos, None))
+        want = hf(ids).logits
+    assert logits.shape[-1] == cfg.padded_vocab_size(parallel_state.get_tensor_model_parallel_world_size())
+    assert torch.isneginf(logits[..., cfg.vocab_size:]).all(), "padded vocab columns must be -inf"
+    err = _rel_err(logits[..., :cfg.vocab_size], want)
+    assert err <= REL_TOL, f"logits rel err {err:.2e}"
+    return err
+
+
+def check_logprob_head(model, hf, cfg: ModelConfig, seed: int) -> float:
+    """model(..., labels=) (fused head) == log_softmax(HF logits) gathered at the labels."""
+    ids, _ = random_batch(cfg.vocab_size, seed + 1)
+    labels = torch.randint(0, cfg.vocab_size, ids.shape, generator=torch.Generator().manual_seed(seed + 2))
+    labels[0, 0], labels[0, 1] = 0, cfg.vocab_size - 1  # first and last vocabulary column
+    pos = torch.arange(ids.shape[1]).expand_as(ids)
+    with torch.no_grad():
+        logp = model(ids, pos, None, labels=labels)
+        want = torch.log_softmax(hf(ids).logits.double(), -1).gather(-1, labels[..., None])[..., 0]
+    assert logp.dtype == torch.float32 and logp.shape == ids.shape
+    err = _rel_err(logp, want)
+    assert err <= REL_TOL, f"log-prob head rel err {err:.2e}"
+    return err
+
+
+def check_sequence_logprobs(model, hf, cfg: ModelConfig, seed: int, temperature: float = 0.7) -> float:
+    """Padded (left + right) batch through packing; positions whose target is padding must be 0."""
+    ids, mask = random_batch(cfg.vocab_size, seed + 3)
+    with torch.no_grad():
+        got = sequence_logprobs(model, ids, attention_mask=mask, temperature=temperature)
+        want = hf_row_logprobs(hf, ids, mask, temperature)
+    if got is None:  # not the last pipeline stage
+        return 0.0
+    assert got.shape == (ids.shape[0], ids.shape[1] - 1) and got.dtype == torch.float32
+    target_pad = mask[:, 1:] == 0
+    assert (got[target_pad] == 0).all()
+    err = _rel_err(got, want)
+    assert err <= REL_TOL, f"sequence_logprobs rel err {err:.2e}"
+    return err
+
+
+def check_gradients(model, hf, cfg: ModelConfig, seed: int) -> float:
+    """d/dθ of sum(w * logp) through sequence_logprobs vs transformers' autograd, every tensor (HF names)."""
+    ids, mask = random_batch(cfg.vocab_size, seed + 4)
+    w = torch.randn(ids.shape[0], ids.shape[1] - 1, generator=torch.Generator().manual_seed(seed + 5))
+    model.zero_grad(set_to_none=True)
+    for p in model.parameters():
+        p.grad = None
+    (sequence_logprobs(model, ids, attention_mask=mask) * w).sum().backward()
+    got = hf_state_dict(model, grads=True)
+    hf.zero_grad(set_to_none=True)
+    (hf_row_logprobs_grad(hf, ids, mask) * w).sum().backward()
+    want = {n: p.grad for n, p in hf.named_parameters()}
+    worst = 0.0
+    for name, g in got.items():
+        ref = want[name] if name in want else None
+        assert ref is not None, f"no HF gradient for {name}"
+        err = _rel_err(g, ref)
+        assert err <= REL_TOL, f"gradient of {name}: rel err {err:.2e}"
+        worst = max(worst, err)
+    return worst
+
+
+def hf_row_logprobs_grad(hf, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Differentiable twin of hf_row_logprobs (fp32 throughout)."""
+    rows = []
+    for b in range(ids.shape[0]):
+        cols = mask[b].nonzero().flatten()
+        s, e = int(cols[0]), int(cols[-1]) + 1
+        seq = ids[b:b + 1, s:e]
+        logp = torch.log_softmax(hf(seq).logits[0, :-1], dim=-1).gather(-1, seq[0, 1:, None])[:, 0]
+        row = torch.zeros(ids.shape[1] - 1)
+        rows.append(torch.cat([row[:s], logp, row[e - 1:]]))
+    return torch.stack(rows)

@@ -1,0 +1,66 @@
+"""Megatron GPTModel (build_model + load_hf_checkpoint) vs transformers on tiny random checkpoints, fp32.
+
+TP=1 runs in this process (a gloo world of one); TP=2 / PP=2 / TP=2xPP=2 run under torchrun
+(tests/models/mp_parity.py, marker `multiproc`). Both use the same checks (tests/models/parity.py):
+logits, the fused log-prob head, sequence_logprobs on a left+right padded batch (packed THD), and
+gradients of every tensor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from primeflow.models import ModelConfig, build_model, load_hf_checkpoint, make_tiny_checkpoint
+
+_HERE = Path(__file__).resolve().parent
+VARIANTS = {
+    "qwen2-untied-V259": dict(seed=5),
+    "llama-tied-V320": dict(seed=6, architecture="llama", tie_word_embeddings=True, vocab_size=320),
+}
+
+
+@pytest.fixture(scope="module")
+def world(helper):
+    dist_helper = helper("dist")
+    dist_helper.init_parallel(tp=1, pp=1)
+    yield
+    dist_helper.shutdown()
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def loaded(request, world, helper, tmp_path_factory):
+    ckpt = make_tiny_checkpoint(tmp_path_factory.mktemp(request.param), **VARIANTS[request.param])
+    parity = helper("parity")
+    model, cfg = parity.build_loaded(ckpt)
+    return model, parity.load_hf(ckpt), cfg, ckpt
+
+
+@pytest.mark.parametrize("check", ["check_logits", "check_logprob_head", "check_sequence_logprobs",
+                                   "check_gradients"])
+def test_tp1_matches_transformers(loaded, helper, seed, check):
+    model, hf, cfg, _ = loaded
+    getattr(helper("parity"), check)(model, hf, cfg, seed)
+
+
+def test_checks_catch_a_wrong_model(world, helper, tiny_qwen2, seed):
+    """The parity bar is tight enough to see a wrong RoPE theta and a 0.01 change of one q bias entry."""
+    parity = helper("parity")
+    hf = parity.load_hf(tiny_qwen2)
+    cfg = dataclasses.replace(ModelConfig.from_hf(tiny_qwen2), rope_theta=10000.0)
+    model = build_model(cfg, role="policy")
+    load_hf_checkpoint(model, tiny_qwen2)
+    with pytest.raises(AssertionError, match="logits rel err"):
+        parity.check_logits(model, hf, cfg, seed)
+    model, cfg = parity.build_loaded(tiny_qwen2)
+    with torch.no_grad():
+        model.decoder.layers[1].self_attention.linear_qkv.bias[5] += 0.01
+    with pytest.raises(AssertionError, match="logits rel err"):
+        parity.check_logits(model, hf, cfg, seed)
