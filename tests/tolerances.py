@@ -73,3 +73,26 @@ def assert_not_worse_than_torch(out: torch.Tensor, torch_lowp: torch.Tensor, tru
 # ~1e-6..1e-5 measured here. 1e-4 leaves margin for longer contexts while a real mismatch (wrong RoPE theta,
 # bias, temperature or tokenizer) shows up as 1e-2 or more.
 VLLM_FP32_LOGPROB_ATOL = 1e-4
+
+
+# Fused lm_head kernels (linear_token_logprobs, prime_token_rewards): a logit of magnitude |z| produced by an
+# fp32 GEMM (or by x/T) is rounded by up to |z|*2^-24 before any softmax math. With a +-1e4 common offset that
+# is ~1e-3, and which of two fp32 implementations (ours, PyTorch's) happens to land closer to float64 is
+# chance, so the 2x ratio alone would flake. Rows with large logits get this many fp32 ulps of their largest
+# |logit| (times the output's sensitivity, supplied by the caller) as an extra floor. 8 ulps: ~1 from the
+# GEMM output, ~1 from 1/T, the rest from the softmax sums that mix every column's rounding.
+FP32_LOGIT_ULPS = 8
+
+
+def assert_not_worse_than_torch_rows(out: torch.Tensor, torch_lowp: torch.Tensor, truth: torch.Tensor,
+                                     dtype: torch.dtype, max_abs_logit: torch.Tensor, *, sensitivity: float = 1.0,
+                                     what: str = "") -> None:
+    """Row-wise ratio rule for outputs with one value (or one row) per token: row n may exceed 2x torch's
+    error on row n by GRAD_ATOL + FP32_LOGIT_ULPS * 2^-24 * max|z_n| * sensitivity."""
+    ours = (out.double() - truth.double()).abs().reshape(out.shape[0], -1).amax(1)
+    theirs = (torch_lowp.double() - truth.double()).abs().reshape(out.shape[0], -1).amax(1)
+    ulp_floor = FP32_LOGIT_ULPS * 2.0 ** -24 * max_abs_logit.double().flatten() * sensitivity
+    floor = GRAD_ATOL[dtype] + ulp_floor
+    bad = ours > ERROR_RATIO * theirs + floor
+    assert not bad.any(), (f"{what} ({dtype}): rows {bad.nonzero().flatten().tolist()} errors "
+                           f"{ours[bad].tolist()} vs torch's {theirs[bad].tolist()} (floor {floor[bad].tolist()})")

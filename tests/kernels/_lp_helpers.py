@@ -48,17 +48,20 @@ def make_logits(n_rows: int, vocab: int, dtype: torch.dtype, gen: torch.Generato
     return logits.to(dtype), labels
 
 
-def make_linear(n_rows: int, hidden: int, vocab: int, dtype: torch.dtype, gen: torch.Generator):
-    """(hidden, weight, labels). Column 0 of hidden times column 0 of weight is a per-row constant: row 1 gets
-    +1e4 on every logit (a common offset), row 2 gets -1e4 (all-negative logits); labels hit the last column."""
+def make_linear(n_rows: int, hidden: int, vocab: int, dtype: torch.dtype, gen: torch.Generator, *,
+                offsets: bool = False):
+    """(hidden, weight, labels) with logits of O(3); labels hit the last column. With offsets, column 0 of
+    hidden times column 0 of weight is a per-row constant: row 1 gets +1e4 on every logit (a common offset),
+    row 2 gets -1e4 (all-negative logits)."""
     h = torch.randn(n_rows, hidden, generator=gen)
     w = torch.randn(vocab, hidden, generator=gen) / hidden ** 0.5 * 3
-    w[:, 0] = 100.0
-    h[:, 0] = 0.0
-    if n_rows > 1:
-        h[1, 0] = 100.0
-    if n_rows > 2:
-        h[2, 0] = -100.0
+    if offsets:
+        w[:, 0] = 100.0
+        h[:, 0] = 0.0
+        if n_rows > 1:
+            h[1, 0] = 100.0
+        if n_rows > 2:
+            h[2, 0] = -100.0
     labels = torch.randint(0, vocab, (n_rows,), generator=gen)
     labels[0] = vocab - 1
     return h.to(dtype), w.to(dtype), labels
