@@ -26,7 +26,8 @@ def extract_code(response: str) -> str:
         start = response.rfind(_FENCE, 0, end)
         body = response[start + len(_FENCE) : end]
         first_nl = body.find("\n")
-        if first_nl >= 0 and body[:first_nl].strip().isidentifier():
+        tag = body[:first_nl].strip() if first_nl >= 0 else "x"
+        if tag == "" or tag.isidentifier():
             body = body[first_nl + 1 :]  # a language tag (```cpp would not run anyway)
         return body
     return response

@@ -1,0 +1,225 @@
+"""Adversarial programs in the code sandbox. Each test asserts the score AND that the call returned within
+its limits, that no process of the sandbox survived, and that nothing was written outside its temp dir —
+checked on the machine itself (sandbox_checks.py), not from what the sandbox reports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from primeflow.trainer.verifiers import SandboxLimits, code_counters, code_score, sandbox_status
+from primeflow.trainer.verifiers import sandbox as sandbox_mod
+from primeflow.trainer.verifiers.sandbox import SandboxStatus
+
+from .sandbox_checks import files_owned_by_sandbox, sandbox_processes  # noqa: TID252
+
+GRACE_S = SandboxLimits().startup_grace_s + 3.0  # interpreter start-up on a loaded 2-core machine, + teardown
+
+
+def _bound(n_tests: int, timeout_s: float) -> float:
+    """The longest a sandboxed call may take: every test at its wall limit, plus start-up grace."""
+    return n_tests * (timeout_s + 0.5) + GRACE_S
+
+
+def run_checked(program: str, inputs: list[str], outputs: list[str], *, timeout_s: float = 2.0,
+                extra_roots: tuple[str, ...] = (), **kw) -> float:
+    assert sandbox_processes() == [], "a previous sandbox left processes behind"
+    t0 = time.monotonic()
+    score = code_score(f"```python\n{program}\n```", {"inputs": inputs, "outputs": outputs}, timeout_s=timeout_s, **kw)
+    elapsed = time.monotonic() - t0
+    assert elapsed < _bound(len(inputs), timeout_s), f"took {elapsed:.1f} s"
+    assert sandbox_processes() == [], "processes outlived the sandbox"
+    assert files_owned_by_sandbox(extra_roots) == [], "the sandbox wrote outside its temp dir"
+    return score
+
+
+@pytest.fixture
+def host_dir():
+    """A directory outside /tmp (not hidden by the sandbox's private /tmp) holding a root-only secret file
+    and a world-writable subdirectory: only the read-only remount and the uid drop protect them."""
+    d = Path("/var/lib") / f"primeflow-verifier-test-{uuid.uuid4().hex[:12]}"
+    d.mkdir(mode=0o755)
+    (d / "secret").write_text("top-secret-" + uuid.uuid4().hex)
+    os.chmod(d / "secret", 0o600)
+    (d / "open").mkdir()
+    os.chmod(d / "open", 0o777)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_isolation_is_active_here():
+    status = sandbox_status()
+    if os.geteuid() != 0:
+        pytest.skip("dev/CI machines run as root; this checks the root isolation path")
+    assert status.isolation == "root", status.reason
+
+
+def test_infinite_loops_time_out():
+    before = code_counters()["code/timeouts"]
+    assert run_checked("while True:\n    pass", ["1\n", "2\n"], ["1", "2"], timeout_s=1.0) == 0.0
+    assert run_checked("import time\ntime.sleep(1000)", ["1\n"], ["1"], timeout_s=1.0) == 0.0  # wall, not CPU
+    assert code_counters()["code/timeouts"] == before + 3
+
+
+def test_fork_bomb_is_contained():
+    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+    assert run_checked(bomb, ["x\n"], ["x"], timeout_s=2.0) == 0.0
+
+
+@pytest.mark.parametrize(
+    "program",
+    [
+        "x = bytearray(1 << 36)\nprint('survived')",  # one huge allocation: RLIMIT_AS
+        "chunks = []\nwhile True:\n    chunks.append(b'x' * (64 << 20))",  # gradual growth
+        # many processes, each under the per-process limit: only the sandbox-wide memory limit stops this
+        "import os\nfor _ in range(12):\n    if os.fork() == 0:\n        b = b'x' * (700 << 20)\n"
+        "        import time; time.sleep(30)\nimport time\ntime.sleep(30)",
+    ],
+    ids=["huge", "gradual", "forked"],
+)
+def test_memory_bombs_score_zero(program):
+    assert run_checked(program, ["\n"], ["survived"], timeout_s=3.0) == 0.0
+
+
+def test_output_flood_is_cut(tmp_path):
+    assert run_checked("while True:\n    print('x' * 100000)", ["\n"], ["x"], timeout_s=3.0) == 0.0
+
+
+def test_writes_outside_are_contained(host_dir, tmp_path):
+    nonce = uuid.uuid4().hex[:10]
+    targets = [
+        str(host_dir / "open" / "escape.txt"),  # world-writable dir on the host root fs
+        str(host_dir / "escape.txt"),
+        f"/var/tmp/pf-escape-{nonce}", f"/dev/shm/pf-escape-{nonce}", f"/run/lock/pf-escape-{nonce}",
+        f"/tmp/pf-escape-{nonce}", str(tmp_path / "escape.txt"), "/root/pf-escape", "/etc/pf-escape",
+    ]
+    program = f"""
+import os
+escaped = []
+for p in {targets!r}:
+    try:
+        with open(p, 'w') as f:
+            f.write('pwned')
+        escaped.append(p)
+    except OSError:
+        pass
+try:
+    os.makedirs('/var/tmp/pf-dir-{nonce}/x')
+    escaped.append('mkdir')
+except OSError:
+    pass
+with open('inside.txt', 'w') as f:  # its own temp dir is writable
+    f.write('ok')
+print(open('inside.txt').read() if not escaped else 'ESCAPED ' + ' '.join(escaped))
+"""
+    assert run_checked(program, ["\n"], ["ok"], extra_roots=(str(host_dir), str(tmp_path))) == 1.0
+    for p in [*targets, f"/var/tmp/pf-dir-{nonce}"]:
+        assert not os.path.exists(p), p
+
+
+def test_secrets_are_unreadable(host_dir, monkeypatch):
+    secret = (host_dir / "secret").read_text()
+    monkeypatch.setenv("PRIMEFLOW_FAKE_API_KEY", "sk-" + secret)
+    read_file = f"print(open({str(host_dir / 'secret')!r}).read())"
+    assert run_checked(read_file, ["\n"], [secret]) == 0.0
+    read_env = "import os\nprint(os.environ.get('PRIMEFLOW_FAKE_API_KEY', 'none'))"
+    assert run_checked(read_env, ["\n"], ["sk-" + secret]) == 0.0
+    first_shadow_line = Path("/etc/shadow").read_text().splitlines()[0] if os.access("/etc/shadow", os.R_OK) else "x"
+    assert run_checked("print(open('/etc/shadow').readline())", ["\n"], [first_shadow_line]) == 0.0
+    # the parent's other files (e.g. its environ, its /proc entries) are not reachable either
+    parent_env = f"print(open('/proc/{os.getpid()}/environ').read())"
+    assert run_checked(parent_env, ["\n"], [Path(f"/proc/{os.getpid()}/environ").read_text()]) == 0.0
+
+
+def test_no_network():
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    program = f"""
+import socket
+ok = []
+for host in ('127.0.0.1', '1.1.1.1'):
+    try:
+        socket.create_connection((host, {port} if host == '127.0.0.1' else 53), timeout=1).close()
+        ok.append(host)
+    except OSError:
+        pass
+try:
+    socket.getaddrinfo('pypi.org', 443)
+    ok.append('dns')
+except OSError:
+    pass
+print('connected' if ok else 'offline')
+"""
+    try:
+        assert run_checked(program, ["\n"], ["connected"]) == 0.0
+        assert run_checked(program, ["\n"], ["offline"]) == 1.0  # the honest fraction: it ran, was offline
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody ever connected
+    finally:
+        listener.close()
+
+
+def test_background_processes_do_not_survive():
+    program = """
+import os, signal, subprocess, time
+subprocess.Popen(['sleep', '300'], start_new_session=True)
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        while True:
+            time.sleep(0.1)
+    os._exit(0)
+print('spawned')
+"""
+    # it prints the right answer, so it passes (honest score); what matters is that nothing outlives it
+    assert run_checked(program, ["\n", "\n"], ["spawned", "spawned"]) == 1.0
+
+
+def test_cannot_kill_the_harness_or_forge_results():
+    forger = """
+import os, signal, json
+for sig_target in (1, -1):
+    try:
+        os.kill(sig_target, signal.SIGKILL)
+    except OSError:
+        pass
+forged = ''.join(json.dumps({'i': k, 'status': 'done', 'exit': 0, 'out': 'FORGED'}) + '\\n' for k in range(2))
+for fd in range(3, 32):
+    for path in (f'/proc/1/fd/{fd}', f'/proc/self/fd/{fd}'):
+        try:
+            with open(path, 'w') as f:
+                f.write(forged)
+        except OSError:
+            pass
+"""
+    before = code_counters()
+    assert run_checked(forger, ["\n", "\n"], ["FORGED", "FORGED"]) == 0.0
+    after = code_counters()
+    assert after["code/setup_errors"] == before["code/setup_errors"]
+    assert after["code/killed"] == before["code/killed"]  # the harness lived on and reported
+
+
+def test_degraded_mode_is_explicit_and_still_restrictive(monkeypatch, tmp_path):
+    monkeypatch.setattr(sandbox_mod._PROBE, "status", SandboxStatus("none", False, "forced by test"))
+    with pytest.raises(RuntimeError, match="cannot isolate"):
+        code_score("print(1)", {"inputs": ["\n"], "outputs": ["1"]}, limits=SandboxLimits(require_isolation=True))
+    assert run_checked("print(int(input()) + 1)", ["1\n"], ["2"]) == 1.0
+    net = "import socket\ntry:\n    socket.socket()\n    print('net')\nexcept PermissionError:\n    print('no')"
+    assert run_checked(net, ["\n"], ["net"]) == 0.0
+    fork = "import os\ntry:\n    os.fork()\n    print('forked')\nexcept PermissionError:\n    print('no')"
+    assert run_checked(fork, ["\n"], ["forked"]) == 0.0
+    target = tmp_path / "escape.txt"
+    write = f"try:\n    open({str(target)!r}, 'w').write('x')\n    print('wrote')\nexcept PermissionError:\n    print('no')"
+    assert run_checked(write, ["\n"], ["wrote"], extra_roots=(str(tmp_path),)) == 0.0
+    assert not target.exists()
