@@ -247,3 +247,28 @@ def test_bad_input_names_the_argument(overrides, pattern):
 
 def test_backend_reported():
     assert K.rloo_advantages_backend(torch.zeros(2, 2)) in ("torch", "triton")
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 0.95, 1.0])
+@pytest.mark.parametrize("chunk", [1, 4, 64])
+def test_torch_path_chunked_scan(generator, gamma, chunk):
+    """The CPU path's chunked discounted scan (matmul inside chunks, carry across) vs the recurrence."""
+    from primeflow.kernels.rloo.op import discounted_scan
+
+    x = torch.randn(3, 37, generator=generator)
+    want = torch.zeros(3, 37, dtype=torch.float64)
+    carry = torch.zeros(3, dtype=torch.float64)
+    for t in reversed(range(37)):
+        carry = x[:, t].double() + gamma * carry
+        want[:, t] = carry
+    assert_close_to_truth(discounted_scan(x, gamma, chunk=chunk), want, torch.float32, what=f"scan C={chunk}")
+
+
+def test_long_rows_cross_scan_chunks(generator):
+    """T > 64: the torch path's scan spans several chunks (both gammas != 1 and equal, then different)."""
+    rewards, outcome, mask = random_rloo_inputs(generator, 2, 2, 150)
+    for gp, go in ((0.97, 0.97), (0.97, 0.9)):
+        kwargs = dict(group_size=2, gamma_process=gp, gamma_outcome=go, reward_norm="none", whiten=False)
+        out = K.rloo_advantages(rewards, outcome, mask, **kwargs)
+        assert_close_to_truth(out, truth.rloo_truth(rewards, outcome, mask, **kwargs), torch.float32,
+                              what=f"T=150 gammas {gp}/{go}")
