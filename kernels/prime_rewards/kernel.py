@@ -64,8 +64,10 @@ def prime_rewards_kernel(
                                          REF_KIND, BLOCK_N, BLOCK_V, BLOCK_H, REF_DOT_FP32)
     tl.store(logp_ptr + N + rows, (zt_prm - m_prm) - ls_prm, mask=row_ok)
     tl.store(logp_ptr + 2 * N + rows, (zt_ref - m_ref) - ls_ref, mask=row_ok)
-    # lse_prm - lse_ref = (m_prm - m_ref) + (ls_prm - ls_ref): each difference is of like-sized fp32 values
-    reward = beta * ((zt_prm - zt_ref) - ((m_prm - m_ref) + (ls_prm - ls_ref)))
+    # (z_prm - z_ref) - (lse_prm - lse_ref) regrouped as ((z_prm - m_prm) - (z_ref - m_ref)) - (ls_prm - ls_ref):
+    # z - m is exact when z is near the max (Sterbenz), even under a +1e4 offset on one model only, where
+    # z_prm - z_ref itself would already round to 1e-3.
+    reward = beta * (((zt_prm - m_prm) - (zt_ref - m_ref)) - (ls_prm - ls_ref))
     if HAS_MASK:
         keep = tl.load(mask_ptr + rows, mask=row_ok, other=0)
         reward = tl.where(keep != 0, reward, 0.0)

@@ -65,7 +65,7 @@ def _cpu_pieces(model: ModelInput, labels: torch.Tensor) -> tuple[torch.Tensor, 
 def _cpu(labels, prm, ref, policy, beta, mask) -> PrimeLogprobs:
     zt_prm, m_prm, ls_prm = _cpu_pieces(prm, labels)
     zt_ref, m_ref, ls_ref = _cpu_pieces(ref, labels)
-    reward_N = beta * ((zt_prm - zt_ref) - ((m_prm - m_ref) + (ls_prm - ls_ref)))
+    reward_N = beta * (((zt_prm - m_prm) - (zt_ref - m_ref)) - (ls_prm - ls_ref))  # grouping: see kernel.py
     if mask is not None:
         reward_N = torch.where(mask != 0, reward_N, torch.zeros_like(reward_N))
     policy_logp = None
