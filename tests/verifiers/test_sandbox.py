@@ -223,3 +223,32 @@ def test_degraded_mode_is_explicit_and_still_restrictive(monkeypatch, tmp_path):
     write = f"try:\n    open({str(target)!r}, 'w').write('x')\n    print('wrote')\nexcept PermissionError:\n    print('no')"
     assert run_checked(write, ["\n"], ["wrote"], extra_roots=(str(tmp_path),)) == 0.0
     assert not target.exists()
+
+
+def test_user_namespace_mode(monkeypatch, host_dir):
+    """The non-root fallback (forced here): same namespaces via a user namespace, every capability dropped."""
+    monkeypatch.setattr(sandbox_mod._PROBE, "status", SandboxStatus("userns", False, "forced by test"))
+    assert run_checked("print(int(input()) * 3)", ["4\n"], ["12"]) == 1.0
+    probe = f"""
+import ctypes, os, socket
+bad = []
+caps = [l for l in open('/proc/self/status') if l.startswith('CapEff')][0].split()[1]
+if int(caps, 16):
+    bad.append('caps')
+try:
+    socket.create_connection(('1.1.1.1', 53), timeout=1)
+    bad.append('net')
+except OSError:
+    pass
+for p in ({str(host_dir / 'open' / 'x')!r}, '/var/tmp/pf-userns-x'):
+    try:
+        open(p, 'w').write('x')
+        bad.append(p)
+    except OSError:
+        pass
+if ctypes.CDLL(None).mount(b'tmpfs', b'/var', b'tmpfs', 0, None) == 0:
+    bad.append('mount')
+print(bad or 'contained')
+"""
+    assert run_checked(probe, ["\n"], ["contained"], extra_roots=(str(host_dir),)) == 1.0
+    assert not (host_dir / "open" / "x").exists()

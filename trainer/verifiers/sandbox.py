@@ -272,11 +272,13 @@ def run_in_sandbox(
                 os.chown(workdir, uid, uid)
         expose = sorted({os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix,
                                                        str(HARNESS.parent))})
+        # home directories hold keys and tokens: hidden behind empty tmpfs (the interpreter stays reachable)
+        hide = sorted({"/root", "/home", os.path.realpath(os.path.expanduser("~"))} - {"/"})
         job = {
             "mode": mode, "code": code, "inputs": inputs, "fn_name": fn_name, "timeout_s": timeout_s,
             "deadline_s": deadline_s, "limits": lim, "uid": uid, "cgroups": cgroups,
             "mode_isolation": status.isolation, "drop_uid": drop_uid, "env": _CLEAN_ENV, "workdir": workdir,
-            "expose_paths": expose,
+            "expose_paths": expose, "hide_paths": hide,
         }
         python = [sys.executable, "-I", str(HARNESS)]
         unshare = shutil.which("unshare", path=_CLEAN_ENV["PATH"])

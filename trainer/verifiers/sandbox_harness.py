@@ -64,7 +64,7 @@ def _unescape(path):
     return path.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 
 
-def _lock_down_filesystem(tmpfs_bytes, uid, expose):
+def _lock_down_filesystem(tmpfs_bytes, uid, expose, hide):
     """Every mount read-only in this private namespace; a fresh tmpfs for /tmp; empty ro tmpfs on the
     other world-writable places. Returns a list of mounts that could not be made read-only."""
     failed = []
@@ -87,7 +87,7 @@ def _lock_down_filesystem(tmpfs_bytes, uid, expose):
                 _mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0755")
             except OSError:
                 failed.append(path)
-    _expose_interpreter(expose)
+    _hide_and_expose(hide, expose)
     os.mkdir(WORKDIR, 0o700)
     os.chown(WORKDIR, uid, uid)
     return [p for p in failed if os.access(p, os.W_OK) and p not in ("/proc", "/sys")]
@@ -103,19 +103,28 @@ def _first_blocked_ancestor(path):
     return None
 
 
-def _expose_interpreter(paths):
-    """Make the interpreter's own directories reachable by the unprivileged uid.
+def _under(p, q):
+    return p == q or p.startswith(q.rstrip("/") + "/")
 
-    A Python under /root (pyenv) is readable by root only: the program could not import the stdlib after
-    the uid drop. In our private mount namespace, each needed directory is bind-mounted aside, an empty
-    tmpfs covers the blocking ancestor (which also hides the rest of it, e.g. all of /root), and the
-    directory is bind-mounted back read-only at its own path. The host is untouched.
+
+def _hide_and_expose(hide, expose):
+    """Cover ``hide`` dirs (home directories) with empty tmpfs, keeping the interpreter reachable.
+
+    A Python under /root (pyenv) is readable by root only: after the uid drop the program could not import
+    the stdlib. Home directories hold the caller's keys and tokens. In our private mount namespace each
+    needed interpreter directory is bind-mounted aside, an empty tmpfs covers the hidden or blocking
+    ancestor (hiding everything else in it), and the directory is bind-mounted back read-only at its own
+    path. The host is untouched.
     """
-    groups = {}
-    for p in sorted(set(paths)):
-        a = _first_blocked_ancestor(p)
-        if a is not None and not any(p.startswith(q + "/") or p == q for q in groups.get(a, [])):
-            groups.setdefault(a, []).append(p)
+    covers = [h for h in sorted(set(hide)) if os.path.isdir(h) and not os.path.islink(h)]
+    groups = {h: [] for h in covers}
+    for p in sorted(set(expose)):
+        a = next((h for h in covers if _under(p, h) and p != h), None) or _first_blocked_ancestor(p)
+        if a is None:
+            continue
+        group = groups.setdefault(a, [])
+        if not any(_under(p, q) for q in group):
+            group.append(p)
     staged = []
     for a, ps in groups.items():
         for p in ps:
@@ -305,7 +314,8 @@ def main():
             if job["cgroups"]:
                 _join_cgroups(job["cgroups"])
             unsafe = _lock_down_filesystem(
-                limits["tmpfs_bytes"], uid if job["mode_isolation"] == "root" else 0, job["expose_paths"]
+                limits["tmpfs_bytes"], uid if job["mode_isolation"] == "root" else 0, job["expose_paths"],
+                job["hide_paths"],
             )
             if unsafe:
                 raise RuntimeError(f"could not make these mounts read-only: {unsafe}")
