@@ -1,9 +1,10 @@
 """Triton kernels of `rloo_advantages`: per-row statistics, discounted reverse scans, whitening.
 
 Legend: B rows, T positions, BT tile of positions. One program per row walks the row's T tiles from the
-END towards position 0, so a reverse scan becomes a forward scan over a tile loaded with descending
-offsets (block element k holds position t = T-1-(tile*BT + k)), with a scalar carry between tiles.
-Forward scans with a non-commutative combine are well defined in Triton; reverse ones are avoided.
+last one to the first, with a scalar carry between tiles; inside a tile (loaded with ascending, contiguous
+offsets, so loads vectorize) a reverse scan runs. Triton defines a reverse scan as flip, forward scan,
+flip (its test suite checks non-commutative combines such as linear recurrences that way, and the
+interpreter implements it so): the combine's left argument accumulates the later positions.
 """
 
 import triton
@@ -19,18 +20,19 @@ def _affine_combine(a_l, b_l, a_r, b_r):
 
 @triton.jit
 def _discounted_tile(b_x, carry, gamma, GAMMA_ONE: tl.constexpr):
-    """Discounted reverse cumsum of one descending tile: returns (G over the tile [BT], G at its last element)."""
+    """G_t = x_t + gamma*G_{t+1} over one tile, G after the tile = carry: (G [BT], G at the tile's start)."""
     BT: tl.constexpr = b_x.shape[0]
     o_k = tl.arange(0, BT)
     if GAMMA_ONE:
-        b_g = tl.cumsum(b_x, 0) + carry
+        b_g = tl.cumsum(b_x, 0, reverse=True) + carry
     else:
         b_a = tl.full([BT], 1.0, tl.float32) * gamma
-        b_pow, b_sum = tl.associative_scan((b_a, b_x), 0, _affine_combine)
-        b_g = b_sum + b_pow * carry  # b_pow = gamma^(k+1): how far the carry is discounted
-    # The next (earlier) tile continues from the value at the tile's last element (k = BT-1); in the final
-    # tile the unused tail is never read again.
-    new_carry = tl.sum(tl.where(o_k == BT - 1, b_g, 0.0), 0)
+        b_pow, b_sum = tl.associative_scan((b_a, b_x), 0, _affine_combine, reverse=True)
+        # b_pow = gamma^(BT-k): how far the carry is discounted. Positions past T (zeros in the row's last
+        # tile) only add gamma factors to the carry, which is 0 there.
+        b_g = b_sum + b_pow * carry
+    # The previous (earlier) tile continues from the value at this tile's first element.
+    new_carry = tl.sum(tl.where(o_k == 0, b_g, 0.0), 0)
     return b_g, new_carry
 
 
@@ -49,14 +51,15 @@ def rloo_row_stats_kernel(
     b_total = tl.zeros((), tl.float32)
     b_count = tl.zeros((), tl.float32)
     b_absmax = tl.zeros((), tl.float32)
-    for i_t in range(0, tl.cdiv(T, BT)):
-        o_t = T - 1 - (i_t * BT + o_k)
-        m_t = o_t >= 0
+    n_tiles = tl.cdiv(T, BT)
+    for i_t in range(0, n_tiles):
+        o_t = (n_tiles - 1 - i_t) * BT + o_k  # tiles from the end of the row towards its start
+        m_t = o_t < T
         b_valid = tl.load(p_m + o_t, mask=m_t, other=0) != 0
         b_x = tl.where(b_valid, tl.load(p_r + o_t, mask=m_t, other=0.0).to(tl.float32), 0.0)
         b_count += tl.sum(b_valid.to(tl.float32), 0)
         if NORM:
-            b_c = tl.cumsum(b_x, 0) + b_total  # sum_{s>=t} r_s for the tile's positions
+            b_c = tl.cumsum(b_x, 0, reverse=True) + b_total  # sum_{s>=t} r_s for the tile's positions
             b_absmax = tl.maximum(b_absmax, tl.max(tl.abs(b_c), 0), propagate_nan=tl.PropagateNan.ALL)
         b_total += tl.sum(b_x, 0)
     # A NaN anywhere in the row makes its total NaN; GPU max reductions may drop NaN, so re-inject it.
@@ -92,9 +95,10 @@ def rloo_returns_kernel(
     b_n = tl.zeros((), tl.float32)
     b_mean = tl.zeros((), tl.float32)
     b_m2 = tl.zeros((), tl.float32)
-    for i_t in range(0, tl.cdiv(T, BT)):
-        o_t = T - 1 - (i_t * BT + o_k)
-        m_t = o_t >= 0
+    n_tiles = tl.cdiv(T, BT)
+    for i_t in range(0, n_tiles):
+        o_t = (n_tiles - 1 - i_t) * BT + o_k  # tiles from the end of the row towards its start
+        m_t = o_t < T
         b_valid = tl.load(p_m + o_t, mask=m_t, other=0) != 0
         b_r = tl.load(p_r + o_t, mask=m_t, other=0.0).to(tl.float32)
         b_xp = tl.where(b_valid, b_r * b_scale - b_shift, 0.0)
