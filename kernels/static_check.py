@@ -68,6 +68,11 @@ class Report:
 
 
 def _sig(fn, types: dict[str, str]) -> dict[str, str]:
+    """Signature for ASTSource: runtime args from `types`, every other arg must be a tl.constexpr."""
+    constexpr_args = {p.name for p in fn.params if p.is_constexpr}
+    missing = [n for n in fn.arg_names if n not in types and n not in constexpr_args]
+    if missing:
+        raise ValueError(f"static_check: no type given for {fn.__name__} argument(s) {missing}")
     return {name: types.get(name, "constexpr") for name in fn.arg_names}
 
 
@@ -79,22 +84,22 @@ def specs() -> list[KernelSpec]:
             out.append(KernelSpec(
                 f"token_stats_fwd[{dtype},entropy={entropy}]", logprob_kernel.token_stats_fwd_kernel,
                 _sig(logprob_kernel.token_stats_fwd_kernel, {
-                    "logits_ptr": f"*{dtype}", "labels_ptr": "*i64", "lse_ptr": "*fp32", "ent_ptr": "*fp32",
-                    "zt_ptr": "*fp32", "V": "i32", "stride_row": "i64", "inv_temperature": "fp32"}),
+                    "logits_ptr": f"*{dtype}", "labels_ptr": "*i64", "m_ptr": "*fp32", "ls_ptr": "*fp32",
+                    "ent_ptr": "*fp32", "zt_ptr": "*fp32", "V": "i32", "stride_row": "i64", "inv_temperature": "fp32"}),
                 {"BLOCK_V": MAX_BLOCK_V, "WITH_ENTROPY": entropy},
-                ("logits_ptr", "labels_ptr", "lse_ptr", "ent_ptr", "zt_ptr", "V", "stride_row"), NUM_WARPS))
+                ("logits_ptr", "labels_ptr", "m_ptr", "ls_ptr", "ent_ptr", "zt_ptr", "V", "stride_row"), NUM_WARPS))
         out.append(KernelSpec(
             f"token_logprobs_bwd[{dtype},entropy=True]", logprob_kernel.token_logprobs_bwd_kernel,
             _sig(logprob_kernel.token_logprobs_bwd_kernel, {
-                "logits_ptr": f"*{dtype}", "labels_ptr": "*i64", "lse_ptr": "*fp32", "ent_ptr": "*fp32",
-                "grad_logp_ptr": "*fp32", "grad_ent_ptr": "*fp32", "grad_logits_ptr": f"*{dtype}", "V": "i32",
+                "logits_ptr": f"*{dtype}", "labels_ptr": "*i64", "m_ptr": "*fp32", "ls_ptr": "*fp32",
+                "ent_ptr": "*fp32", "grad_logp_ptr": "*fp32", "grad_ent_ptr": "*fp32", "grad_logits_ptr": f"*{dtype}", "V": "i32",
                 "stride_row": "i64", "stride_grad_row": "i64", "inv_temperature": "fp32"}),
             {"BLOCK_V": MAX_BLOCK_V, "WITH_ENTROPY": True},
             ("logits_ptr", "grad_logits_ptr", "V", "stride_row", "stride_grad_row"), NUM_WARPS))
     tiles = {k: GPU_TILES[k] for k in ("BLOCK_N", "BLOCK_V", "BLOCK_H")}
     for dtype in ("bf16", "fp32"):
-        linear_types = {"h_ptr": f"*{dtype}", "w_ptr": f"*{dtype}", "labels_ptr": "*i64", "lse_ptr": "*fp32",
-                        "ent_ptr": "*fp32", "zt_ptr": "*fp32", "N": "i32", "V": "i32", "H": "i32",
+        linear_types = {"h_ptr": f"*{dtype}", "w_ptr": f"*{dtype}", "labels_ptr": "*i64", "m_ptr": "*fp32",
+                        "ls_ptr": "*fp32", "ent_ptr": "*fp32", "zt_ptr": "*fp32", "N": "i32", "V": "i32", "H": "i32",
                         "stride_hn": "i64", "stride_wv": "i64", "inv_temperature": "fp32",
                         "cols_per_split": "i32", "g_ptr": "*fp32", "g_ent_ptr": "*fp32", "dz_ptr": "*fp32"}
         aligned = ("h_ptr", "w_ptr", "H", "stride_hn", "stride_wv", "V", "dz_ptr")
