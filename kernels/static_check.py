@@ -123,7 +123,13 @@ def specs() -> list[KernelSpec]:
             {**tiles, "POL_KIND": kinds[0], "PRM_KIND": kinds[1], "REF_KIND": kinds[2], "HAS_MASK": True,
              "POL_DOT_FP32": False, "PRM_DOT_FP32": False, "REF_DOT_FP32": False},
             aligned, GPU_TILES["num_warps"]))
-    return out
+    return out + rl_specs()
+
+
+def rl_specs() -> list[KernelSpec]:
+    """The RL kernels (rloo, ppo_loss, prm_loss), declared next to them in _rl_static_specs.py."""
+    from ._rl_static_specs import rl_kernel_specs
+    return [KernelSpec(**d) for d in rl_kernel_specs()]
 
 
 def _cuobjdump() -> str:
