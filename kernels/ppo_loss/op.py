@@ -12,6 +12,7 @@ buffer and reads the inputs once.
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .._backend import triton_interpret
 from .._rl_validate import validate_ppo_args
@@ -81,6 +82,7 @@ class _PPOClipLoss(torch.autograd.Function):
         return loss, clip_count, kl_sum
 
     @staticmethod
+    @once_differentiable  # the saved gradient is a constant: no double backward
     def backward(ctx, grad_loss, _grad_clip_count, _grad_kl_sum):
         grad_logp = (ctx.grad_BT * grad_loss).to(ctx.logp_dtype)  # out of place: backward may run twice
         return grad_logp, None, None, None, None, None, None

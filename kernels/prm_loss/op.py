@@ -12,6 +12,7 @@ flow only through log pi_phi).
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 import torch.nn.functional as F
 
 from .._backend import triton_interpret
@@ -62,6 +63,7 @@ class _PRMCELoss(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @once_differentiable  # built from saved constants (per-row coefficients): no double backward
     def backward(ctx, grad_loss):
         (valid_BT,) = ctx.saved_tensors
         coef_B = (ctx.coef_B * grad_loss).contiguous()

@@ -239,6 +239,7 @@ def test_group_of_one_is_rejected(impl):
     (dict(form="grpo"), r"form must be one of \['prime', 'paper'\]"),
     (dict(whiten=1), r"whiten must be a bool"),
     (dict(process_coef=float("inf")), r"process_coef must be a finite number"),
+    (dict(outcome=torch.zeros(4, device="meta")), r"outcome is on meta but the other inputs are on cpu"),
 ])
 def test_bad_input_names_the_argument(overrides, pattern):
     with pytest.raises(ValueError, match=pattern):
