@@ -55,7 +55,7 @@ def _record(benchmark, group, provider, path, bytes_read, fn):
     benchmark.group = group
     benchmark.extra_info.update(provider=provider, path=path, device=DEVICE, bytes_read=bytes_read,
                                 peak_extra_bytes=extra, threads=torch.get_num_threads())
-    benchmark.pedantic(_sync(fn), rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(_sync(fn), rounds=20, iterations=1, warmup_rounds=2)
 
 
 RLOO_PROVIDERS = _providers(reference.rloo_advantages, K.rloo_advantages)
