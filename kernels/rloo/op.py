@@ -193,11 +193,14 @@ def rloo_advantages_triton(token_rewards: torch.Tensor, outcome: torch.Tensor, v
     if not whiten:
         return out_BT
 
-    # Chan's merge of the per-row (n, mean, M2): global mean and unbiased variance of the valid returns.
-    n = count_B.sum()
-    mu = (count_B * row_mean_B).sum() / n
-    m2 = row_m2_B.sum() + (count_B * (row_mean_B - mu) ** 2).sum()
-    inv_std = torch.rsqrt(m2 / (n - 1) + WHITEN_EPS)
+    # Chan's merge of the per-row (n, mean, M2): global mean and unbiased variance of the valid returns
+    # (in float64: [B] vectors, and counts past 2^24 tokens stay exact).
+    n_B, mean_B = count_B.double(), row_mean_B.double()
+    n = n_B.sum()
+    mu = (n_B * mean_B).sum() / n
+    m2 = row_m2_B.double().sum() + (n_B * (mean_B - mu) ** 2).sum()
+    inv_std = torch.rsqrt(m2 / (n - 1) + WHITEN_EPS).float()
+    mu = mu.float()
     BLOCK = 1024
     whiten_kernel[(triton.cdiv(B * T, BLOCK),)](out_BT, mu.reshape(1), inv_std.reshape(1), B * T, BLOCK=BLOCK)
     return out_BT
