@@ -48,7 +48,7 @@ def files_owned_by_sandbox(extra_roots: tuple[str, ...] = ()) -> list[str]:
         if not os.path.isdir(root):
             continue
         for dirpath, dirnames, filenames in os.walk(root):
-            depth = dirpath[len(root):].count(os.sep)
+            depth = dirpath[len(root) :].count(os.sep)
             for name in dirnames + filenames:
                 p = os.path.join(dirpath, name)
                 try:

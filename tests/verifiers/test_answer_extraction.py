@@ -1,11 +1,10 @@
-"""Final-answer extraction: PRIME's rules (last box, brace matching, text fallbacks) and the anti-hacking rules."""
+"""Final-answer extraction: PRIME's rules (last box, brace matching, text fallbacks), anti-hacking rules."""
 
 from __future__ import annotations
 
 import time
 
 import pytest
-
 from primeflow.trainer.verifiers import extract_final_answer
 from primeflow.trainer.verifiers.answer_extraction import find_boxes, strip_prompt_echo
 

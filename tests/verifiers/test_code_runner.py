@@ -8,7 +8,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from primeflow.trainer.verifiers import code_score, code_scores, extract_code
 from primeflow.trainer.verifiers.code_runner import outputs_match
 
@@ -111,22 +110,30 @@ class Solution:
 
 
 def test_call_based_correct_and_wrong_on_leetcode():
-    cost = _problem("leetcode_prime.jsonl", "leetcode/biweekly-contest-122-divide-an-array-into-subarrays-with-minimum-cost-i")
-    pushes = _problem("leetcode_prime.jsonl", "leetcode/weekly-contest-381-minimum-number-of-pushes-to-type-word-i")
-    expected_wrong = _honest_fraction(MIN_COST_WRONG, cost["tests"]["inputs"][:10], cost["tests"]["outputs"][:10],
-                                      "minimumCost")
+    cost = _problem(
+        "leetcode_prime.jsonl",
+        "leetcode/biweekly-contest-122-divide-an-array-into-subarrays-with-minimum-cost-i",
+    )
+    pushes = _problem(
+        "leetcode_prime.jsonl", "leetcode/weekly-contest-381-minimum-number-of-pushes-to-type-word-i"
+    )
+    expected_wrong = _honest_fraction(
+        MIN_COST_WRONG, cost["tests"]["inputs"][:10], cost["tests"]["outputs"][:10], "minimumCost"
+    )
     assert 0.0 <= expected_wrong < 1.0
     scores = code_scores(
         [_fence(MIN_COST_CORRECT), _fence(MIN_COST_WRONG), _fence(PUSHES_CORRECT), _fence(MIN_COST_CORRECT)],
         [cost["tests"], cost["tests"], pushes["tests"], json.dumps(pushes["tests"])],
-        workers=2, timeout_s=5.0,
+        workers=2,
+        timeout_s=5.0,
     )
     assert scores == [1.0, pytest.approx(expected_wrong), 1.0, 0.0]  # last: solves another problem
 
 
 def test_extraction_takes_the_last_python_block():
     response = (
-        "First attempt:\n```python\nprint('wrong')\n```\nBetter:\n```python\nprint(int(input()) * 2)\n```\nDone."
+        "First attempt:\n```python\nprint('wrong')\n```\n"
+        "Better:\n```python\nprint(int(input()) * 2)\n```\nDone."
     )
     assert extract_code(response).strip() == "print(int(input()) * 2)"
     assert code_score(response, {"inputs": ["21\n"], "outputs": ["42\n"]}) == 1.0
@@ -159,7 +166,10 @@ def test_output_comparison(got, expected, ok):
 def test_failures_score_zero_and_bad_arguments():
     tests = {"inputs": ["1\n", "2\n"], "outputs": ["1\n", "2\n"]}
     assert code_score("```python\nthis is not python\n```", tests) == 0.0
-    assert code_score("```python\nimport sys\nprint(sys.stdin.read().strip())\nraise SystemExit(3)\n```", tests) == 0.0
+    assert (
+        code_score("```python\nimport sys\nprint(sys.stdin.read().strip())\nraise SystemExit(3)\n```", tests)
+        == 0.0
+    )
     assert code_score("```python\nprint(input())\n```", tests) == 1.0
     assert code_score("```python\nimport sys\nprint(input()); sys.exit(0)\n```", tests) == 1.0
     call = {"fn_name": "f", "inputs": [[1]], "outputs": [[1]]}

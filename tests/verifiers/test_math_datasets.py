@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from primeflow.trainer.verifiers import math_scores
 
 DATA = Path("/work/shared/data/eval")
@@ -49,8 +48,11 @@ def test_reference_answers_against_themselves_and_others(source):
     n = len(answers)
     self_fail = [(i, answers[i]) for i in range(n) if scores[i] != 1.0]
     assert not self_fail, f"{source}: reference answers not equal to themselves: {self_fail}"
-    false_pos = [(i, others[i], answers[i], answers[others[i]]) for i in range(n)
-                 if scores[n + i] != 0.0 and (source, i, others[i]) not in GENUINELY_EQUAL]
+    false_pos = [
+        (i, others[i], answers[i], answers[others[i]])
+        for i in range(n)
+        if scores[n + i] != 0.0 and (source, i, others[i]) not in GENUINELY_EQUAL
+    ]
     assert not false_pos, f"{source}: different problems' answers judged equal: {false_pos}"
     listed = {(s, i, j) for s, i, j in GENUINELY_EQUAL if s == source}
     for _, i, j in listed:  # the documented exceptions must really score 1 (else the list is stale)

@@ -1,9 +1,8 @@
-"""Math equivalence through the public batch API (real worker pool, real math-verify), from prime_spec.md §5.2."""
+"""Math equivalence via the public batch API (real worker pool and math-verify), prime_spec.md §5.2."""
 
 from __future__ import annotations
 
 import pytest
-
 from primeflow.trainer.verifiers import math_score, math_scores
 
 from .math_cases import EQUAL, NOT_EQUAL  # noqa: TID252
@@ -25,7 +24,9 @@ def test_equal_pairs_score_one():
 
 
 def test_not_equal_pairs_score_zero():
-    scores = math_scores([_boxed(p) for p, _ in NOT_EQUAL], [g for _, g in NOT_EQUAL], workers=2, timeout_s=10.0)
+    scores = math_scores(
+        [_boxed(p) for p, _ in NOT_EQUAL], [g for _, g in NOT_EQUAL], workers=2, timeout_s=10.0
+    )
     wrong = [(p, g) for (p, g), s in zip(NOT_EQUAL, scores, strict=True) if s != 0.0]
     assert not wrong, f"{len(wrong)} different pairs scored 1: {wrong}"
 
@@ -50,7 +51,9 @@ def test_prompt_echo_box_does_not_count():
     prompt = "Compute 6*7. Present the answer in LaTex format: \\boxed{42}"
     response = prompt + "\nI am not sure how to"
     assert math_scores([response], ["42"], workers=2, timeout_s=10.0, prompts=[prompt]) == [0.0]
-    assert math_scores([response + " do it: \\boxed{42}"], ["42"], workers=2, timeout_s=10.0, prompts=[prompt]) == [1.0]
+    assert math_scores(
+        [response + " do it: \\boxed{42}"], ["42"], workers=2, timeout_s=10.0, prompts=[prompt]
+    ) == [1.0]
 
 
 def test_bad_arguments():

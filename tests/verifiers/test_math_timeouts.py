@@ -1,4 +1,4 @@
-"""Hard time limits and crash survival of the math verifier's worker pool (prime_spec.md §5.2, landscape §5)."""
+"""Hard time limits and crash survival of the math verifier's worker pool (spec §5.2, landscape §5)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import threading
 import time
 
 import pytest
-
 from primeflow.trainer.verifiers import math_counters, math_scores
 from primeflow.trainer.verifiers.pool import HardTimeoutPool
 
@@ -20,7 +19,9 @@ def test_sympy_hang_returns_zero_within_the_limit():
     math_scores(["\\boxed{1}"], ["1"], workers=2, timeout_s=5.0)  # pool warm
     before = math_counters()["math/timeouts"]
     t0 = time.monotonic()
-    scores = math_scores([HANG, "\\boxed{2}", HANG, "\\boxed{3}"], ["1", "2", "1", "3"], workers=2, timeout_s=2.0)
+    scores = math_scores(
+        [HANG, "\\boxed{2}", HANG, "\\boxed{3}"], ["1", "2", "1", "3"], workers=2, timeout_s=2.0
+    )
     elapsed = time.monotonic() - t0
     assert scores == [0.0, 1.0, 0.0, 1.0]
     # two hangs on two workers run concurrently: about one timeout plus respawn, far below a hang
@@ -51,7 +52,12 @@ def test_generic_pool_timeout_crash_error_and_order():
     pool = HardTimeoutPool(func_path="time:sleep", workers=2, mem_limit_bytes=None)
     try:
         t0 = time.monotonic()
-        assert pool.map([(0.0,), (30.0,), (0.0,), ("bad",)], timeout_s=1.0, default="D") == [None, "D", None, "D"]
+        assert pool.map([(0.0,), (30.0,), (0.0,), ("bad",)], timeout_s=1.0, default="D") == [
+            None,
+            "D",
+            None,
+            "D",
+        ]
         assert time.monotonic() - t0 < 10.0
         assert pool.counters.timeouts == 1 and pool.counters.errors == 1
     finally:
@@ -64,7 +70,9 @@ def test_generic_pool_timeout_crash_error_and_order():
         crash.close()
     ordered = HardTimeoutPool(func_path="operator:mul", workers=2, mem_limit_bytes=None)
     try:
-        assert ordered.map([(i, i) for i in range(50)], timeout_s=5.0, default=None) == [i * i for i in range(50)]
+        assert ordered.map([(i, i) for i in range(50)], timeout_s=5.0, default=None) == [
+            i * i for i in range(50)
+        ]
         pids = ordered.worker_pids()
     finally:
         ordered.close()

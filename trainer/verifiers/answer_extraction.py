@@ -4,7 +4,7 @@ PRIME takes the content of the last ``\\boxed{}``/``\\fbox{}`` (brace matched), 
 after "answer is"/"answer:"/"=" anywhere in the response. Those anywhere-fallbacks let a truncated trace
 score on an expression in the middle of its reasoning (frameworks_landscape.md §5, UniRL PR #360), so here:
 
-- the boxed answer is the last *complete* box; if the response ends inside an unclosed box, there is no answer;
+- the boxed answer is the last *complete* box; a response that ends inside an unclosed box has no answer;
 - several boxes with different contents in the final paragraph ("\\boxed{2} or \\boxed{3}") are ambiguous;
 - the text fallbacks only look at the last non-empty line, and the "=" fallback only at a finished sentence;
 - a prompt echo (chat-template markers, or the prompt text itself when given) is cut off before searching.
@@ -18,7 +18,11 @@ import re
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 # Markers after which the model's own answer starts, if a decoded sample still contains the chat prompt.
-_ASSISTANT_MARKERS = ("<|im_start|>assistant", "<|start_header_id|>assistant<|end_header_id|>", "<|assistant|>")
+_ASSISTANT_MARKERS = (
+    "<|im_start|>assistant",
+    "<|start_header_id|>assistant<|end_header_id|>",
+    "<|assistant|>",
+)
 _ANSWER_PHRASE = re.compile(r"answers?\s*(?:is|are|:)\s*:?", re.IGNORECASE)
 _IS_THE_ANSWER = re.compile(r"\s+is\s+(?:the|our|my)\s+(?:final\s+)?answer", re.IGNORECASE)
 # The "=" fallback only accepts a short right-hand side: a long one is prose, not an answer.

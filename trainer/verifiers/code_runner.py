@@ -25,8 +25,15 @@ DEFAULT_WORKERS = 2
 class _Counters:
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.values = {"programs": 0, "tests_run": 0, "tests_passed": 0, "timeouts": 0, "killed": 0,
-                       "setup_errors": 0, "leftover_processes": 0}
+        self.values = {
+            "programs": 0,
+            "tests_run": 0,
+            "tests_passed": 0,
+            "timeouts": 0,
+            "killed": 0,
+            "setup_errors": 0,
+            "leftover_processes": 0,
+        }
 
     def add(self, **kv: int) -> None:
         with self.lock:
@@ -124,8 +131,14 @@ def code_score(
         raise ValueError(f"timeout_s must be a positive number, got {timeout_s!r}")
     mode, inputs, outputs, fn_name = _normalise_tests(tests, max_tests)
     code = extract_code(response)
-    run = run_in_sandbox(code, mode=mode, inputs=inputs, fn_name=fn_name, timeout_s=float(timeout_s),
-                         limits=limits or SandboxLimits())
+    run = run_in_sandbox(
+        code,
+        mode=mode,
+        inputs=inputs,
+        fn_name=fn_name,
+        timeout_s=float(timeout_s),
+        limits=limits or SandboxLimits(),
+    )
     passed = 0
     timeouts = 0
     for rec in run.records:
@@ -145,9 +158,15 @@ def code_score(
             except ValueError:
                 ok = False
         passed += int(ok)
-    _COUNTERS.add(programs=1, tests_run=len(outputs), tests_passed=passed, timeouts=timeouts,
-                  killed=int(run.killed), setup_errors=int(run.setup_error is not None),
-                  leftover_processes=run.leftover_pids)
+    _COUNTERS.add(
+        programs=1,
+        tests_run=len(outputs),
+        tests_passed=passed,
+        timeouts=timeouts,
+        killed=int(run.killed),
+        setup_errors=int(run.setup_error is not None),
+        leftover_processes=run.leftover_pids,
+    )
     return passed / len(outputs)
 
 
@@ -195,7 +214,9 @@ def code_scores(
     The sandboxes are separate processes, so threads here only wait on them.
     """
     if len(responses) != len(tests):
-        raise ValueError(f"responses and tests must have the same length, got {len(responses)} and {len(tests)}")
+        raise ValueError(
+            f"responses and tests must have the same length, got {len(responses)} and {len(tests)}"
+        )
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
     if not responses:

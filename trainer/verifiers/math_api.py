@@ -66,7 +66,8 @@ def math_scores(
     """
     if len(responses) != len(ground_truths):
         raise ValueError(
-            f"responses and ground_truths must have the same length, got {len(responses)} and {len(ground_truths)}"
+            "responses and ground_truths must have the same length, "
+            f"got {len(responses)} and {len(ground_truths)}"
         )
     if prompts is not None and len(prompts) != len(responses):
         raise ValueError(f"prompts must have one entry per response ({len(responses)}), got {len(prompts)}")
@@ -81,8 +82,11 @@ def math_scores(
     return [float(x) for x in pool.map(args, timeout_s=timeout_s, default=0.0)]
 
 
-def math_score(response: str, ground_truth: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, prompt: str | None = None) -> float:
-    """1.0 if the final answer of ``response`` equals ``ground_truth`` (math-verify + PRIME normalisation), else 0.0.
+def math_score(
+    response: str, ground_truth: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, prompt: str | None = None
+) -> float:
+    """1.0 if the final answer of ``response`` equals ``ground_truth`` (math-verify + PRIME normalisation),
+    else 0.0.
 
     Runs in the shared worker pool under a hard ``timeout_s`` (a hang scores 0 and is counted).
     """
@@ -93,7 +97,8 @@ def math_score(response: str, ground_truth: str, *, timeout_s: float = DEFAULT_T
 
 
 def math_counters() -> dict[str, int]:
-    """Cumulative counts since start: ``math/tasks``, ``math/timeouts``, ``math/crashes``, ``math/errors``, ``math/respawns``."""
+    """Cumulative counts since start: ``math/tasks``, ``math/timeouts``, ``math/crashes``, ``math/errors``,
+    ``math/respawns``."""
     return _HOLDER.counters.as_dict("math/")
 
 

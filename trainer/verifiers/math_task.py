@@ -15,8 +15,19 @@ from .math_equivalence import answers_equivalent, quiet_math_verify_logs
 quiet_math_verify_logs()
 
 
+def _warm_up() -> None:
+    """First use of the LaTeX parser costs ~1 s (ANTLR set-up, sympy caches). Doing it at import means the
+    forkserver pays it once and every forked worker, including replacements after a timeout, starts warm:
+    otherwise a fresh worker could spend most of its first task's time limit on set-up."""
+    for pred, gt in (("\\frac{14}{3}", "p-q"), ("3\\sqrt{13}", "(3, \\frac{\\pi}{2})"), ("x^2+1", "[1,2)")):
+        answers_equivalent(pred, gt)
+
+
+_warm_up()
+
+
 def score_response(response: str, ground_truth: str, prompt: str | None = None) -> float:
-    """1.0 if the response's final answer equals ``ground_truth``, else 0.0 (no time limit: run in a worker)."""
+    """1.0 if the final answer equals ``ground_truth``, else 0.0 (no time limit: run it in a worker)."""
     answer = extract_final_answer(response, prompt)
     return 1.0 if answers_equivalent(answer, ground_truth) else 0.0
 

@@ -46,7 +46,9 @@ def _resolve(func_path: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), name)
 
 
-def _worker_main(conn: multiprocessing.connection.Connection, func_path: str, mem_limit_bytes: int | None) -> None:
+def _worker_main(
+    conn: multiprocessing.connection.Connection, func_path: str, mem_limit_bytes: int | None
+) -> None:
     """Worker loop: receive (task_id, args), reply (task_id, ok, result)."""
     if mem_limit_bytes:
         # A runaway expression (9^9^9^9) then raises MemoryError instead of swapping the machine to death.
@@ -205,7 +207,7 @@ class HardTimeoutPool:
                         if self._startup_failures >= 3 * self.workers:
                             raise RuntimeError(
                                 f"verifier workers for {self.func_path} die at start-up "
-                                f"(exit code {w.proc.exitcode}); is the package importable in a fresh process?"
+                                f"(exit code {w.proc.exitcode}); is the package importable in a new process?"
                             )
                     self._replace(i)
                     continue

@@ -47,9 +47,17 @@ MAX_SLOTS = 64
 CGROUP_V1 = Path("/sys/fs/cgroup")
 CGROUP_NAME = "primeflow_sandbox"
 _NS_FLAGS = ["--net", "--mount", "--pid", "--ipc", "--uts", "--fork", "--kill-child", "--mount-proc"]
-_CLEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
-              "HOME": "/tmp/work", "TMPDIR": "/tmp/work", "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1",
-              "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+_CLEAN_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+    "HOME": "/tmp/work",
+    "TMPDIR": "/tmp/work",
+    "PYTHONHASHSEED": "0",
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,8 +128,13 @@ class _Probe:
             if self.status is None:
                 self.status = self._probe()
                 level = logging.INFO if self.status.isolation == "root" else logging.WARNING
-                log.log(level, "code sandbox: isolation=%s cgroups=%s (%s)", self.status.isolation,
-                        self.status.cgroups, self.status.reason)
+                log.log(
+                    level,
+                    "code sandbox: isolation=%s cgroups=%s (%s)",
+                    self.status.isolation,
+                    self.status.cgroups,
+                    self.status.reason,
+                )
             return self.status
 
     @staticmethod
@@ -134,7 +147,9 @@ class _Probe:
             if ok:
                 cg = _cgroup_writable()
                 why = "namespaces + unprivileged uid" + (
-                    " + cgroup v1 pids/memory" if cg else "; no writable cgroup v1 pids+memory: per-process limits only"
+                    " + cgroup v1 pids/memory"
+                    if cg
+                    else "; no writable cgroup v1 pids+memory: per-process limits only"
                 )
                 return SandboxStatus("root", cg, why)
             root_err = err
@@ -142,10 +157,18 @@ class _Probe:
             root_err = "not running as root: cannot switch to an unprivileged sandbox uid"
         ok, err = _try([unshare, "--user", "--map-root-user", *_NS_FLAGS, "--", "/bin/true"])
         if ok:
-            return SandboxStatus("userns", False, f"{root_err}; using an unprivileged user namespace "
-                                 "(RLIMIT_NPROC counts the caller's own processes)")
-        return SandboxStatus("none", False, f"{root_err}; user namespaces unavailable ({err}): DEGRADED, "
-                             "programs run without network/pid/mount isolation under an audit hook")
+            return SandboxStatus(
+                "userns",
+                False,
+                f"{root_err}; using an unprivileged user namespace "
+                "(RLIMIT_NPROC counts the caller's own processes)",
+            )
+        return SandboxStatus(
+            "none",
+            False,
+            f"{root_err}; user namespaces unavailable ({err}): DEGRADED, "
+            "programs run without network/pid/mount isolation under an audit hook",
+        )
 
 
 _PROBE = _Probe()
@@ -270,15 +293,27 @@ def run_in_sandbox(
             workdir = tempfile.mkdtemp(prefix="primeflow-sbx-")
             if drop_uid:
                 os.chown(workdir, uid, uid)
-        expose = sorted({os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix,
-                                                       str(HARNESS.parent))})
+        expose = sorted(
+            {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix, str(HARNESS.parent))}
+        )
         # home directories hold keys and tokens: hidden behind empty tmpfs (the interpreter stays reachable)
         hide = sorted({"/root", "/home", os.path.realpath(os.path.expanduser("~"))} - {"/"})
         job = {
-            "mode": mode, "code": code, "inputs": inputs, "fn_name": fn_name, "timeout_s": timeout_s,
-            "deadline_s": deadline_s, "limits": lim, "uid": uid, "cgroups": cgroups,
-            "mode_isolation": status.isolation, "drop_uid": drop_uid, "env": _CLEAN_ENV, "workdir": workdir,
-            "expose_paths": expose, "hide_paths": hide,
+            "mode": mode,
+            "code": code,
+            "inputs": inputs,
+            "fn_name": fn_name,
+            "timeout_s": timeout_s,
+            "deadline_s": deadline_s,
+            "limits": lim,
+            "uid": uid,
+            "cgroups": cgroups,
+            "mode_isolation": status.isolation,
+            "drop_uid": drop_uid,
+            "env": _CLEAN_ENV,
+            "workdir": workdir,
+            "expose_paths": expose,
+            "hide_paths": hide,
         }
         python = [sys.executable, "-I", str(HARNESS)]
         unshare = shutil.which("unshare", path=_CLEAN_ENV["PATH"])
@@ -289,8 +324,14 @@ def run_in_sandbox(
         else:
             cmd = python
         proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_CLEAN_ENV,
-            start_new_session=True, close_fds=True, cwd="/",
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=_CLEAN_ENV,
+            start_new_session=True,
+            close_fds=True,
+            cwd="/",
         )
         killed = False
         try:

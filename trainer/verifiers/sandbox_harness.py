@@ -52,8 +52,11 @@ def _prctl(option, arg):
 
 def _mount(source, target, fstype, flags, data):
     rc = _libc.mount(
-        source.encode() if source else None, target.encode(), fstype.encode() if fstype else None,
-        ctypes.c_ulong(flags), data.encode() if data else None,
+        source.encode() if source else None,
+        target.encode(),
+        fstype.encode() if fstype else None,
+        ctypes.c_ulong(flags),
+        data.encode() if data else None,
     )
     if rc != 0:
         err = ctypes.get_errno()
@@ -84,7 +87,9 @@ def _lock_down_filesystem(tmpfs_bytes, uid, expose, hide):
     for path in ("/var/tmp", "/dev/shm", "/dev/mqueue", "/run/lock", "/run/shm"):
         if os.path.isdir(path) and not os.path.islink(path):
             try:
-                _mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0755")
+                _mount(
+                    "tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0755"
+                )
             except OSError:
                 failed.append(path)
     _hide_and_expose(hide, expose)
@@ -175,7 +180,11 @@ def _drop_all_capabilities():
         _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
 
     class Data(ctypes.Structure):
-        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+        _fields_ = [
+            ("effective", ctypes.c_uint32),
+            ("permitted", ctypes.c_uint32),
+            ("inheritable", ctypes.c_uint32),
+        ]
 
     header = Header(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
     data = (Data * 2)()
@@ -195,8 +204,20 @@ def _reap():
 
 def _child_audit_hook(workdir):
     """Degraded mode only (no namespaces): refuse network, process creation and writes outside workdir."""
-    blocked = ("socket.", "os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
-               "subprocess.Popen", "ctypes.", "os.kill", "os.killpg", "signal.pthread_kill")
+    blocked = (
+        "socket.",
+        "os.fork",
+        "os.forkpty",
+        "os.system",
+        "os.exec",
+        "os.posix_spawn",
+        "os.spawn",
+        "subprocess.Popen",
+        "ctypes.",
+        "os.kill",
+        "os.killpg",
+        "signal.pthread_kill",
+    )
 
     def hook(event, args):
         if event.startswith(blocked):
@@ -314,7 +335,9 @@ def main():
             if job["cgroups"]:
                 _join_cgroups(job["cgroups"])
             unsafe = _lock_down_filesystem(
-                limits["tmpfs_bytes"], uid if job["mode_isolation"] == "root" else 0, job["expose_paths"],
+                limits["tmpfs_bytes"],
+                uid if job["mode_isolation"] == "root" else 0,
+                job["expose_paths"],
                 job["hide_paths"],
             )
             if unsafe:
