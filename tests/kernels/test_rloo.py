@@ -55,7 +55,7 @@ CONFIGS = [
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(f"{v}" for v in c.values()))
 def test_matches_truth_random_groups(generator, impl, cfg):
-    for groups, k, t in ((3, 2, 9), (2, 4, 13)):
+    for groups, k, t in ((3, 2, 9), (2, 4, 13), (4, 2, 1)):
         rewards, outcome, mask = random_rloo_inputs(generator, groups, k, t)
         out = IMPLEMENTATIONS[impl](rewards, outcome, mask, group_size=k, **cfg)
         assert out.dtype == torch.float32 and out.shape == rewards.shape
