@@ -274,3 +274,24 @@ print(bad or 'contained')
 """
     assert run_checked(probe, ["\n"], ["contained"], extra_roots=(str(host_dir),)) == 1.0
     assert not (host_dir / "open" / "x").exists()
+
+
+def test_memory_limit_covers_the_whole_sandbox():
+    """Three processes of 500 MB each stay under the per-process address-space limit (1 GiB) but not under
+    the sandbox-wide cgroup memory limit (1 GiB): one of them must be OOM-killed."""
+    if not sandbox_status().cgroups:
+        pytest.skip("no writable cgroup v1 memory hierarchy: only per-process limits apply")
+    program = """
+import os, time
+kids = []
+for _ in range(3):
+    pid = os.fork()
+    if pid == 0:
+        b = b'x' * (500 << 20)
+        time.sleep(1.5)
+        os._exit(0)
+    kids.append(pid)
+ok = all(os.waitpid(k, 0)[1] == 0 for k in kids)
+print('all alive' if ok else 'oom')
+"""
+    assert run_checked(program, ["\n"], ["oom"], timeout_s=5.0) == 1.0
