@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import os
 
+import primeflow.kernels as K
 import pytest
 import torch
 from memory import peak_extra_bytes
-
-import primeflow.kernels as K
 from primeflow.kernels import reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -42,6 +41,7 @@ def _sync(fn):
         if DEVICE == "cuda":
             torch.cuda.synchronize()
         return out
+
     return run
 
 
@@ -53,8 +53,14 @@ def _ragged_mask(generator, b, t):
 def _record(benchmark, group, provider, path, bytes_read, fn):
     _, extra = peak_extra_bytes(fn) if DEVICE == "cpu" else (None, -1)
     benchmark.group = group
-    benchmark.extra_info.update(provider=provider, path=path, device=DEVICE, bytes_read=bytes_read,
-                                peak_extra_bytes=extra, threads=torch.get_num_threads())
+    benchmark.extra_info.update(
+        provider=provider,
+        path=path,
+        device=DEVICE,
+        bytes_read=bytes_read,
+        peak_extra_bytes=extra,
+        threads=torch.get_num_threads(),
+    )
     benchmark.pedantic(_sync(fn), rounds=20, iterations=1, warmup_rounds=2)
 
 
@@ -75,8 +81,14 @@ def test_rloo_advantages(benchmark, provider, gamma):
 
     call()  # warm-up (compiles once)
     path = K.rloo_advantages_backend(rewards) if provider == "primeflow" else provider
-    _record(benchmark, f"rloo_advantages B={B} T={T} K={GROUP} gamma={gamma}", provider, path,
-            rewards.numel() * 4 + mask.numel(), call)
+    _record(
+        benchmark,
+        f"rloo_advantages B={B} T={T} K={GROUP} gamma={gamma}",
+        provider,
+        path,
+        rewards.numel() * 4 + mask.numel(),
+        call,
+    )
 
 
 PPO_PROVIDERS = _providers(reference.ppo_clip_loss, K.ppo_clip_loss)
@@ -100,8 +112,14 @@ def test_ppo_clip_loss_fwd_bwd(benchmark, provider, agg):
 
     call()
     path = K.ppo_clip_loss_backend(logp) if provider == "primeflow" else provider
-    _record(benchmark, f"ppo_clip_loss fwd+bwd B={MICRO_B} T={T} {agg}", provider, path,
-            logp.numel() * 12 + mask.numel(), call)
+    _record(
+        benchmark,
+        f"ppo_clip_loss fwd+bwd B={MICRO_B} T={T} {agg}",
+        provider,
+        path,
+        logp.numel() * 12 + mask.numel(),
+        call,
+    )
 
 
 @pytest.mark.parametrize("provider", list(PRM_PROVIDERS))
@@ -120,5 +138,11 @@ def test_prm_ce_loss_fwd_bwd(benchmark, provider):
 
     call()
     path = K.prm_ce_loss_backend(prm) if provider == "primeflow" else provider
-    _record(benchmark, f"prm_ce_loss fwd+bwd B={MICRO_B} T={T}", provider, path, prm.numel() * 8 + mask.numel(),
-            call)
+    _record(
+        benchmark,
+        f"prm_ce_loss fwd+bwd B={MICRO_B} T={T}",
+        provider,
+        path,
+        prm.numel() * 8 + mask.numel(),
+        call,
+    )

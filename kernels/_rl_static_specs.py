@@ -24,45 +24,157 @@ def _sig(fn, types: dict[str, str]) -> dict[str, str]:
 
 def _aligned(fn, exclude: tuple[str, ...] = ()) -> tuple[str, ...]:
     """Every pointer and stride/length argument except the [B]-vector pointers indexed per row."""
-    return tuple(n for n in fn.arg_names if (n.endswith("_ptr") or n.startswith("stride") or n == "T")
-                 and n not in exclude)
+    return tuple(
+        n
+        for n in fn.arg_names
+        if (n.endswith("_ptr") or n.startswith("stride") or n == "T") and n not in exclude
+    )
 
 
 def rl_kernel_specs() -> list[dict]:
     out: list[dict] = []
     for dtype in ("fp32", "bf16"):
         fn = rloo_kernel.rloo_row_stats_kernel
-        out.append(dict(label=f"rloo_row_stats[{dtype}]", fn=fn, signature=_sig(fn, {
-            "r_ptr": f"*{dtype}", "m_ptr": "*u8", "sum_ptr": "*fp32", "count_ptr": "*fp32", "absmax_ptr": "*fp32",
-            "T": "i32", "stride_r": "i32", "stride_m": "i32"}), constexprs={"BT": RLOO_BLOCK_T, "NORM": True},
-            divisible_by_16=_aligned(fn), num_warps=NUM_WARPS))
+        out.append(
+            dict(
+                label=f"rloo_row_stats[{dtype}]",
+                fn=fn,
+                signature=_sig(
+                    fn,
+                    {
+                        "r_ptr": f"*{dtype}",
+                        "m_ptr": "*u8",
+                        "sum_ptr": "*fp32",
+                        "count_ptr": "*fp32",
+                        "absmax_ptr": "*fp32",
+                        "T": "i32",
+                        "stride_r": "i32",
+                        "stride_m": "i32",
+                    },
+                ),
+                constexprs={"BT": RLOO_BLOCK_T, "NORM": True},
+                divisible_by_16=_aligned(fn),
+                num_warps=NUM_WARPS,
+            )
+        )
         for gamma_one in (True, False):
             fn = rloo_kernel.rloo_returns_kernel
-            out.append(dict(label=f"rloo_returns[{dtype},gamma1={gamma_one}]", fn=fn, signature=_sig(fn, {
-                "r_ptr": f"*{dtype}", "m_ptr": "*u8", "scale_ptr": "*fp32", "shift_ptr": "*fp32",
-                "outc_ptr": "*fp32", "count_ptr": "*fp32", "out_ptr": "*fp32", "mean_ptr": "*fp32",
-                "m2_ptr": "*fp32", "T": "i32", "stride_r": "i32", "stride_m": "i32", "stride_o": "i32",
-                "gamma_p": "fp32", "gamma_o": "fp32"}),
-                constexprs={"BT": RLOO_BLOCK_T, "GAMMA_P_ONE": gamma_one, "GAMMA_O_ONE": gamma_one},
-                divisible_by_16=_aligned(fn), num_warps=NUM_WARPS))
+            out.append(
+                dict(
+                    label=f"rloo_returns[{dtype},gamma1={gamma_one}]",
+                    fn=fn,
+                    signature=_sig(
+                        fn,
+                        {
+                            "r_ptr": f"*{dtype}",
+                            "m_ptr": "*u8",
+                            "scale_ptr": "*fp32",
+                            "shift_ptr": "*fp32",
+                            "outc_ptr": "*fp32",
+                            "count_ptr": "*fp32",
+                            "out_ptr": "*fp32",
+                            "mean_ptr": "*fp32",
+                            "m2_ptr": "*fp32",
+                            "T": "i32",
+                            "stride_r": "i32",
+                            "stride_m": "i32",
+                            "stride_o": "i32",
+                            "gamma_p": "fp32",
+                            "gamma_o": "fp32",
+                        },
+                    ),
+                    constexprs={"BT": RLOO_BLOCK_T, "GAMMA_P_ONE": gamma_one, "GAMMA_O_ONE": gamma_one},
+                    divisible_by_16=_aligned(fn),
+                    num_warps=NUM_WARPS,
+                )
+            )
         fn = ppo_kernel.ppo_clip_fwd_kernel
-        out.append(dict(label=f"ppo_clip_fwd[{dtype}]", fn=fn, signature=_sig(fn, {
-            "logp_ptr": f"*{dtype}", "old_ptr": "*fp32", "adv_ptr": "*fp32", "m_ptr": "*u8", "w_ptr": "*fp32",
-            "grad_ptr": "*fp32", "part_ptr": "*fp32", "T": "i32", "n_tiles": "i32", "stride_lp": "i32",
-            "stride_old": "i32", "stride_adv": "i32", "stride_m": "i32", "stride_g": "i32", "clip_lo": "fp32",
-            "clip_hi": "fp32"}), constexprs={"BT": PPO_BLOCK_T, "WRITE_GRAD": True},
-            divisible_by_16=_aligned(fn), num_warps=NUM_WARPS))
+        out.append(
+            dict(
+                label=f"ppo_clip_fwd[{dtype}]",
+                fn=fn,
+                signature=_sig(
+                    fn,
+                    {
+                        "logp_ptr": f"*{dtype}",
+                        "old_ptr": "*fp32",
+                        "adv_ptr": "*fp32",
+                        "m_ptr": "*u8",
+                        "w_ptr": "*fp32",
+                        "grad_ptr": "*fp32",
+                        "part_ptr": "*fp32",
+                        "T": "i32",
+                        "n_tiles": "i32",
+                        "stride_lp": "i32",
+                        "stride_old": "i32",
+                        "stride_adv": "i32",
+                        "stride_m": "i32",
+                        "stride_g": "i32",
+                        "clip_lo": "fp32",
+                        "clip_hi": "fp32",
+                    },
+                ),
+                constexprs={"BT": PPO_BLOCK_T, "WRITE_GRAD": True},
+                divisible_by_16=_aligned(fn),
+                num_warps=NUM_WARPS,
+            )
+        )
         fn = prm_kernel.prm_logratio_sum_kernel
-        out.append(dict(label=f"prm_logratio_sum[{dtype}]", fn=fn, signature=_sig(fn, {
-            "prm_ptr": f"*{dtype}", "ref_ptr": f"*{dtype}", "m_ptr": "*u8", "part_ptr": "*fp32", "T": "i32",
-            "n_tiles": "i32", "stride_prm": "i32", "stride_ref": "i32", "stride_m": "i32"}),
-            constexprs={"BT": PRM_BLOCK_T}, divisible_by_16=_aligned(fn), num_warps=NUM_WARPS))
+        out.append(
+            dict(
+                label=f"prm_logratio_sum[{dtype}]",
+                fn=fn,
+                signature=_sig(
+                    fn,
+                    {
+                        "prm_ptr": f"*{dtype}",
+                        "ref_ptr": f"*{dtype}",
+                        "m_ptr": "*u8",
+                        "part_ptr": "*fp32",
+                        "T": "i32",
+                        "n_tiles": "i32",
+                        "stride_prm": "i32",
+                        "stride_ref": "i32",
+                        "stride_m": "i32",
+                    },
+                ),
+                constexprs={"BT": PRM_BLOCK_T},
+                divisible_by_16=_aligned(fn),
+                num_warps=NUM_WARPS,
+            )
+        )
     fn = prm_kernel.prm_grad_kernel
-    out.append(dict(label="prm_grad", fn=fn, signature=_sig(fn, {
-        "m_ptr": "*u8", "coef_ptr": "*fp32", "grad_ptr": "*fp32", "T": "i32", "stride_m": "i32", "stride_g": "i32"}),
-        constexprs={"BT": PRM_BLOCK_T}, divisible_by_16=_aligned(fn), num_warps=NUM_WARPS))
+    out.append(
+        dict(
+            label="prm_grad",
+            fn=fn,
+            signature=_sig(
+                fn,
+                {
+                    "m_ptr": "*u8",
+                    "coef_ptr": "*fp32",
+                    "grad_ptr": "*fp32",
+                    "T": "i32",
+                    "stride_m": "i32",
+                    "stride_g": "i32",
+                },
+            ),
+            constexprs={"BT": PRM_BLOCK_T},
+            divisible_by_16=_aligned(fn),
+            num_warps=NUM_WARPS,
+        )
+    )
     fn = rloo_kernel.whiten_kernel
-    out.append(dict(label="whiten", fn=fn, signature=_sig(fn, {
-        "x_ptr": "*fp32", "mean_ptr": "*fp32", "inv_std_ptr": "*fp32", "numel": "i32"}),
-        constexprs={"BLOCK": 1024}, divisible_by_16=("x_ptr", "numel"), num_warps=NUM_WARPS))
+    out.append(
+        dict(
+            label="whiten",
+            fn=fn,
+            signature=_sig(
+                fn, {"x_ptr": "*fp32", "mean_ptr": "*fp32", "inv_std_ptr": "*fp32", "numel": "i32"}
+            ),
+            constexprs={"BLOCK": 1024},
+            divisible_by_16=("x_ptr", "numel"),
+            num_warps=NUM_WARPS,
+        )
+    )
     return out

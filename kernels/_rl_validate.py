@@ -20,19 +20,26 @@ def check_bt(name: str, tensor: torch.Tensor, shape: tuple[int, int] | None = No
     require(tensor.dim() == 2, f"{name} must be 2-D [B, T], got shape {tuple(tensor.shape)}")
     require(tensor.is_floating_point(), f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
     if shape is not None:
-        require(tuple(tensor.shape) == shape, f"{name} must have shape [B, T] = {list(shape)}, got {list(tensor.shape)}")
+        require(
+            tuple(tensor.shape) == shape,
+            f"{name} must have shape [B, T] = {list(shape)}, got {list(tensor.shape)}",
+        )
 
 
 def check_same_device(reference: torch.Tensor, **tensors: torch.Tensor) -> None:
     for name, tensor in tensors.items():
-        require(tensor.device == reference.device,
-                f"{name} is on {tensor.device} but the other inputs are on {reference.device}")
+        require(
+            tensor.device == reference.device,
+            f"{name} is on {tensor.device} but the other inputs are on {reference.device}",
+        )
 
 
 def check_mask(name: str, mask: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """A 0/1 mask of `shape` (bool or any numeric dtype); returns it as bool."""
     require(isinstance(mask, torch.Tensor), f"{name} must be a torch.Tensor, got {type(mask).__name__}")
-    require(tuple(mask.shape) == shape, f"{name} must have shape [B, T] = {list(shape)}, got {list(mask.shape)}")
+    require(
+        tuple(mask.shape) == shape, f"{name} must have shape [B, T] = {list(shape)}, got {list(mask.shape)}"
+    )
     require(not mask.is_complex(), f"{name} must be bool or real-valued 0/1, got dtype {mask.dtype}")
     if mask.dtype == torch.bool:
         return mask
@@ -43,8 +50,10 @@ def check_mask(name: str, mask: torch.Tensor, shape: tuple[int, int]) -> torch.T
 def check_outcome(name: str, outcome: torch.Tensor, batch: int, *, unit_interval: bool) -> None:
     """Per-response scores [B], real-valued; with `unit_interval`, in [0, 1] (NaN passes: it propagates)."""
     require(isinstance(outcome, torch.Tensor), f"{name} must be a torch.Tensor, got {type(outcome).__name__}")
-    require(tuple(outcome.shape) == (batch,),
-            f"{name} must have shape [B] = [{batch}] (one score per response row), got {list(outcome.shape)}")
+    require(
+        tuple(outcome.shape) == (batch,),
+        f"{name} must have shape [B] = [{batch}] (one score per response row), got {list(outcome.shape)}",
+    )
     require(not outcome.is_complex(), f"{name} must be real-valued, got dtype {outcome.dtype}")
     if unit_interval and outcome.numel():
         bad = (outcome < 0) | (outcome > 1)  # NaN compares False: a NaN label propagates instead of raising
@@ -58,31 +67,44 @@ def check_prefix_mask(name: str, valid_BT: torch.Tensor) -> None:
     `mask.sum() - 1` (only right for a prefix mask), every row needs a position for it, and the per-response
     mean reward of the leave-one-out baseline divides by the row's valid count.
     """
-    require(bool(valid_BT[:, 0].all()),
-            f"{name}: every row needs at least one valid token at position 0 (responses are right-padded; "
-            "an empty response has no token to carry its outcome)")
+    require(
+        bool(valid_BT[:, 0].all()),
+        f"{name}: every row needs at least one valid token at position 0 (responses are right-padded; "
+        "an empty response has no token to carry its outcome)",
+    )
     if valid_BT.shape[1] > 1:
-        require(not bool((valid_BT[:, 1:] & ~valid_BT[:, :-1]).any()),
-                f"{name} must be a prefix mask per row (1 up to and including the EOS token, 0 after it); "
-                "found a valid token after a padding position")
+        require(
+            not bool((valid_BT[:, 1:] & ~valid_BT[:, :-1]).any()),
+            f"{name} must be a prefix mask per row (1 up to and including the EOS token, 0 after it); "
+            "found a valid token after a padding position",
+        )
 
 
 def check_group_size(group_size: int, batch: int) -> None:
-    require(isinstance(group_size, int) and not isinstance(group_size, bool),
-            f"group_size must be an int (responses per prompt, K), got {group_size!r}")
-    require(group_size >= 2,
-            f"group_size must be >= 2, got {group_size}: RLOO's leave-one-out baseline averages the other K-1 "
-            "responses of the prompt, so a group of one has no baseline (K-1 = 0)")
+    require(
+        isinstance(group_size, int) and not isinstance(group_size, bool),
+        f"group_size must be an int (responses per prompt, K), got {group_size!r}",
+    )
+    require(
+        group_size >= 2,
+        f"group_size must be >= 2, got {group_size}: RLOO's leave-one-out baseline averages the other K-1 "
+        "responses of the prompt, so a group of one has no baseline (K-1 = 0)",
+    )
     require(batch > 0, "the batch is empty (B = 0)")
-    require(batch % group_size == 0,
-            f"the batch size B={batch} must be a multiple of group_size={group_size}: rows of one prompt group "
-            "must be contiguous and complete (rows [g*K, (g+1)*K) belong to prompt g)")
+    require(
+        batch % group_size == 0,
+        f"the batch size B={batch} must be a multiple of group_size={group_size}: rows of one prompt group "
+        "must be contiguous and complete (rows [g*K, (g+1)*K) belong to prompt g)",
+    )
 
 
-def check_real(name: str, value: float, *, lo: float | None = None, hi: float | None = None,
-               lo_open: bool = False) -> float:
-    require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
-            f"{name} must be a finite number, got {value!r}")
+def check_real(
+    name: str, value: float, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False
+) -> float:
+    require(
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+        f"{name} must be a finite number, got {value!r}",
+    )
     if lo is not None:
         ok = value > lo if lo_open else value >= lo
         require(ok, f"{name} must be {'>' if lo_open else '>='} {lo}, got {value}")
@@ -95,9 +117,20 @@ def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     require(value in allowed, f"{name} must be one of {list(allowed)}, got {value!r}")
 
 
-def validate_rloo_args(token_rewards: torch.Tensor, outcome: torch.Tensor, mask: torch.Tensor, *,
-                       group_size: int, gamma_process: float, gamma_outcome: float, reward_norm: str,
-                       form: str, whiten: bool, process_coef: float, outcome_coef: float) -> torch.Tensor:
+def validate_rloo_args(
+    token_rewards: torch.Tensor,
+    outcome: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    group_size: int,
+    gamma_process: float,
+    gamma_outcome: float,
+    reward_norm: str,
+    form: str,
+    whiten: bool,
+    process_coef: float,
+    outcome_coef: float,
+) -> torch.Tensor:
     """All checks of `rloo_advantages`; returns the mask as bool [B, T].
 
     What must hold and why: rows of a group are contiguous and complete (B % K == 0, K >= 2: the baseline
@@ -126,8 +159,15 @@ def validate_rloo_args(token_rewards: torch.Tensor, outcome: torch.Tensor, mask:
 PPO_AGGREGATIONS = ("token-mean", "seq-mean-token-mean")
 
 
-def validate_ppo_args(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                      *, clip: float, agg: str) -> torch.Tensor:
+def validate_ppo_args(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip: float,
+    agg: str,
+) -> torch.Tensor:
     """All checks of `ppo_clip_loss`; returns the mask as bool [B, T]."""
     check_bt("logp", logp)
     shape = tuple(logp.shape)
@@ -139,8 +179,9 @@ def validate_ppo_args(logp: torch.Tensor, old_logp: torch.Tensor, advantages: to
     return check_mask("mask", mask, shape)
 
 
-def validate_prm_ce_args(prm_logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
-                         outcome: torch.Tensor, *, beta: float) -> torch.Tensor:
+def validate_prm_ce_args(
+    prm_logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, outcome: torch.Tensor, *, beta: float
+) -> torch.Tensor:
     """All checks of `prm_ce_loss`; returns the mask as bool [B, T]."""
     check_bt("prm_logp", prm_logp)
     shape = tuple(prm_logp.shape)

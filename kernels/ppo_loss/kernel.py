@@ -16,12 +16,22 @@ import triton.language as tl
 
 @triton.jit
 def ppo_clip_fwd_kernel(
-    logp_ptr, old_ptr, adv_ptr, m_ptr,   # [B, T] inputs (any float; mask uint8 / float 0-1)
-    w_ptr,                               # [B] fp32 weight of one valid token of the row
-    grad_ptr,                            # [B, T] fp32 d loss / d logp (written if WRITE_GRAD)
-    part_ptr,                            # [B, n_tiles, 3] fp32: weighted loss, clipped count, sum(old - logp)
-    T, n_tiles, stride_lp, stride_old, stride_adv, stride_m, stride_g,
-    clip_lo, clip_hi,
+    logp_ptr,  # [B, T] any float
+    old_ptr,  # [B, T] any float
+    adv_ptr,  # [B, T] any float
+    m_ptr,  # [B, T] mask (uint8 0/1)
+    w_ptr,  # [B] fp32 weight of one valid token of the row
+    grad_ptr,  # [B, T] fp32 d loss / d logp (written if WRITE_GRAD)
+    part_ptr,  # [B, n_tiles, 3] fp32: weighted loss, clipped count, sum(old - logp)
+    T,
+    n_tiles,
+    stride_lp,
+    stride_old,
+    stride_adv,
+    stride_m,
+    stride_g,
+    clip_lo,
+    clip_hi,
     BT: tl.constexpr,
     WRITE_GRAD: tl.constexpr,
 ):
@@ -38,8 +48,11 @@ def ppo_clip_fwd_kernel(
     b_adv = tl.where(b_valid, b_adv, 0.0)
     b_ratio = tl.exp(b_logratio)
     # GPU min/max drop NaN by default; torch's clamp and maximum keep it, and so must we.
-    b_clamped = tl.minimum(tl.maximum(b_ratio, clip_lo, propagate_nan=tl.PropagateNan.ALL), clip_hi,
-                           propagate_nan=tl.PropagateNan.ALL)
+    b_clamped = tl.minimum(
+        tl.maximum(b_ratio, clip_lo, propagate_nan=tl.PropagateNan.ALL),
+        clip_hi,
+        propagate_nan=tl.PropagateNan.ALL,
+    )
     b_pg1 = -b_adv * b_ratio
     b_pg2 = -b_adv * b_clamped
     b_loss = tl.where(b_valid, tl.maximum(b_pg1, b_pg2, propagate_nan=tl.PropagateNan.ALL), 0.0)
@@ -54,4 +67,3 @@ def ppo_clip_fwd_kernel(
         # NaN compares False above; keep it in the gradient like autograd does.
         b_grad = tl.where(b_valid & (b_pg1 != b_pg1), b_pg1, b_grad)
         tl.store(grad_ptr + i_b * stride_g + o_t, b_grad, mask=m_t)
-

@@ -18,13 +18,12 @@ from .._backend import triton_interpret
 from .._rl_validate import validate_ppo_args
 from .ref import PPOStats
 
-
 # Positions per program: a whole 2k-token row in one tile; grid (T tiles, B) keeps short micro-batches wide.
 MAX_BLOCK_T = 2048
 
 
 def ppo_clip_loss_backend(logp: torch.Tensor) -> str:
-    """"triton" or "torch": the implementation `ppo_clip_loss` runs for tensors on this device."""
+    """ "triton" or "torch": the implementation `ppo_clip_loss` runs for tensors on this device."""
     return "triton" if logp.is_cuda or triton_interpret() else "torch"
 
 
@@ -50,8 +49,9 @@ def ppo_clip_loss(
     valid_BT = validate_ppo_args(logp, old_logp, advantages, mask, clip=clip, agg=agg)
     w_B, n_valid = _row_weights(valid_BT, agg)
     use_triton = ppo_clip_loss_backend(logp) == "triton"
-    loss, clip_count, kl_sum = _PPOClipLoss.apply(logp, old_logp, advantages, valid_BT, w_B, float(clip),
-                                                  use_triton)
+    loss, clip_count, kl_sum = _PPOClipLoss.apply(
+        logp, old_logp, advantages, valid_BT, w_B, float(clip), use_triton
+    )
     if not return_stats:
         return loss
     n = n_valid.clamp(min=1.0)
@@ -118,7 +118,24 @@ def _forward_triton(logp, old_logp, advantages, valid_BT, w_B, clip, need_grad):
     part = torch.empty(B, n_tiles, 3, dtype=torch.float32, device=logp.device)
     grad_BT = torch.empty(B, T, dtype=torch.float32, device=logp.device) if need_grad else part
     ppo_clip_fwd_kernel[(n_tiles, B)](
-        lp, old, adv, m, w_B, grad_BT, part, T, n_tiles, lp.stride(0), old.stride(0), adv.stride(0),
-        m.stride(0), grad_BT.stride(0) if need_grad else 0, 1.0 - clip, 1.0 + clip, BT=BT, WRITE_GRAD=need_grad)
+        lp,
+        old,
+        adv,
+        m,
+        w_B,
+        grad_BT,
+        part,
+        T,
+        n_tiles,
+        lp.stride(0),
+        old.stride(0),
+        adv.stride(0),
+        m.stride(0),
+        grad_BT.stride(0) if need_grad else 0,
+        1.0 - clip,
+        1.0 + clip,
+        BT=BT,
+        WRITE_GRAD=need_grad,
+    )
     sums = part.sum(dim=(0, 1))
     return sums[0], sums[1], sums[2], grad_BT if need_grad else None

@@ -16,7 +16,7 @@ class PPOStats(NamedTuple):
     """Detached 0-d fp32 metrics, token-means over the valid tokens whatever `agg` is (as verl logs them)."""
 
     clipfrac: torch.Tensor  # fraction of tokens where the clipped term is the larger loss (`pg_clipfrac`)
-    ppo_kl: torch.Tensor    # mean of old_logp - logp, the usual first-order KL estimate
+    ppo_kl: torch.Tensor  # mean of old_logp - logp, the usual first-order KL estimate
 
 
 def ppo_clip_loss(

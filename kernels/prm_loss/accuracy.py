@@ -10,8 +10,9 @@ import torch
 from .._rl_validate import check_bt, check_group_size, check_mask, check_outcome, check_same_device
 
 
-def prm_pairwise_accuracy(token_rewards: torch.Tensor, mask: torch.Tensor, outcome: torch.Tensor, *,
-                          group_size: int) -> torch.Tensor:
+def prm_pairwise_accuracy(
+    token_rewards: torch.Tensor, mask: torch.Tensor, outcome: torch.Tensor, *, group_size: int
+) -> torch.Tensor:
     """Pairwise accuracy of summed implicit rewards against outcome scores, a 0-d fp32 tensor.
 
     token_rewards: [B, T] float (per-token implicit rewards; padding ignored), mask: [B, T] bool or 0/1,
@@ -39,7 +40,9 @@ def prm_pairwise_accuracy(token_rewards: torch.Tensor, mask: torch.Tensor, outco
     agree_GKK = torch.sign(d_score_GKK) == torch.sign(d_acc_GKK)
     total_G = weight_GKK.sum(dim=(1, 2))
     correct_G = torch.where(agree_GKK, weight_GKK, 0.0).sum(dim=(1, 2))
-    group_acc_G = torch.where(total_G > 0, correct_G / total_G.clamp(min=torch.finfo(torch.float32).tiny), 0.5)
+    group_acc_G = torch.where(
+        total_G > 0, correct_G / total_G.clamp(min=torch.finfo(torch.float32).tiny), 0.5
+    )
     has_nan_G = score_GK.isnan().any(-1) | acc_GK.isnan().any(-1)
     group_acc_G = torch.where(has_nan_G, float("nan"), group_acc_G)
     return group_acc_G.mean()

@@ -15,9 +15,15 @@ import triton.language as tl
 
 @triton.jit
 def prm_logratio_sum_kernel(
-    prm_ptr, ref_ptr, m_ptr,   # [B, T] log-probs (any float), mask (uint8 / float 0-1)
-    part_ptr,                  # [B, n_tiles] fp32 partial sums of prm - ref over valid tokens
-    T, n_tiles, stride_prm, stride_ref, stride_m,
+    prm_ptr,  # [B, T] PRM log-probs (any float)
+    ref_ptr,  # [B, T] reference log-probs (any float)
+    m_ptr,  # [B, T] mask (uint8 0/1)
+    part_ptr,  # [B, n_tiles] fp32 partial sums of prm - ref over valid tokens
+    T,
+    n_tiles,
+    stride_prm,
+    stride_ref,
+    stride_m,
     BT: tl.constexpr,
 ):
     i_t, i_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
@@ -31,10 +37,12 @@ def prm_logratio_sum_kernel(
 
 @triton.jit
 def prm_grad_kernel(
-    m_ptr,        # [B, T] mask
-    coef_ptr,     # [B] fp32 d loss / d prm_logp for a valid token of the row (grad_output folded in)
-    grad_ptr,     # [B, T] fp32 gradient
-    T, stride_m, stride_g,
+    m_ptr,  # [B, T] mask
+    coef_ptr,  # [B] fp32 d loss / d prm_logp for a valid token of the row (grad_output folded in)
+    grad_ptr,  # [B, T] fp32 gradient
+    T,
+    stride_m,
+    stride_g,
     BT: tl.constexpr,
 ):
     i_t, i_b = tl.program_id(0), tl.program_id(1).to(tl.int64)

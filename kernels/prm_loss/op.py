@@ -12,19 +12,18 @@ flow only through log pi_phi).
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from .._backend import triton_interpret
 from .._rl_validate import validate_prm_ce_args
-
 
 # Positions per program: a whole 2k-token row in one tile; grid (T tiles, B) keeps short micro-batches wide.
 MAX_BLOCK_T = 2048
 
 
 def prm_ce_loss_backend(prm_logp: torch.Tensor) -> str:
-    """"triton" or "torch": the implementation `prm_ce_loss` runs for tensors on this device."""
+    """ "triton" or "torch": the implementation `prm_ce_loss` runs for tensors on this device."""
     return "triton" if prm_logp.is_cuda or triton_interpret() else "torch"
 
 
@@ -95,8 +94,9 @@ def _row_sums_triton(prm_logp, ref_logp, valid_BT):
     BT = _block_t(T)
     n_tiles = triton.cdiv(T, BT)
     part = torch.empty(B, n_tiles, dtype=torch.float32, device=prm.device)
-    prm_logratio_sum_kernel[(n_tiles, B)](prm, ref, m, part, T, n_tiles, prm.stride(0), ref.stride(0),
-                                          m.stride(0), BT=BT)
+    prm_logratio_sum_kernel[(n_tiles, B)](
+        prm, ref, m, part, T, n_tiles, prm.stride(0), ref.stride(0), m.stride(0), BT=BT
+    )
     return part.sum(-1)
 
 

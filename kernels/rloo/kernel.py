@@ -38,11 +38,16 @@ def _discounted_tile(b_x, carry, gamma, GAMMA_ONE: tl.constexpr):
 
 @triton.jit
 def rloo_row_stats_kernel(
-    r_ptr, m_ptr,                       # [B, T] rewards (any float), mask (uint8 / float 0-1)
-    sum_ptr, count_ptr, absmax_ptr,     # [B] fp32 outputs
-    T, stride_r, stride_m,
+    r_ptr,  # [B, T] rewards (any float)
+    m_ptr,  # [B, T] mask (uint8 0/1)
+    sum_ptr,  # [B] fp32 out: masked reward sum
+    count_ptr,  # [B] fp32 out: valid count
+    absmax_ptr,  # [B] fp32 out: max |reverse cumsum|
+    T,
+    stride_r,
+    stride_m,
     BT: tl.constexpr,
-    NORM: tl.constexpr,                 # compute max |reverse cumsum| for batch_norm
+    NORM: tl.constexpr,  # compute max |reverse cumsum| for batch_norm
 ):
     i_b = tl.program_id(0).to(tl.int64)
     p_r = r_ptr + i_b * stride_r
@@ -71,12 +76,21 @@ def rloo_row_stats_kernel(
 
 @triton.jit
 def rloo_returns_kernel(
-    r_ptr, m_ptr,                        # [B, T] rewards, mask
-    scale_ptr, shift_ptr, outc_ptr, count_ptr,  # [B] fp32: x_t = scale*r_t - shift; outcome value; valid count
-    out_ptr,                             # [B, T] fp32 returns
-    mean_ptr, m2_ptr,                    # [B] fp32 per-row mean and sum of squared deviations (valid tokens)
-    T, stride_r, stride_m, stride_o,
-    gamma_p, gamma_o,
+    r_ptr,  # [B, T] rewards (any float)
+    m_ptr,  # [B, T] mask (uint8 0/1)
+    scale_ptr,  # [B] fp32: a valid token's process reward becomes scale*r_t - shift
+    shift_ptr,  # [B] fp32
+    outc_ptr,  # [B] fp32: the outcome part placed on the row's last valid token
+    count_ptr,  # [B] fp32: valid count (prefix mask: the last valid position is count-1)
+    out_ptr,  # [B, T] fp32 out: returns
+    mean_ptr,  # [B] fp32 out: mean of the row's valid returns
+    m2_ptr,  # [B] fp32 out: their sum of squared deviations from that mean
+    T,
+    stride_r,
+    stride_m,
+    stride_o,
+    gamma_p,
+    gamma_o,
     BT: tl.constexpr,
     GAMMA_P_ONE: tl.constexpr,
     GAMMA_O_ONE: tl.constexpr,

@@ -23,7 +23,6 @@ from .._rl_validate import validate_rloo_args
 from . import ref
 from .ref import BATCH_NORM_EPS, WHITEN_EPS
 
-
 # Positions per tile of the per-row loops: 1024 fp32 = 8 per thread at 4 warps, and a 3k-token response
 # takes 3 tiles. Compiled for sm_80/sm_90 (kernels/_rl_static_specs.py): 39-106 registers, no spills,
 # 128-bit global loads.
@@ -31,7 +30,7 @@ MAX_BLOCK_T = 1024
 
 
 def rloo_advantages_backend(token_rewards: torch.Tensor) -> str:
-    """"triton" or "torch": the implementation `rloo_advantages` runs for tensors on this device."""
+    """ "triton" or "torch": the implementation `rloo_advantages` runs for tensors on this device."""
     return "triton" if token_rewards.is_cuda or triton_interpret() else "torch"
 
 
@@ -67,20 +66,37 @@ def rloo_advantages(
        applied to every position (padding too, as PRIME does; losses mask it out).
     NaN in a valid position propagates (through batch_norm's max to the whole batch, else to its group).
     """
-    valid_BT = validate_rloo_args(token_rewards, outcome, mask, group_size=group_size,
-                                  gamma_process=gamma_process, gamma_outcome=gamma_outcome,
-                                  reward_norm=reward_norm, form=form, whiten=whiten,
-                                  process_coef=process_coef, outcome_coef=outcome_coef)
-    kwargs = dict(group_size=group_size, gamma_process=float(gamma_process), gamma_outcome=float(gamma_outcome),
-                  reward_norm=reward_norm, form=form, whiten=whiten, process_coef=float(process_coef),
-                  outcome_coef=float(outcome_coef))
+    valid_BT = validate_rloo_args(
+        token_rewards,
+        outcome,
+        mask,
+        group_size=group_size,
+        gamma_process=gamma_process,
+        gamma_outcome=gamma_outcome,
+        reward_norm=reward_norm,
+        form=form,
+        whiten=whiten,
+        process_coef=process_coef,
+        outcome_coef=outcome_coef,
+    )
+    kwargs = dict(
+        group_size=group_size,
+        gamma_process=float(gamma_process),
+        gamma_outcome=float(gamma_outcome),
+        reward_norm=reward_norm,
+        form=form,
+        whiten=whiten,
+        process_coef=float(process_coef),
+        outcome_coef=float(outcome_coef),
+    )
     if rloo_advantages_backend(token_rewards) == "triton":
         return rloo_advantages_triton(token_rewards, outcome, valid_BT, **kwargs)
     return rloo_advantages_torch(token_rewards, outcome, valid_BT, **kwargs)
 
 
-def _loo_coefficients(row_sum_B, count_B, absmax_B, outcome, *, group_size, reward_norm, form, process_coef,
-                      outcome_coef):
+def _loo_coefficients(
+    row_sum_B, count_B, absmax_B, outcome, *, group_size, reward_norm, form, process_coef, outcome_coef
+):
     """Per-row (scale_B, shift_B, outc_B) on [B] vectors: the process reward of a valid token becomes
     scale_B*r_t - shift_B (batch_norm, leave-one-out and process_coef folded in) and the outcome part on
     the last valid token is outc_B (plain RLOO times outcome_coef). No host sync."""
@@ -103,9 +119,20 @@ def _loo_coefficients(row_sum_B, count_B, absmax_B, outcome, *, group_size, rewa
     return scale_B, shift_B.contiguous(), outc_B.contiguous()
 
 
-def rloo_advantages_torch(token_rewards: torch.Tensor, outcome: torch.Tensor, valid_BT: torch.Tensor, *,
-                          group_size: int, gamma_process: float, gamma_outcome: float, reward_norm: str,
-                          form: str, whiten: bool, process_coef: float, outcome_coef: float) -> torch.Tensor:
+def rloo_advantages_torch(
+    token_rewards: torch.Tensor,
+    outcome: torch.Tensor,
+    valid_BT: torch.Tensor,
+    *,
+    group_size: int,
+    gamma_process: float,
+    gamma_outcome: float,
+    reward_norm: str,
+    form: str,
+    whiten: bool,
+    process_coef: float,
+    outcome_coef: float,
+) -> torch.Tensor:
     """The torch path on validated inputs (valid_BT: bool [B, T], a prefix mask)."""
     B, T = token_rewards.shape
     r_BT = torch.where(valid_BT, token_rewards.float(), 0.0)
@@ -117,8 +144,16 @@ def rloo_advantages_torch(token_rewards: torch.Tensor, outcome: torch.Tensor, va
     else:
         row_sum_B = r_BT.sum(-1)
     scale_B, shift_B, outc_B = _loo_coefficients(
-        row_sum_B, count_B, absmax_B, outcome, group_size=group_size, reward_norm=reward_norm, form=form,
-        process_coef=process_coef, outcome_coef=outcome_coef)
+        row_sum_B,
+        count_B,
+        absmax_B,
+        outcome,
+        group_size=group_size,
+        reward_norm=reward_norm,
+        form=form,
+        process_coef=process_coef,
+        outcome_coef=outcome_coef,
+    )
     x_BT = torch.where(valid_BT, r_BT * scale_B[:, None] - shift_B[:, None], 0.0)
     last_B = count_B.long() - 1
     rows_B = torch.arange(B, device=x_BT.device)
@@ -159,9 +194,20 @@ def discounted_scan(x_BT: torch.Tensor, gamma: float, chunk: int = 64) -> torch.
     return out_BNC.view(B, n * C)[:, :T]
 
 
-def rloo_advantages_triton(token_rewards: torch.Tensor, outcome: torch.Tensor, valid_BT: torch.Tensor, *,
-                           group_size: int, gamma_process: float, gamma_outcome: float, reward_norm: str,
-                           form: str, whiten: bool, process_coef: float, outcome_coef: float) -> torch.Tensor:
+def rloo_advantages_triton(
+    token_rewards: torch.Tensor,
+    outcome: torch.Tensor,
+    valid_BT: torch.Tensor,
+    *,
+    group_size: int,
+    gamma_process: float,
+    gamma_outcome: float,
+    reward_norm: str,
+    form: str,
+    whiten: bool,
+    process_coef: float,
+    outcome_coef: float,
+) -> torch.Tensor:
     """The Triton path on validated inputs (valid_BT: bool [B, T])."""
     import triton
 
@@ -176,20 +222,53 @@ def rloo_advantages_triton(token_rewards: torch.Tensor, outcome: torch.Tensor, v
     f32 = dict(dtype=torch.float32, device=dev)
 
     row_sum_B, count_B, absmax_B = (torch.empty(B, **f32) for _ in range(3))
-    rloo_row_stats_kernel[(B,)](r_BT, m_BT, row_sum_B, count_B, absmax_B, T, r_BT.stride(0), m_BT.stride(0),
-                                BT=BT, NORM=reward_norm == "batch_norm")
+    rloo_row_stats_kernel[(B,)](
+        r_BT,
+        m_BT,
+        row_sum_B,
+        count_B,
+        absmax_B,
+        T,
+        r_BT.stride(0),
+        m_BT.stride(0),
+        BT=BT,
+        NORM=reward_norm == "batch_norm",
+    )
 
     scale_B, shift_B, outc_B = _loo_coefficients(
-        row_sum_B, count_B, absmax_B, outcome, group_size=K, reward_norm=reward_norm, form=form,
-        process_coef=process_coef, outcome_coef=outcome_coef)
+        row_sum_B,
+        count_B,
+        absmax_B,
+        outcome,
+        group_size=K,
+        reward_norm=reward_norm,
+        form=form,
+        process_coef=process_coef,
+        outcome_coef=outcome_coef,
+    )
 
     out_BT = torch.empty(B, T, **f32)
     row_mean_B, row_m2_B = torch.empty(B, **f32), torch.empty(B, **f32)
     rloo_returns_kernel[(B,)](
-        r_BT, m_BT, scale_B, shift_B, outc_B, count_B,
-        out_BT, row_mean_B, row_m2_B, T, r_BT.stride(0), m_BT.stride(0), out_BT.stride(0),
-        gamma_process, gamma_outcome, BT=BT, GAMMA_P_ONE=gamma_process == 1.0,
-        GAMMA_O_ONE=gamma_outcome == 1.0)
+        r_BT,
+        m_BT,
+        scale_B,
+        shift_B,
+        outc_B,
+        count_B,
+        out_BT,
+        row_mean_B,
+        row_m2_B,
+        T,
+        r_BT.stride(0),
+        m_BT.stride(0),
+        out_BT.stride(0),
+        gamma_process,
+        gamma_outcome,
+        BT=BT,
+        GAMMA_P_ONE=gamma_process == 1.0,
+        GAMMA_O_ONE=gamma_outcome == 1.0,
+    )
     if not whiten:
         return out_BT
 

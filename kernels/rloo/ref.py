@@ -10,7 +10,7 @@ import torch
 from .._rl_validate import validate_rloo_args
 
 BATCH_NORM_EPS = 1e-6  # prime_spec 3.3: r / (max |reverse cumsum| + 1e-6)
-WHITEN_EPS = 1e-8      # prime_spec 7.4: (x - mean) / sqrt(unbiased var + 1e-8)
+WHITEN_EPS = 1e-8  # prime_spec 7.4: (x - mean) / sqrt(unbiased var + 1e-8)
 
 
 def rloo_advantages(
@@ -28,10 +28,19 @@ def rloo_advantages(
     outcome_coef: float = 1.0,
 ) -> torch.Tensor:
     """PRIME advantages, fp32 [B, T]. Same contract as `primeflow.kernels.rloo_advantages`."""
-    valid_BT = validate_rloo_args(token_rewards, outcome, mask, group_size=group_size,
-                                  gamma_process=gamma_process, gamma_outcome=gamma_outcome,
-                                  reward_norm=reward_norm, form=form, whiten=whiten,
-                                  process_coef=process_coef, outcome_coef=outcome_coef)
+    valid_BT = validate_rloo_args(
+        token_rewards,
+        outcome,
+        mask,
+        group_size=group_size,
+        gamma_process=gamma_process,
+        gamma_outcome=gamma_outcome,
+        reward_norm=reward_norm,
+        form=form,
+        whiten=whiten,
+        process_coef=process_coef,
+        outcome_coef=outcome_coef,
+    )
     K = group_size
     B, T = token_rewards.shape
     # Padding positions hold no data: whatever they contain (0, garbage, NaN) is ignored.
@@ -59,8 +68,9 @@ def rloo_advantages(
     outc_BT[torch.arange(B, device=r_BT.device), n_B.long() - 1] = outcome_loo_B
 
     # 7.3 / 7.4 discounted reverse cumsum per source, then the weighted sum.
-    returns_BT = (process_coef * discounted_returns(proc_BT, gamma_process)
-                  + outcome_coef * discounted_returns(outc_BT, gamma_outcome))
+    returns_BT = process_coef * discounted_returns(
+        proc_BT, gamma_process
+    ) + outcome_coef * discounted_returns(outc_BT, gamma_outcome)
     if not whiten:
         return returns_BT
     return masked_whiten(returns_BT, valid_BT)

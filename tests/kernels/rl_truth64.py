@@ -12,8 +12,20 @@ import math
 import torch
 
 
-def rloo_truth(rewards, outcome, mask, *, group_size, gamma_process=1.0, gamma_outcome=1.0,
-               reward_norm="batch_norm", form="prime", whiten=True, process_coef=1.0, outcome_coef=1.0):
+def rloo_truth(
+    rewards,
+    outcome,
+    mask,
+    *,
+    group_size,
+    gamma_process=1.0,
+    gamma_outcome=1.0,
+    reward_norm="batch_norm",
+    form="prime",
+    whiten=True,
+    process_coef=1.0,
+    outcome_coef=1.0,
+):
     """prime_spec 3.3 + 7.1-7.4 on a prefix mask, float64 [B, T]."""
     K = group_size
     B, T = rewards.shape
@@ -23,7 +35,7 @@ def rloo_truth(rewards, outcome, mask, *, group_size, gamma_process=1.0, gamma_o
 
     # 3.3: divide by max over responses and positions of |sum_{s>=t} r_s| + 1e-6.
     if reward_norm == "batch_norm":
-        sums = [sum(r[i][t:L[i]]) for i in range(B) for t in range(L[i])]
+        sums = [sum(r[i][t : L[i]]) for i in range(B) for t in range(L[i])]
         biggest = math.nan if any(math.isnan(x) for x in sums) else max(abs(x) for x in sums)
         scale = biggest + 1e-6
         r = [[x / scale for x in row] for row in r]
@@ -31,7 +43,7 @@ def rloo_truth(rewards, outcome, mask, *, group_size, gamma_process=1.0, gamma_o
     returns = [[0.0] * T for _ in range(B)]
     for g in range(B // K):
         rows = range(g * K, (g + 1) * K)
-        means = {i: sum(r[i][:L[i]]) / L[i] for i in rows}
+        means = {i: sum(r[i][: L[i]]) / L[i] for i in rows}
         total = sum(means.values())
         for i in rows:
             # 7.3 (prime): r*K/(K-1) - sum_j m_j/(K-1); 7.2 (paper): r - sum_{j != i} m_j/(K-1).
@@ -52,7 +64,7 @@ def rloo_truth(rewards, outcome, mask, *, group_size, gamma_process=1.0, gamma_o
     n = len(values)
     mean = sum(values) / n
     var = sum((v - mean) ** 2 for v in values) / (n - 1)  # Bessel-corrected
-    return (out - mean) / math.sqrt(var + 1e-8)          # every position, padding included
+    return (out - mean) / math.sqrt(var + 1e-8)  # every position, padding included
 
 
 def ppo_truth(logp, old_logp, adv, mask, *, clip, agg):
@@ -82,7 +94,9 @@ def ppo_truth(logp, old_logp, adv, mask, *, clip, agg):
         rows = sum(1 for k in n_row if k > 0)
         weight = [1.0 / (max(k, 1) * max(rows, 1)) for k in n_row]
     loss = sum(weight[i] * sum(loss_tok[i]) for i in range(B))
-    grad = torch.tensor([[weight[i] * dloss_tok[i][t] for t in range(T)] for i in range(B)], dtype=torch.float64)
+    grad = torch.tensor(
+        [[weight[i] * dloss_tok[i][t] for t in range(T)] for i in range(B)], dtype=torch.float64
+    )
     return loss, grad, clipped / max(n, 1), kl / max(n, 1)
 
 
@@ -92,7 +106,9 @@ def prm_ce_truth(prm_logp, ref_logp, mask, outcome, *, beta):
     loss = 0.0
     grad = torch.zeros(B, T, dtype=torch.float64)
     for i in range(B):
-        reward = beta * sum(float(prm_logp[i, t]) - float(ref_logp[i, t]) for t in range(T) if bool(mask[i, t]))
+        reward = beta * sum(
+            float(prm_logp[i, t]) - float(ref_logp[i, t]) for t in range(T) if bool(mask[i, t])
+        )
         o = float(outcome[i])
         log_sig = -math.log1p(math.exp(-reward)) if reward >= 0 else reward - math.log1p(math.exp(reward))
         log_sig_neg = log_sig - reward  # log(1 - sigmoid(R)) = log sigmoid(R) - R

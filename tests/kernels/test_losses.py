@@ -12,17 +12,17 @@ import importlib.util
 import math
 from pathlib import Path
 
+import primeflow.kernels as K
 import pytest
 import torch
-from tolerances import assert_close_to_truth
-
-import primeflow.kernels as K
 from primeflow.kernels import reference
+from tolerances import assert_close_to_truth
 
 
 def _load_truth():
-    spec = importlib.util.spec_from_file_location("_primeflow_tests_rl_truth64",
-                                                  Path(__file__).with_name("rl_truth64.py"))
+    spec = importlib.util.spec_from_file_location(
+        "_primeflow_tests_rl_truth64", Path(__file__).with_name("rl_truth64.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -59,7 +59,9 @@ def test_ppo_matches_truth(generator, impl, agg, dtype, shape):
     logp.requires_grad_(True)
     loss, stats = PPO[impl](logp, old, adv, mask, clip=0.2, agg=agg, return_stats=True)
     (grad,) = torch.autograd.grad(loss * 3.0, logp)  # a non-unit grad_output must scale the gradient
-    want_loss, want_grad, want_clipfrac, want_kl = truth.ppo_truth(logp.detach(), old, adv, mask, clip=0.2, agg=agg)
+    want_loss, want_grad, want_clipfrac, want_kl = truth.ppo_truth(
+        logp.detach(), old, adv, mask, clip=0.2, agg=agg
+    )
     assert loss.dtype == torch.float32 and loss.dim() == 0
     assert grad.dtype == dtype
     assert_close_to_truth(loss, torch.tensor(want_loss), torch.float32, what=f"ppo loss {impl} {agg}")
@@ -74,7 +76,8 @@ def test_ppo_reference_gradcheck(generator, agg):
     logp, old, adv, mask = ppo_inputs(generator, 3, 7, torch.float64)
     logp.requires_grad_(True)
     assert torch.autograd.gradcheck(
-        lambda x: reference.ppo_clip_loss(x, old.double(), adv.double(), mask, clip=0.2, agg=agg), (logp,))
+        lambda x: reference.ppo_clip_loss(x, old.double(), adv.double(), mask, clip=0.2, agg=agg), (logp,)
+    )
 
 
 def test_ppo_hand_computed():
@@ -122,20 +125,32 @@ def test_ppo_nan_propagates_and_padding_is_ignored(generator, impl):
     assert loss.isnan() and grad[0, 0].isnan()
 
 
-@pytest.mark.parametrize(("kwargs", "pattern"), [
-    (dict(logp=torch.zeros(2)), r"logp must be 2-D"),
-    (dict(old_logp=torch.zeros(2, 4)), r"old_logp must have shape \[B, T\] = \[2, 3\]"),
-    (dict(advantages=torch.zeros(3, 3)), r"advantages must have shape"),
-    (dict(mask=torch.ones(2, 4)), r"mask must have shape"),
-    (dict(mask=torch.full((2, 3), 0.5)), r"mask must contain only 0 and 1"),
-    (dict(clip=0.0), r"clip must be > 0.0"),
-    (dict(agg="seq-mean-token-sum"), r"agg must be one of \['token-mean', 'seq-mean-token-mean'\]"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        (dict(logp=torch.zeros(2)), r"logp must be 2-D"),
+        (dict(old_logp=torch.zeros(2, 4)), r"old_logp must have shape \[B, T\] = \[2, 3\]"),
+        (dict(advantages=torch.zeros(3, 3)), r"advantages must have shape"),
+        (dict(mask=torch.ones(2, 4)), r"mask must have shape"),
+        (dict(mask=torch.full((2, 3), 0.5)), r"mask must contain only 0 and 1"),
+        (dict(clip=0.0), r"clip must be > 0.0"),
+        (dict(agg="seq-mean-token-sum"), r"agg must be one of \['token-mean', 'seq-mean-token-mean'\]"),
+    ],
+)
 def test_ppo_bad_input(kwargs, pattern):
-    args = dict(logp=torch.zeros(2, 3), old_logp=torch.zeros(2, 3), advantages=torch.zeros(2, 3),
-                mask=torch.ones(2, 3)) | kwargs
+    args = (
+        dict(
+            logp=torch.zeros(2, 3),
+            old_logp=torch.zeros(2, 3),
+            advantages=torch.zeros(2, 3),
+            mask=torch.ones(2, 3),
+        )
+        | kwargs
+    )
     with pytest.raises(ValueError, match=pattern):
-        K.ppo_clip_loss(args.pop("logp"), args.pop("old_logp"), args.pop("advantages"), args.pop("mask"), **args)
+        K.ppo_clip_loss(
+            args.pop("logp"), args.pop("old_logp"), args.pop("advantages"), args.pop("mask"), **args
+        )
 
 
 # ---- PRM cross-entropy ----------------------------------------------------------------------------
@@ -167,7 +182,8 @@ def test_prm_ce_reference_gradcheck(generator):
     prm, ref, mask, outcome = prm_inputs(generator, 4, 6, torch.float64)
     prm.requires_grad_(True)
     assert torch.autograd.gradcheck(
-        lambda x: reference.prm_ce_loss(x, ref.double(), mask, outcome.double(), beta=0.7), (prm,))
+        lambda x: reference.prm_ce_loss(x, ref.double(), mask, outcome.double(), beta=0.7), (prm,)
+    )
 
 
 @pytest.mark.parametrize("impl", PRM)
@@ -198,20 +214,33 @@ def test_prm_ce_nan_propagates_and_padding_is_ignored(generator, impl):
     assert PRM[impl](prm, ref, mask, torch.tensor([float("nan"), 0, 1]), beta=0.5).isnan()
 
 
-@pytest.mark.parametrize(("kwargs", "pattern"), [
-    (dict(prm_logp=torch.zeros(2, 3, dtype=torch.int32)), r"prm_logp must be a floating-point"),
-    (dict(ref_logp=torch.zeros(2, 2)), r"ref_logp must have shape \[B, T\] = \[2, 3\]"),
-    (dict(mask=torch.ones(3, 3)), r"mask must have shape"),
-    (dict(outcome=torch.zeros(3)), r"outcome must have shape \[B\] = \[2\]"),
-    (dict(outcome=torch.tensor([0.5, 1.5])), r"outcome must lie in \[0, 1\]"),
-    (dict(beta=0.0), r"beta must be > 0.0"),
-    (dict(beta=float("nan")), r"beta must be a finite number"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        (dict(prm_logp=torch.zeros(2, 3, dtype=torch.int32)), r"prm_logp must be a floating-point"),
+        (dict(ref_logp=torch.zeros(2, 2)), r"ref_logp must have shape \[B, T\] = \[2, 3\]"),
+        (dict(mask=torch.ones(3, 3)), r"mask must have shape"),
+        (dict(outcome=torch.zeros(3)), r"outcome must have shape \[B\] = \[2\]"),
+        (dict(outcome=torch.tensor([0.5, 1.5])), r"outcome must lie in \[0, 1\]"),
+        (dict(beta=0.0), r"beta must be > 0.0"),
+        (dict(beta=float("nan")), r"beta must be a finite number"),
+    ],
+)
 def test_prm_ce_bad_input(kwargs, pattern):
-    args = dict(prm_logp=torch.zeros(2, 3), ref_logp=torch.zeros(2, 3), mask=torch.ones(2, 3),
-                outcome=torch.zeros(2), beta=0.05) | kwargs
+    args = (
+        dict(
+            prm_logp=torch.zeros(2, 3),
+            ref_logp=torch.zeros(2, 3),
+            mask=torch.ones(2, 3),
+            outcome=torch.zeros(2),
+            beta=0.05,
+        )
+        | kwargs
+    )
     with pytest.raises(ValueError, match=pattern):
-        K.prm_ce_loss(args.pop("prm_logp"), args.pop("ref_logp"), args.pop("mask"), args.pop("outcome"), **args)
+        K.prm_ce_loss(
+            args.pop("prm_logp"), args.pop("ref_logp"), args.pop("mask"), args.pop("outcome"), **args
+        )
 
 
 # ---- PRM pairwise accuracy (spec 4.5) -------------------------------------------------------------
@@ -238,7 +267,8 @@ def test_pairwise_accuracy_hand_computed():
     got = K.prm_pairwise_accuracy(rewards, mask, outcome, group_size=3)
     assert abs(got.item() - (0.75 + 0.5 + 0.0) / 3) < 1e-7
     assert reference.prm_pairwise_accuracy(-rewards, mask, outcome, group_size=3).item() == pytest.approx(
-        (0.25 + 0.5 + 0.0) / 3)
+        (0.25 + 0.5 + 0.0) / 3
+    )
     outcome_nan = outcome.clone()
     outcome_nan[4] = float("nan")
     assert K.prm_pairwise_accuracy(rewards, mask, outcome_nan, group_size=3).isnan()
@@ -250,4 +280,7 @@ def test_pairwise_accuracy_hand_computed():
 
 def test_backends_reported():
     x = torch.zeros(1, 1)
-    assert K.ppo_clip_loss_backend(x) in ("torch", "triton") and K.prm_ce_loss_backend(x) in ("torch", "triton")
+    assert K.ppo_clip_loss_backend(x) in ("torch", "triton") and K.prm_ce_loss_backend(x) in (
+        "torch",
+        "triton",
+    )

@@ -30,13 +30,20 @@ DEVICE = "cuda" if torch.cuda.is_available() and not INTERPRETED else "cpu"
 
 
 if not RUN_HERE:
+
     def test_under_triton_interpreter():
         """Re-run this file in a child pytest with TRITON_INTERPRET=1 set before triton is imported."""
         repo = Path(__file__).resolve().parents[2]
         pytest_bin = Path(sys.executable).with_name("pytest")
         env = {**os.environ, "TRITON_INTERPRET": "1"}
-        proc = subprocess.run([str(pytest_bin), str(Path(__file__).resolve()), "-q", "-p", "no:cacheprovider"],
-                              cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(
+            [str(pytest_bin), str(Path(__file__).resolve()), "-q", "-p", "no:cacheprovider"],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         print(proc.stdout[-4000:])
         assert proc.returncode == 0, f"interpreted run failed:\n{proc.stdout[-8000:]}\n{proc.stderr[-4000:]}"
 
@@ -47,8 +54,9 @@ else:
     from primeflow.kernels.rloo import op as rloo_op
 
     def _load_truth():
-        spec = importlib.util.spec_from_file_location("_primeflow_tests_rl_truth64",
-                                                      Path(__file__).with_name("rl_truth64.py"))
+        spec = importlib.util.spec_from_file_location(
+            "_primeflow_tests_rl_truth64", Path(__file__).with_name("rl_truth64.py")
+        )
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module
@@ -69,13 +77,22 @@ else:
 
     def test_dispatch_is_triton():
         x = torch.zeros(2, 2, device=DEVICE)
-        assert K.rloo_advantages_backend(x) == K.ppo_clip_loss_backend(x) == K.prm_ce_loss_backend(x) == "triton"
+        assert (
+            K.rloo_advantages_backend(x) == K.ppo_clip_loss_backend(x) == K.prm_ce_loss_backend(x) == "triton"
+        )
 
     RLOO_CONFIGS = [
         dict(form="prime"),
         dict(form="paper"),
-        dict(form="prime", reward_norm="none", whiten=False, gamma_process=0.9, gamma_outcome=0.7,
-             process_coef=5.0, outcome_coef=0.5),
+        dict(
+            form="prime",
+            reward_norm="none",
+            whiten=False,
+            gamma_process=0.9,
+            gamma_outcome=0.7,
+            process_coef=5.0,
+            outcome_coef=0.5,
+        ),
         dict(form="paper", reward_norm="none", whiten=True, gamma_process=0.95),
         dict(form="prime", reward_norm="batch_norm", whiten=False, gamma_outcome=0.8),
     ]
@@ -89,9 +106,13 @@ else:
             rewards = torch.randn(b, t, generator=generator).to(dtype)
             rewards = torch.where(mask, rewards, torch.full_like(rewards, float("nan")))  # padding ignored
             outcome = torch.randint(0, 5, (b,), generator=generator).float() / 4
-            out = K.rloo_advantages(rewards.to(DEVICE), outcome.to(DEVICE), mask.to(DEVICE), group_size=k, **cfg)
+            out = K.rloo_advantages(
+                rewards.to(DEVICE), outcome.to(DEVICE), mask.to(DEVICE), group_size=k, **cfg
+            )
             want = truth.rloo_truth(rewards, outcome, mask, group_size=k, **cfg)
-            assert_close_to_truth(out.cpu(), want, torch.float32, what=f"triton rloo {tiles} K={k} T={t} {cfg}")
+            assert_close_to_truth(
+                out.cpu(), want, torch.float32, what=f"triton rloo {tiles} K={k} T={t} {cfg}"
+            )
 
     def test_rloo_nan_propagates(generator, tiles):
         mask = ragged(generator, 6, 20, allow_empty=False)
@@ -100,7 +121,11 @@ else:
         args = (rewards.to(DEVICE), outcome.to(DEVICE), mask.to(DEVICE))
         assert K.rloo_advantages(*args, group_size=2).isnan().all()
         local = K.rloo_advantages(*args, group_size=2, reward_norm="none", whiten=False).cpu()
-        assert local[2:4][mask[2:4]].isnan().all() and not local[:2].isnan().any() and not local[4:].isnan().any()
+        assert (
+            local[2:4][mask[2:4]].isnan().all()
+            and not local[:2].isnan().any()
+            and not local[4:].isnan().any()
+        )
 
     @pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
     @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -111,14 +136,18 @@ else:
         adv = torch.randn(b, t, generator=generator)
         mask = ragged(generator, b, t, allow_empty=True)
         x = logp.to(DEVICE).requires_grad_(True)
-        loss, stats = K.ppo_clip_loss(x, old.to(DEVICE), adv.to(DEVICE), mask.to(DEVICE), agg=agg,
-                                      return_stats=True)
+        loss, stats = K.ppo_clip_loss(
+            x, old.to(DEVICE), adv.to(DEVICE), mask.to(DEVICE), agg=agg, return_stats=True
+        )
         (grad,) = torch.autograd.grad(loss * 3.0, x)
-        want_loss, want_grad, want_clipfrac, want_kl = truth.ppo_truth(logp.detach(), old, adv, mask, clip=0.2,
-                                                                       agg=agg)
+        want_loss, want_grad, want_clipfrac, want_kl = truth.ppo_truth(
+            logp.detach(), old, adv, mask, clip=0.2, agg=agg
+        )
         assert_close_to_truth(loss.cpu(), torch.tensor(want_loss), torch.float32, what=f"triton ppo {agg}")
         assert_close_to_truth(grad.cpu(), 3.0 * want_grad, dtype, grad=True, what=f"triton ppo grad {agg}")
-        assert_close_to_truth(stats.clipfrac.cpu(), torch.tensor(want_clipfrac), torch.float32, what="clipfrac")
+        assert_close_to_truth(
+            stats.clipfrac.cpu(), torch.tensor(want_clipfrac), torch.float32, what="clipfrac"
+        )
         assert_close_to_truth(stats.ppo_kl.cpu(), torch.tensor(want_kl), torch.float32, what="ppo_kl")
         nan_logp = logp.clone()
         nan_logp[-1, 0] = float("nan")
@@ -139,4 +168,6 @@ else:
         assert_close_to_truth(grad.cpu(), 0.5 * want_grad, dtype, grad=True, what="triton prm grad")
         nan_prm = prm.clone()
         nan_prm[-1, 0] = float("nan")
-        assert K.prm_ce_loss(nan_prm.to(DEVICE), ref.to(DEVICE), mask.to(DEVICE), outcome.to(DEVICE), beta=0.5).isnan()
+        assert K.prm_ce_loss(
+            nan_prm.to(DEVICE), ref.to(DEVICE), mask.to(DEVICE), outcome.to(DEVICE), beta=0.5
+        ).isnan()

@@ -8,7 +8,6 @@ kernels are bandwidth-bound streams over [B, T] tensors. About 20 s cold (Triton
 from __future__ import annotations
 
 import pytest
-
 from primeflow.kernels import static_check
 from primeflow.kernels._rl_static_specs import rl_kernel_specs
 
@@ -19,5 +18,7 @@ SPECS = rl_kernel_specs()
 @pytest.mark.parametrize("spec", SPECS, ids=[s["label"] for s in SPECS])
 def test_no_spills_and_wide_loads(spec, arch):
     report = static_check.compile_one(static_check.KernelSpec(**spec), arch)
-    assert not report.spills, f"{report.label} sm_{arch}: stack {report.stack_bytes} B, local {report.local_bytes} B"
+    assert not report.spills, (
+        f"{report.label} sm_{arch}: stack {report.stack_bytes} B, local {report.local_bytes} B"
+    )
     assert report.widest_global_load == "128-bit", f"{report.label} sm_{arch}: {report.global_loads}"

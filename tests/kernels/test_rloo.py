@@ -13,12 +13,11 @@ import itertools
 import math
 from pathlib import Path
 
+import primeflow.kernels as K
 import pytest
 import torch
-from tolerances import assert_close_to_truth
-
-import primeflow.kernels as K
 from primeflow.kernels import reference
+from tolerances import assert_close_to_truth
 
 
 def load_rl_truth():
@@ -46,9 +45,16 @@ def random_rloo_inputs(generator, groups, k, t, dtype=torch.float32):
 
 
 CONFIGS = [
-    dict(form=f, reward_norm=n, whiten=w, gamma_process=gp, gamma_outcome=go, process_coef=pc, outcome_coef=oc)
+    dict(
+        form=f, reward_norm=n, whiten=w, gamma_process=gp, gamma_outcome=go, process_coef=pc, outcome_coef=oc
+    )
     for f, n, w, (gp, go), (pc, oc) in itertools.product(
-        ("prime", "paper"), ("batch_norm", "none"), (True, False), ((1.0, 1.0), (0.9, 0.7)), ((1.0, 1.0), (5.0, 0.5)))
+        ("prime", "paper"),
+        ("batch_norm", "none"),
+        (True, False),
+        ((1.0, 1.0), (0.9, 0.7)),
+        ((1.0, 1.0), (5.0, 0.5)),
+    )
 ]
 
 
@@ -92,9 +98,14 @@ K2_CASES = [
     (dict(form="prime"), [[-2.0, 1.0, 2.0], [1.0, -2.0, 0.0]]),
     (dict(form="paper"), [[-2.0, 0.0, 1.0], [1.0, -1.0, 0.0]]),
     (dict(form="prime", gamma_process=0.5), [[-3.25 + 1, -0.5 + 1, 2.0], [3 - 0.5 + -1, -2.0, 0.0]]),
-    (dict(form="prime", reward_norm="batch_norm"), [[-3 / S6 + 1, 1.0, 1 / S6 + 1], [2 / S6 - 1, -1 / S6 - 1, 0]]),
-    (dict(form="prime", whiten=True),
-     [[v / math.sqrt(3.5 + 1e-8) for v in row] for row in [[-2.0, 1.0, 2.0], [1.0, -2.0, 0.0]]]),
+    (
+        dict(form="prime", reward_norm="batch_norm"),
+        [[-3 / S6 + 1, 1.0, 1 / S6 + 1], [2 / S6 - 1, -1 / S6 - 1, 0]],
+    ),
+    (
+        dict(form="prime", whiten=True),
+        [[v / math.sqrt(3.5 + 1e-8) for v in row] for row in [[-2.0, 1.0, 2.0], [1.0, -2.0, 0.0]]],
+    ),
 ]
 
 # K=4, T=2. rewards row0 [1, 3], row1 [2, pad], row2 [0, 0], row3 [-4, pad]; outcome [1, 1, 0, 0].
@@ -118,16 +129,21 @@ def test_hand_computed_k2(impl, case):
     overrides, expected = K2_CASES[case]
     kwargs = dict(reward_norm="none", whiten=False) | overrides
     out = IMPLEMENTATIONS[impl](K2_REWARDS, K2_OUTCOME, K2_MASK, group_size=2, **kwargs)
-    assert_close_to_truth(out, torch.tensor(expected, dtype=torch.float64), torch.float32, what=f"K=2 {kwargs}")
+    assert_close_to_truth(
+        out, torch.tensor(expected, dtype=torch.float64), torch.float32, what=f"K=2 {kwargs}"
+    )
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @pytest.mark.parametrize("case", range(len(K4_CASES)))
 def test_hand_computed_k4(impl, case):
     overrides, expected = K4_CASES[case]
-    out = IMPLEMENTATIONS[impl](K4_REWARDS, K4_OUTCOME, K4_MASK, group_size=4, reward_norm="none", whiten=False,
-                                **overrides)
-    assert_close_to_truth(out, torch.tensor(expected, dtype=torch.float64), torch.float32, what=f"K=4 {overrides}")
+    out = IMPLEMENTATIONS[impl](
+        K4_REWARDS, K4_OUTCOME, K4_MASK, group_size=4, reward_norm="none", whiten=False, **overrides
+    )
+    assert_close_to_truth(
+        out, torch.tensor(expected, dtype=torch.float64), torch.float32, what=f"K=4 {overrides}"
+    )
 
 
 # ---- identities from the spec ---------------------------------------------------------------------
@@ -199,7 +215,7 @@ def test_nan_propagates(generator, impl):
     bad[3, 0] = float("nan")  # row 3 = group 1; position 0 is always valid
     assert fn(bad, outcome, mask, group_size=2).isnan().all()  # batch_norm's max and whitening: everywhere
     local = fn(bad, outcome, mask, group_size=2, reward_norm="none", whiten=False)
-    assert local[2:4][mask[2:4]].isnan().all()            # the whole group 1 (its baseline)
+    assert local[2:4][mask[2:4]].isnan().all()  # the whole group 1 (its baseline)
     assert not local[:2].isnan().any() and not local[4:].isnan().any()
     bad_outcome = outcome.clone()
     bad_outcome[0] = float("nan")
@@ -207,8 +223,12 @@ def test_nan_propagates(generator, impl):
 
 
 def _call(**overrides):
-    args = dict(token_rewards=torch.zeros(4, 3), outcome=torch.zeros(4), mask=torch.ones(4, 3, dtype=torch.bool),
-                group_size=2)
+    args = dict(
+        token_rewards=torch.zeros(4, 3),
+        outcome=torch.zeros(4),
+        mask=torch.ones(4, 3, dtype=torch.bool),
+        group_size=2,
+    )
     args |= overrides
     return K.rloo_advantages(args.pop("token_rewards"), args.pop("outcome"), args.pop("mask"), **args)
 
@@ -219,28 +239,31 @@ def test_group_of_one_is_rejected(impl):
         IMPLEMENTATIONS[impl](torch.zeros(4, 3), torch.zeros(4), torch.ones(4, 3), group_size=1)
 
 
-@pytest.mark.parametrize(("overrides", "pattern"), [
-    (dict(group_size=3), r"B=4 must be a multiple of group_size=3.*contiguous"),
-    (dict(group_size=0), r"group_size must be >= 2"),
-    (dict(group_size=2.0), r"group_size must be an int"),
-    (dict(token_rewards=torch.zeros(4)), r"token_rewards must be 2-D"),
-    (dict(token_rewards=torch.zeros(4, 3, dtype=torch.int64)), r"token_rewards must be a floating-point"),
-    (dict(token_rewards=torch.zeros(4, 0), mask=torch.ones(4, 0)), r"T = 0"),
-    (dict(outcome=torch.zeros(3)), r"outcome must have shape \[B\] = \[4\]"),
-    (dict(outcome=torch.zeros(4, 1)), r"outcome must have shape"),
-    (dict(mask=torch.ones(4, 2)), r"mask must have shape \[B, T\] = \[4, 3\]"),
-    (dict(mask=torch.full((4, 3), 2.0)), r"mask must contain only 0 and 1"),
-    (dict(mask=torch.tensor([[1, 0, 1]] * 4)), r"mask must be a prefix mask"),
-    (dict(mask=torch.tensor([[1, 1, 1], [0, 0, 0], [1, 0, 0], [1, 1, 0]])), r"at least one valid token"),
-    (dict(gamma_process=1.5), r"gamma_process must be <= 1.0"),
-    (dict(gamma_outcome=-0.1), r"gamma_outcome must be >= 0.0"),
-    (dict(gamma_process=float("nan")), r"gamma_process must be a finite number"),
-    (dict(reward_norm="max"), r"reward_norm must be one of \['batch_norm', 'none'\]"),
-    (dict(form="grpo"), r"form must be one of \['prime', 'paper'\]"),
-    (dict(whiten=1), r"whiten must be a bool"),
-    (dict(process_coef=float("inf")), r"process_coef must be a finite number"),
-    (dict(outcome=torch.zeros(4, device="meta")), r"outcome is on meta but the other inputs are on cpu"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "pattern"),
+    [
+        (dict(group_size=3), r"B=4 must be a multiple of group_size=3.*contiguous"),
+        (dict(group_size=0), r"group_size must be >= 2"),
+        (dict(group_size=2.0), r"group_size must be an int"),
+        (dict(token_rewards=torch.zeros(4)), r"token_rewards must be 2-D"),
+        (dict(token_rewards=torch.zeros(4, 3, dtype=torch.int64)), r"token_rewards must be a floating-point"),
+        (dict(token_rewards=torch.zeros(4, 0), mask=torch.ones(4, 0)), r"T = 0"),
+        (dict(outcome=torch.zeros(3)), r"outcome must have shape \[B\] = \[4\]"),
+        (dict(outcome=torch.zeros(4, 1)), r"outcome must have shape"),
+        (dict(mask=torch.ones(4, 2)), r"mask must have shape \[B, T\] = \[4, 3\]"),
+        (dict(mask=torch.full((4, 3), 2.0)), r"mask must contain only 0 and 1"),
+        (dict(mask=torch.tensor([[1, 0, 1]] * 4)), r"mask must be a prefix mask"),
+        (dict(mask=torch.tensor([[1, 1, 1], [0, 0, 0], [1, 0, 0], [1, 1, 0]])), r"at least one valid token"),
+        (dict(gamma_process=1.5), r"gamma_process must be <= 1.0"),
+        (dict(gamma_outcome=-0.1), r"gamma_outcome must be >= 0.0"),
+        (dict(gamma_process=float("nan")), r"gamma_process must be a finite number"),
+        (dict(reward_norm="max"), r"reward_norm must be one of \['batch_norm', 'none'\]"),
+        (dict(form="grpo"), r"form must be one of \['prime', 'paper'\]"),
+        (dict(whiten=1), r"whiten must be a bool"),
+        (dict(process_coef=float("inf")), r"process_coef must be a finite number"),
+        (dict(outcome=torch.zeros(4, device="meta")), r"outcome is on meta but the other inputs are on cpu"),
+    ],
+)
 def test_bad_input_names_the_argument(overrides, pattern):
     with pytest.raises(ValueError, match=pattern):
         _call(**overrides)
@@ -271,5 +294,9 @@ def test_long_rows_cross_scan_chunks(generator):
     for gp, go in ((0.97, 0.97), (0.97, 0.9)):
         kwargs = dict(group_size=2, gamma_process=gp, gamma_outcome=go, reward_norm="none", whiten=False)
         out = K.rloo_advantages(rewards, outcome, mask, **kwargs)
-        assert_close_to_truth(out, truth.rloo_truth(rewards, outcome, mask, **kwargs), torch.float32,
-                              what=f"T=150 gammas {gp}/{go}")
+        assert_close_to_truth(
+            out,
+            truth.rloo_truth(rewards, outcome, mask, **kwargs),
+            torch.float32,
+            what=f"T=150 gammas {gp}/{go}",
+        )
