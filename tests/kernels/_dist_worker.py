@@ -1,0 +1,123 @@
+"""Vocab-parallel worker: `python -m torch.distributed.run --nproc_per_node 2 _dist_worker.py <path>`.
+
+Every rank builds the same full inputs from one seed, keeps its contiguous vocab shard, and checks the
+sharded op against the unsharded op on the full inputs: log-probs, entropy, and gradients (the logits
+shard's gradient is the matching slice; dhidden is the full one, reduced inside the op; dweight is the
+shard's slice). <path> is "cpu" (chunked PyTorch twins) or "triton" (the Triton kernels, interpreted).
+Each rank prints "OK <rank> <checks>" on success and exits non-zero on the first mismatch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+PATH = sys.argv[1]
+if PATH == "triton":
+    os.environ["TRITON_INTERPRET"] = "1"  # before triton.jit decorates the kernels
+os.environ.setdefault("PRIMEFLOW_NO_EXT", "1")
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+import primeflow.kernels as K  # noqa: E402
+
+
+COLLECTIVES = ("all_gather", "all_gather_into_tensor", "all_reduce", "broadcast", "reduce_scatter",
+               "reduce_scatter_tensor", "all_to_all")
+CALLS: list[str] = []
+
+
+def count_collectives() -> None:
+    """Wrap torch.distributed's collectives so the checks can assert how many each op issues."""
+    for name in COLLECTIVES:
+        original = getattr(dist, name)
+
+        def wrapper(*args, _name=name, _original=original, **kwargs):
+            CALLS.append(_name)
+            return _original(*args, **kwargs)
+
+        setattr(dist, name, wrapper)
+
+
+def close(name: str, got: torch.Tensor, want: torch.Tensor, atol: float = 2e-5, rtol: float = 2e-5) -> str:
+    torch.testing.assert_close(got.float(), want.float(), atol=atol, rtol=rtol, equal_nan=True,
+                               msg=lambda m: f"rank {dist.get_rank()} {PATH} {name}: {m}")
+    return name
+
+
+def check_token_logprobs(rank: int, world: int, gen: torch.Generator) -> list[str]:
+    done = []
+    n_rows, vocab = 7, 2 * 67  # each shard 67 columns (odd)
+    for dtype in (torch.float32, torch.bfloat16):
+        full = (torch.randn(n_rows, vocab, generator=gen) * 3).to(dtype)
+        full[1] = -full[1].abs() - 30  # all-negative row (+1e4 offsets: single-process tests and the merge test)
+        full[2, vocab // 2:] = float("-inf")  # one rank's whole shard of this row is padding
+        labels = torch.randint(0, vocab, (n_rows,), generator=gen)
+        labels[0], labels[2] = vocab - 1, 0
+        g, g_ent = torch.randn(n_rows, generator=gen), torch.randn(n_rows, generator=gen)
+        x_full = full.clone().requires_grad_()
+        logp, ent = K.token_logprobs(x_full, labels, temperature=0.7, return_entropy=True)
+        (logp * g + ent * g_ent).sum().backward()
+        shard = slice(rank * vocab // world, (rank + 1) * vocab // world)
+        x = full[:, shard].contiguous().requires_grad_()
+        CALLS.clear()
+        s_logp, s_ent = K.token_logprobs(x, labels, temperature=0.7, tp_group=dist.group.WORLD,
+                                         return_entropy=True)
+        assert CALLS == ["all_gather"], f"forward collectives: {CALLS}"
+        CALLS.clear()
+        (s_logp * g + s_ent * g_ent).sum().backward()
+        assert CALLS == [], f"backward collectives: {CALLS}"
+        done.append(f"token {dtype}: 1 all-gather forward, 0 collectives backward")
+        done.append(close(f"token logp {dtype}", s_logp, logp))
+        done.append(close(f"token entropy {dtype}", s_ent, ent))
+        grad_tol = 1e-5 if dtype == torch.float32 else 2 ** -8  # bf16 grads: one rounding either side
+        done.append(close(f"token dlogits {dtype}", x.grad, x_full.grad[:, shard], atol=1e-6, rtol=grad_tol))
+    return done
+
+
+def check_linear(rank: int, world: int, gen: torch.Generator) -> list[str]:
+    done = []
+    n_rows, hidden, vocab = 6, 16, 2 * 45
+    h0 = torch.randn(n_rows, hidden, generator=gen)
+    w0 = torch.randn(vocab, hidden, generator=gen) / 2
+    labels = torch.randint(0, vocab, (n_rows,), generator=gen)
+    labels[0], labels[1] = vocab - 1, vocab // world - 1  # last column; last column of rank 0's shard
+    g, g_ent = torch.randn(n_rows, generator=gen), torch.randn(n_rows, generator=gen)
+    h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+    logp, ent = K.linear_token_logprobs(h, w, labels, temperature=0.7, return_entropy=True)
+    (logp * g + ent * g_ent).sum().backward()
+    shard = slice(rank * vocab // world, (rank + 1) * vocab // world)
+    hs, ws = h0.clone().requires_grad_(), w0[shard].clone().requires_grad_()
+    CALLS.clear()
+    s_logp, s_ent = K.linear_token_logprobs(hs, ws, labels, temperature=0.7, tp_group=dist.group.WORLD,
+                                            return_entropy=True)
+    assert CALLS == ["all_gather"], f"forward collectives: {CALLS}"
+    CALLS.clear()
+    (s_logp * g + s_ent * g_ent).sum().backward()
+    assert CALLS == ["all_reduce"], f"backward collectives: {CALLS}"
+    done.append("linear: 1 all-gather forward, 1 all-reduce (dhidden) backward")
+    done.append(close("linear logp", s_logp, logp))
+    done.append(close("linear entropy", s_ent, ent))
+    done.append(close("linear dhidden (all-reduced in the op)", hs.grad, h.grad, atol=1e-5))
+    done.append(close("linear dweight shard", ws.grad, w.grad[shard], atol=1e-5))
+    # all ranks hold bitwise-identical merged results (same gathered stats, same merge order)
+    gathered = [torch.empty_like(s_logp) for _ in range(world)]
+    dist.all_gather(gathered, s_logp.detach())
+    assert all(torch.equal(gathered[0], t) for t in gathered), "ranks disagree bitwise"
+    done.append("ranks bitwise identical")
+    return done
+
+
+def main() -> None:
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    count_collectives()
+    gen = torch.Generator().manual_seed(int(os.environ.get("PRIMEFLOW_TEST_SEED", "1234")))
+    done = check_token_logprobs(rank, world, gen) + check_linear(rank, world, gen)
+    print(f"OK {rank} {PATH}: " + "; ".join(done), flush=True)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
