@@ -67,6 +67,32 @@ inline void store_float(scalar_t* ptr, const fVec& values) {
 constexpr float kLogFloor = -200.f;
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
+// exp(d) for d <= 0 (the only arguments here: d = (x - max) / T). On AVX-512 it is 2^n * 2^f with
+// n = round(d * log2(e)), f in [-1/2, 1/2], 2^f by its degree-6 Taylor polynomial (truncation error
+// 1.2e-7 relative, i.e. ~1 ulp) and the scaling done by one vscalefps, which also underflows to exactly 0:
+// 11 instructions against ~17 for at::vec's exp_u20 (forward, cache-resident, 1 thread: 0.75 -> 0.46 ns per
+// element on this machine's AVX-512 CPU). Other levels
+// use exp_u20 (20 ulp). d = -inf gives 0; NaN inputs are tracked by the caller, not propagated here.
+inline fVec exp_nonpositive(const fVec& d) {
+#if defined(CPU_CAPABILITY_AVX512)
+  constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
+  const __m512 t = _mm512_max_ps(_mm512_mul_ps(d, _mm512_set1_ps(kLog2e)), _mm512_set1_ps(-200.f));
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, n);
+  // 2^f = sum_k (f ln2)^k / k!, coefficients c_k = ln2^k / k!.
+  __m512 p = _mm512_set1_ps(kLn2 * kLn2 * kLn2 * kLn2 * kLn2 * kLn2 / 720.f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kLn2 * kLn2 * kLn2 * kLn2 * kLn2 / 120.f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kLn2 * kLn2 * kLn2 * kLn2 / 24.f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kLn2 * kLn2 * kLn2 / 6.f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kLn2 * kLn2 / 2.f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kLn2));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, n);
+#else
+  return d.exp_u20();
+#endif
+}
+
 // Running statistics of one row. `max` is in raw-logit units (x, not z = x / T): differences x - max are
 // exact for nearby values, and only then scaled by 1/T, so a +1e4 offset costs no precision.
 struct RowStats {
@@ -110,7 +136,8 @@ void forward_row(const scalar_t* x, int64_t V, float inv_t, RowStats& st) {
     for (int64_t j = start; j < end; j += kVec) {
       const fVec xj = load_float(x + j);
       ok = ok & (xj < v_pos_inf);
-      block_max = at::vec::maximum(block_max, xj);
+      // A plain SIMD max (1 instruction; at::vec::maximum spends 3 to propagate NaN): NaN is tracked in `ok`.
+      block_max = at::vec::clamp_min(block_max, xj);
     }
     const float bmax = at::vec::vec_reduce_all<float>(
         [](fVec& a, fVec& b) { return at::vec::maximum(a, b); }, block_max);
@@ -123,7 +150,7 @@ void forward_row(const scalar_t* x, int64_t V, float inv_t, RowStats& st) {
     fVec block_sum(0.f), block_sumd(0.f);
     for (int64_t j = start; j < end; j += kVec) {
       const fVec d = (load_float(x + j) - v_max) * v_inv_t;
-      const fVec e = d.exp_u20();
+      const fVec e = exp_nonpositive(d);
       block_sum = block_sum + e;
       if constexpr (kEntropy) block_sumd = at::vec::fmadd(e, at::vec::clamp_min(d, v_log_floor), block_sumd);
     }
@@ -207,7 +234,7 @@ void backward_impl(const at::Tensor& grad_logp_N, const at::Tensor* grad_entropy
       const fVec v_inv_t(inv_t), v_max(row_max[n]), v_ls(log_sum[n]), v_b(b), v_c(c), v_log_floor(kLogFloor);
       for (int64_t j = 0; j < V_vec; j += kVec) {
         const fVec log_p = (load_float(x + j) - v_max) * v_inv_t - v_ls;
-        const fVec p = log_p.exp_u20();
+        const fVec p = exp_nonpositive(log_p);
         fVec g;
         if constexpr (kEntropy) {
           g = fVec(0.f) - p * at::vec::fmadd(v_b, at::vec::clamp_min(log_p, v_log_floor), v_c);
