@@ -13,6 +13,7 @@ from ._ext import HAS_EXTENSION
 class Backend(str, Enum):
     TRITON = "triton"
     CPP = "cpp"
+    TORCH = "torch"  # a vectorized / chunked PyTorch implementation that is not the reference
     REFERENCE = "reference"
 
 
@@ -30,3 +31,8 @@ def select_backend(tensor: torch.Tensor, *, has_triton: bool, has_cpp: bool) -> 
     if has_cpp and HAS_EXTENSION:
         return Backend.CPP
     return Backend.REFERENCE
+
+
+def triton_or_torch(tensor: torch.Tensor) -> Backend:
+    """For ops whose CPU implementation is plain (vectorized) PyTorch: Triton where Triton runs, else that."""
+    return Backend.TRITON if tensor.is_cuda or triton_interpret() else Backend.TORCH

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from .._backend import triton_interpret
+from .._backend import Backend, triton_or_torch
 from .._rl_validate import validate_ppo_args
 from .ref import PPOStats
 
@@ -22,9 +22,9 @@ from .ref import PPOStats
 MAX_BLOCK_T = 2048
 
 
-def ppo_clip_loss_backend(logp: torch.Tensor) -> str:
+def ppo_clip_loss_backend(logp: torch.Tensor) -> Backend:
     """ "triton" or "torch": the implementation `ppo_clip_loss` runs for tensors on this device."""
-    return "triton" if logp.is_cuda or triton_interpret() else "torch"
+    return triton_or_torch(logp)
 
 
 def ppo_clip_loss(
@@ -48,7 +48,7 @@ def ppo_clip_loss(
     """
     valid_BT = validate_ppo_args(logp, old_logp, advantages, mask, clip=clip, agg=agg)
     w_B, n_valid = _row_weights(valid_BT, agg)
-    use_triton = ppo_clip_loss_backend(logp) == "triton"
+    use_triton = ppo_clip_loss_backend(logp) is Backend.TRITON
     loss, clip_count, kl_sum = _PPOClipLoss.apply(
         logp, old_logp, advantages, valid_BT, w_B, float(clip), use_triton
     )

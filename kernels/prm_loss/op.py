@@ -15,16 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .._backend import triton_interpret
+from .._backend import Backend, triton_or_torch
 from .._rl_validate import validate_prm_ce_args
 
 # Positions per program: a whole 2k-token row in one tile; grid (T tiles, B) keeps short micro-batches wide.
 MAX_BLOCK_T = 2048
 
 
-def prm_ce_loss_backend(prm_logp: torch.Tensor) -> str:
+def prm_ce_loss_backend(prm_logp: torch.Tensor) -> Backend:
     """ "triton" or "torch": the implementation `prm_ce_loss` runs for tensors on this device."""
-    return "triton" if prm_logp.is_cuda or triton_interpret() else "torch"
+    return triton_or_torch(prm_logp)
 
 
 def prm_ce_loss(
@@ -43,7 +43,7 @@ def prm_ce_loss(
     (prm == ref) the loss is ln 2.
     """
     valid_BT = validate_prm_ce_args(prm_logp, ref_logp, mask, outcome, beta=beta)
-    use_triton = prm_ce_loss_backend(prm_logp) == "triton"
+    use_triton = prm_ce_loss_backend(prm_logp) is Backend.TRITON
     return _PRMCELoss.apply(prm_logp, ref_logp.detach(), valid_BT, outcome.detach(), float(beta), use_triton)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .._backend import triton_interpret
+from .._backend import Backend, triton_or_torch
 from .._rl_validate import validate_rloo_args
 from . import ref
 from .ref import BATCH_NORM_EPS, WHITEN_EPS
@@ -29,9 +29,9 @@ from .ref import BATCH_NORM_EPS, WHITEN_EPS
 MAX_BLOCK_T = 1024
 
 
-def rloo_advantages_backend(token_rewards: torch.Tensor) -> str:
+def rloo_advantages_backend(token_rewards: torch.Tensor) -> Backend:
     """ "triton" or "torch": the implementation `rloo_advantages` runs for tensors on this device."""
-    return "triton" if token_rewards.is_cuda or triton_interpret() else "torch"
+    return triton_or_torch(token_rewards)
 
 
 def rloo_advantages(
@@ -89,7 +89,7 @@ def rloo_advantages(
         process_coef=float(process_coef),
         outcome_coef=float(outcome_coef),
     )
-    if rloo_advantages_backend(token_rewards) == "triton":
+    if rloo_advantages_backend(token_rewards) is Backend.TRITON:
         return rloo_advantages_triton(token_rewards, outcome, valid_BT, **kwargs)
     return rloo_advantages_torch(token_rewards, outcome, valid_BT, **kwargs)
 
