@@ -85,26 +85,31 @@ def specs() -> list[KernelSpec]:
                 f"token_stats_fwd[{dtype},entropy={entropy}]", logprob_kernel.token_stats_fwd_kernel,
                 _sig(logprob_kernel.token_stats_fwd_kernel, {
                     "logits_ptr": f"*{dtype}", "labels_ptr": "*i64", "m_ptr": "*fp32", "ls_ptr": "*fp32",
-                    "ent_ptr": "*fp32", "zt_ptr": "*fp32", "V": "i32", "stride_row": "i64", "inv_temperature": "fp32"}),
+                    "ent_ptr": "*fp32", "zt_ptr": "*fp32", "V": "i32", "stride_row": "i64",
+                    "inv_temperature": "fp32"}),
                 {"BLOCK_V": MAX_BLOCK_V, "WITH_ENTROPY": entropy},
-                ("logits_ptr", "labels_ptr", "m_ptr", "ls_ptr", "ent_ptr", "zt_ptr", "V", "stride_row"), NUM_WARPS))
+                ("logits_ptr", "labels_ptr", "m_ptr", "ls_ptr", "ent_ptr", "zt_ptr", "V", "stride_row"),
+                NUM_WARPS))
         out.append(KernelSpec(
             f"token_logprobs_bwd[{dtype},entropy=True]", logprob_kernel.token_logprobs_bwd_kernel,
             _sig(logprob_kernel.token_logprobs_bwd_kernel, {
                 "logits_ptr": f"*{dtype}", "labels_ptr": "*i64", "m_ptr": "*fp32", "ls_ptr": "*fp32",
-                "ent_ptr": "*fp32", "grad_logp_ptr": "*fp32", "grad_ent_ptr": "*fp32", "grad_logits_ptr": f"*{dtype}", "V": "i32",
+                "ent_ptr": "*fp32", "grad_logp_ptr": "*fp32", "grad_ent_ptr": "*fp32",
+                "grad_logits_ptr": f"*{dtype}", "V": "i32",
                 "stride_row": "i64", "stride_grad_row": "i64", "inv_temperature": "fp32"}),
             {"BLOCK_V": MAX_BLOCK_V, "WITH_ENTROPY": True},
             ("logits_ptr", "grad_logits_ptr", "V", "stride_row", "stride_grad_row"), NUM_WARPS))
     tiles = {k: GPU_TILES[k] for k in ("BLOCK_N", "BLOCK_V", "BLOCK_H")}
     for dtype in ("bf16", "fp32"):
         linear_types = {"h_ptr": f"*{dtype}", "w_ptr": f"*{dtype}", "labels_ptr": "*i64", "m_ptr": "*fp32",
-                        "ls_ptr": "*fp32", "ent_ptr": "*fp32", "zt_ptr": "*fp32", "N": "i32", "V": "i32", "H": "i32",
+                        "ls_ptr": "*fp32", "ent_ptr": "*fp32", "zt_ptr": "*fp32", "N": "i32", "V": "i32",
+                        "H": "i32",
                         "stride_hn": "i64", "stride_wv": "i64", "inv_temperature": "fp32",
                         "cols_per_split": "i32", "g_ptr": "*fp32", "g_ent_ptr": "*fp32", "dz_ptr": "*fp32"}
         aligned = ("h_ptr", "w_ptr", "H", "stride_hn", "stride_wv", "V", "dz_ptr")
         fast = {**tiles, "DOT_FP32": dtype == "fp32"}
-        out.append(KernelSpec(f"linear_stats_fwd[{dtype},entropy=True]", linear_kernel.linear_stats_fwd_kernel,
+        out.append(KernelSpec(f"linear_stats_fwd[{dtype},entropy=True]",
+                              linear_kernel.linear_stats_fwd_kernel,
                               _sig(linear_kernel.linear_stats_fwd_kernel, linear_types),
                               {**fast, "WITH_ENTROPY": True}, aligned, GPU_TILES["num_warps"]))
         out.append(KernelSpec(f"linear_dz[{dtype},entropy=True]", linear_kernel.linear_dz_kernel,
@@ -113,12 +118,14 @@ def specs() -> list[KernelSpec]:
     prime_types = {"labels_ptr": "*i64", "mask_ptr": "*i8", "logp_ptr": "*fp32", "reward_ptr": "*fp32",
                    "N": "i32", "beta": "fp32"}
     for slot in ("pol", "prm", "ref"):
-        prime_types.update({f"{slot}_a": "*bf16", f"{slot}_w": "*bf16", f"{slot}_V": "i32", f"{slot}_H": "i32",
+        prime_types.update({f"{slot}_a": "*bf16", f"{slot}_w": "*bf16", f"{slot}_V": "i32",
+                            f"{slot}_H": "i32",
                             f"{slot}_sa": "i64", f"{slot}_sw": "i64"})
     aligned = tuple(f"{s}_{f}" for s in ("pol", "prm", "ref") for f in ("a", "w", "V", "H", "sa", "sw"))
     for kinds in ((2, 2, 2), (1, 1, 1)):
         out.append(KernelSpec(
-            f"prime_rewards[bf16,{'linear' if kinds[0] == 2 else 'logits'}x3]", prime_kernel.prime_rewards_kernel,
+            f"prime_rewards[bf16,{'linear' if kinds[0] == 2 else 'logits'}x3]",
+            prime_kernel.prime_rewards_kernel,
             _sig(prime_kernel.prime_rewards_kernel, prime_types),
             {**tiles, "POL_KIND": kinds[0], "PRM_KIND": kinds[1], "REF_KIND": kinds[2], "HAS_MASK": True,
              "POL_DOT_FP32": False, "PRM_DOT_FP32": False, "REF_DOT_FP32": False},
@@ -173,7 +180,8 @@ def run(archs: tuple[int, ...] = (90, 80)) -> list[Report]:
 
 
 def format_table(reports: list[Report]) -> str:
-    rows = ["| kernel | sm | regs | spills (stack/local B) | shared B | widest ld.global | async copy | mma |",
+    rows = ["| kernel | sm | regs | spills (stack/local B) | shared B | widest ld.global | async copy "
+            "| mma |",
             "|---|---|---|---|---|---|---|---|"]
     for r in reports:
         rows.append(f"| {r.label} | {r.arch} | {r.registers} | {r.stack_bytes}/{r.local_bytes} | "

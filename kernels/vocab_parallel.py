@@ -30,7 +30,8 @@ def merge_pieces(m_KN: torch.Tensor, ls_KN: torch.Tensor, ent_KN: torch.Tensor |
     """Merge K pieces' (max, log-sum-exp-below-max, entropy, target logit) along dim 0 in a fixed order.
 
     Pieces with no finite logit carry m_r = -inf, ls_r = -inf. Returns ([N] max, [N] log sum exp(z - max),
-    [N] entropy | None, [N] z_label). lse = max + log_s is never formed in one fp32 number by callers: with a +1e4 offset that sum
+    [N] entropy | None, [N] z_label). lse = max + log_s is never formed in one fp32 number by callers:
+    with a +1e4 offset that sum
     would round to 1e-3, while logp = (z_label - max) - log_s keeps full precision.
     """
     zt_N = zt_KN[0]

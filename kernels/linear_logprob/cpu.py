@@ -33,7 +33,8 @@ def _labels_in_chunk(labels_N: torch.Tensor, lo: int, hi: int) -> tuple[torch.Te
 
 def linear_stats(hidden_NH: torch.Tensor, weight_VH: torch.Tensor, labels_N: torch.Tensor, temperature: float,
                  with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """(max, log sum exp(z - max), entropy | None, z_label or 0 where the label is -1 / elsewhere), fp32 [N]."""
+    """(max, log sum exp(z - max), entropy | None, z_label or 0 where the label is -1 / elsewhere), fp32
+    [N] each."""
     n_rows, vocab = hidden_NH.shape[0], weight_VH.shape[0]
     inv_t = 1.0 / temperature
     h_NH = hidden_NH.float()
@@ -62,7 +63,7 @@ def linear_stats(hidden_NH: torch.Tensor, weight_VH: torch.Tensor, labels_N: tor
 
 def _block_stats(z_RC: torch.Tensor, with_entropy: bool
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(max, log sum exp(z - max), entropy | None) of each row of a finite fp32 block; overwrites the block."""
+    """(max, log sum exp(z - max), entropy | None) of each row of a finite fp32 block (overwritten)."""
     m_R = z_RC.amax(dim=1)
     e_RC = z_RC.sub_(m_R[:, None])
     if not with_entropy:
@@ -76,9 +77,11 @@ def _block_stats(z_RC: torch.Tensor, with_entropy: bool
 
 
 def cpu_dz(h_RH: torch.Tensor, w_CH: torch.Tensor, labels_R: torch.Tensor, m_R: torch.Tensor,
-           ls_R: torch.Tensor, ent_R: torch.Tensor | None, g_R: torch.Tensor, g_ent_R: torch.Tensor | None, inv_t: float,
+           ls_R: torch.Tensor, ent_R: torch.Tensor | None, g_R: torch.Tensor, g_ent_R: torch.Tensor | None,
+           inv_t: float,
            out: torch.Tensor) -> torch.Tensor:
-    """dz of one (row, vocab) block in fp32, written into `out`; labels are chunk-local (others never match)."""
+    """dz of one (row, vocab) block in fp32, written into `out`; labels are chunk-local (others never
+    match a column)."""
     log_p_RC = torch.mm(h_RH, w_CH.T, out=out)
     if inv_t != 1.0:
         log_p_RC.mul_(inv_t)
@@ -102,7 +105,8 @@ DzFn = Callable[..., torch.Tensor]
 def linear_grad(dz_fn: DzFn, rows_per_chunk: int, cols_per_chunk: int, grad_logp_N: torch.Tensor,
                 grad_ent_N: torch.Tensor | None, hidden_NH: torch.Tensor, weight_VH: torch.Tensor,
                 labels_N: torch.Tensor, m_N: torch.Tensor, ls_N: torch.Tensor, ent_N: torch.Tensor | None,
-                temperature: float, need_dh: bool, need_dw: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+                temperature: float, need_dh: bool, need_dw: bool
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Recompute-in-backward driver shared by the CPU and Triton paths (dz_fn differs).
 
     For each vocab chunk (outer) and row chunk (inner): dz = dz_fn(...), dh[rows] += dz @ W[chunk] and
@@ -120,7 +124,9 @@ def linear_grad(dz_fn: DzFn, rows_per_chunk: int, cols_per_chunk: int, grad_logp
     for v0, v1 in _ranges(vocab, cols_per_chunk):
         w_CH = weight_VH[v0:v1].float()
         labels_local_N = labels_N - v0  # chunk-local; rows whose label is elsewhere never match a column
-        dw_CH = torch.zeros((v1 - v0, hidden), dtype=torch.float32, device=hidden_NH.device) if need_dw else None
+        dw_CH = None
+        if need_dw:
+            dw_CH = torch.zeros((v1 - v0, hidden), dtype=torch.float32, device=hidden_NH.device)
         for n0, n1 in _ranges(n_rows, rows_per_chunk):
             out = buf[: (n1 - n0) * (v1 - v0)].view(n1 - n0, v1 - v0)
             dz_RC = dz_fn(

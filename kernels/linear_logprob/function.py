@@ -1,6 +1,7 @@
 """The autograd Function of `linear_token_logprobs`, shared by the Triton and the chunked CPU paths.
 
-Forward saves only (hidden, weight, labels, max, log-sum-exp, entropy): O(N) extra. Backward recomputes logits blocks.
+Forward saves only (hidden, weight, labels, max, log-sum-exp, entropy): O(N) extra. Backward recomputes
+logits blocks.
 With a TP group, `weight` is this rank's vocab shard: the forward merges the shards' packed stats with ONE
 all-gather; the backward produces this shard's dweight and a rank-partial dhidden, which is all-reduced
 here (inside the op, unlike verl) so callers get the full dhidden.

@@ -18,7 +18,8 @@ def check_linear_inputs(hidden: torch.Tensor, weight: torch.Tensor, labels: torc
         require(value.is_floating_point(), f"{arg} must be floating point, got dtype {value.dtype}")
     require(weight.shape[1] == hidden.shape[1],
             f"{w_name} must have shape [V, {hidden.shape[1]}] (H of {h_name}), got {tuple(weight.shape)}")
-    require(weight.device == hidden.device, f"{w_name} is on {weight.device} but {h_name} is on {hidden.device}")
+    require(weight.device == hidden.device,
+            f"{w_name} is on {weight.device} but {h_name} is on {hidden.device}")
     require(weight.dtype == hidden.dtype,
             f"{w_name} dtype {weight.dtype} must equal {h_name} dtype {hidden.dtype}")
     check_temperature(temperature)

@@ -1,7 +1,8 @@
 """The autograd Function behind the Triton and vocab-parallel paths of `token_logprobs`.
 
 `impl` is a module with `token_stats` / `token_grad` (triton_op on CUDA or under TRITON_INTERPRET=1,
-torch_op for vocab-parallel CPU). With a TP group, each rank computes its shard's (max, log-sum-exp, entropy, z_label),
+torch_op for vocab-parallel CPU). With a TP group, each rank computes its shard's (max, log-sum-exp,
+entropy, z_label),
 ONE all-gather merges them (vocab_parallel.all_gather_merge), and the backward needs no collective at all:
 every rank already holds the global (max, log-sum-exp) and entropy that its shard's gradient depends on.
 """

@@ -47,6 +47,7 @@ def token_grad(grad_logp_N: torch.Tensor, grad_ent_N: torch.Tensor | None, logit
         grid = (n_rows, triton.cdiv(vocab, block_v))
         token_logprobs_bwd_kernel[grid](
             logits_NV, labels_N, m_N, ls_N, ent_N if with_entropy else m_N, grad_logp_N,
-            grad_ent_N if with_entropy else grad_logp_N, grad_NV, vocab, logits_NV.stride(0), grad_NV.stride(0),
+            grad_ent_N if with_entropy else grad_logp_N, grad_NV, vocab, logits_NV.stride(0),
+            grad_NV.stride(0),
             1.0 / temperature, BLOCK_V=block_v, WITH_ENTROPY=with_entropy, num_warps=NUM_WARPS)
     return grad_NV

@@ -64,7 +64,8 @@ def prime_rewards_kernel(
                                          REF_KIND, BLOCK_N, BLOCK_V, BLOCK_H, REF_DOT_FP32)
     tl.store(logp_ptr + N + rows, (zt_prm - m_prm) - ls_prm, mask=row_ok)
     tl.store(logp_ptr + 2 * N + rows, (zt_ref - m_ref) - ls_ref, mask=row_ok)
-    # (z_prm - z_ref) - (lse_prm - lse_ref) regrouped as ((z_prm - m_prm) - (z_ref - m_ref)) - (ls_prm - ls_ref):
+    # (z_prm - z_ref) - (lse_prm - lse_ref), regrouped as
+    # ((z_prm - m_prm) - (z_ref - m_ref)) - (ls_prm - ls_ref):
     # z - m is exact when z is near the max (Sterbenz), even under a +1e4 offset on one model only, where
     # z_prm - z_ref itself would already round to 1e-3.
     reward = beta * (((zt_prm - m_prm) - (zt_ref - m_ref)) - (ls_prm - ls_ref))

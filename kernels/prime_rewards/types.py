@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 import torch
 
 from .._validate import check_labels, require
 
 # A model is given either as logits [N, V] or as (hidden [N, H], lm_head weight [V, H]).
-ModelInput = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
+ModelInput = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 class PrimeLogprobs(NamedTuple):
@@ -31,7 +31,8 @@ def model_vocab(name: str, model: ModelInput, n_rows: int) -> int:
         return model.shape[1]
     require(isinstance(model, (tuple, list)) and len(model) == 2
             and all(isinstance(t, torch.Tensor) for t in model),
-            f"{name} must be logits [N, V] or a (hidden [N, H], weight [V, H]) pair, got {type(model).__name__}")
+            f"{name} must be logits [N, V] or a (hidden [N, H], weight [V, H]) pair, "
+            f"got {type(model).__name__}")
     hidden, weight = model
     require(hidden.dim() == 2 and hidden.shape[0] == n_rows,
             f"{name} hidden must have shape [{n_rows}, H], got {tuple(hidden.shape)}")
@@ -39,7 +40,8 @@ def model_vocab(name: str, model: ModelInput, n_rows: int) -> int:
             f"{name} weight must have shape [V, {hidden.shape[1]}], got {tuple(weight.shape)}")
     require(hidden.is_floating_point() and weight.dtype == hidden.dtype,
             f"{name} hidden/weight must share one floating dtype, got {hidden.dtype} and {weight.dtype}")
-    require(weight.device == hidden.device, f"{name} weight is on {weight.device} but hidden on {hidden.device}")
+    require(weight.device == hidden.device,
+            f"{name} weight is on {weight.device} but hidden on {hidden.device}")
     return weight.shape[0]
 
 
@@ -54,12 +56,14 @@ def check_prime_inputs(labels: torch.Tensor, prm: ModelInput, ref: ModelInput, p
     n_rows = labels.shape[0]
     named = [("prm", prm), ("ref", ref)] + ([("policy", policy)] if policy is not None else [])
     vocabs = {name: model_vocab(name, model, n_rows) for name, model in named}
-    require(len(set(vocabs.values())) == 1, f"prm, ref and policy must share one vocabulary size, got {vocabs}")
+    require(len(set(vocabs.values())) == 1,
+            f"prm, ref and policy must share one vocabulary size, got {vocabs}")
     for name, model in named:
         require(model_device(model) == labels.device,
                 f"{name} is on {model_device(model)} but labels are on {labels.device}")
     check_labels("labels", labels, n_rows, vocabs["prm"], labels.device)
-    require(isinstance(beta, (int, float)) and math.isfinite(beta), f"beta must be a finite number, got {beta!r}")
+    require(isinstance(beta, (int, float)) and math.isfinite(beta),
+            f"beta must be a finite number, got {beta!r}")
     if mask is not None:
         require(isinstance(mask, torch.Tensor) and tuple(mask.shape) == (n_rows,),
                 f"mask must have shape [{n_rows}] (one entry per label), got {getattr(mask, 'shape', mask)}")

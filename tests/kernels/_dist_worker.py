@@ -17,11 +17,9 @@ if PATH == "triton":
     os.environ["TRITON_INTERPRET"] = "1"  # before triton.jit decorates the kernels
 os.environ.setdefault("PRIMEFLOW_NO_EXT", "1")
 
+import primeflow.kernels as K  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-
-import primeflow.kernels as K  # noqa: E402
-
 
 COLLECTIVES = ("all_gather", "all_gather_into_tensor", "all_reduce", "broadcast", "reduce_scatter",
                "reduce_scatter_tensor", "all_to_all")
@@ -51,7 +49,7 @@ def check_token_logprobs(rank: int, world: int, gen: torch.Generator) -> list[st
     n_rows, vocab = 7, 2 * 67  # each shard 67 columns (odd)
     for dtype in (torch.float32, torch.bfloat16):
         full = (torch.randn(n_rows, vocab, generator=gen) * 3).to(dtype)
-        full[1] = -full[1].abs() - 30  # all-negative row (+1e4 offsets: single-process tests and the merge test)
+        full[1] = -full[1].abs() - 30  # all-negative row (+1e4 offsets: single-process and merge tests)
         full[2, vocab // 2:] = float("-inf")  # one rank's whole shard of this row is padding
         labels = torch.randint(0, vocab, (n_rows,), generator=gen)
         labels[0], labels[2] = vocab - 1, 0

@@ -1,4 +1,5 @@
-"""Shared by the Triton / fused-head / PRIME-reward kernel tests: interpreter setup, adversarial inputs and the
+"""Shared by the Triton / fused-head / PRIME-reward kernel tests: interpreter setup, adversarial inputs and
+the
 "PyTorch in the same dtype" baselines that tests/tolerances.py's ratio rule compares against.
 
 Load it by path (tests/kernels is not a package; a bare `kernels` import would shadow HF's package):
@@ -28,8 +29,8 @@ def ensure_interpreter() -> None:
     import primeflow.kernels.logprob.kernel as lp_kernel
     if type(lp_kernel.token_stats_fwd_kernel).__name__ == "InterpretedFunction":
         return
-    for name in ("linear_logprob.kernel", "logprob.kernel", "prime_rewards.kernel", "linear_logprob.triton_op",
-                 "logprob.triton_op", "prime_rewards.op"):
+    for name in ("linear_logprob.kernel", "logprob.kernel", "prime_rewards.kernel",
+                 "linear_logprob.triton_op", "logprob.triton_op", "prime_rewards.op"):
         importlib.reload(sys.modules[f"primeflow.kernels.{name}"])
 
 

@@ -123,7 +123,7 @@ def test_deterministic_and_batch_invariant(path, generator):
         logp = K.linear_token_logprobs(h, w, labels)
         (logp * torch.arange(9.0)).sum().backward()
         runs.append((logp, h.grad, w.grad))
-    for a, b in zip(*runs):
+    for a, b in zip(*runs, strict=True):
         assert torch.equal(a, b)
     other = hidden.clone()
     other[5:] = torch.randn(4, 24, generator=generator)
@@ -166,4 +166,5 @@ def test_bad_input_raises_value_error(bad, match):
     args = dict(hidden=torch.zeros(2, 4), weight=torch.zeros(7, 4), labels=torch.tensor([0, 6]),
                 temperature=1.0) | bad
     with pytest.raises(ValueError, match=match):
-        K.linear_token_logprobs(args["hidden"], args["weight"], args["labels"], temperature=args["temperature"])
+        K.linear_token_logprobs(args["hidden"], args["weight"], args["labels"],
+                                temperature=args["temperature"])

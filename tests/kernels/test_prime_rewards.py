@@ -102,7 +102,7 @@ def test_matches_reference_and_single_model_ops(path, generator):
     ref = torch.randn(5, 40, generator=generator) * 3
     out = K.prime_token_rewards(labels, prm=prm, ref=ref, policy=policy, beta=0.1)
     want = reference.prime_token_rewards(labels, prm=prm, ref=ref, policy=policy, beta=0.1)
-    for a, b in zip(out, want):
+    for a, b in zip(out, want, strict=True):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5)
     torch.testing.assert_close(out.prm_logp, K.linear_token_logprobs(*prm, labels), atol=2e-5, rtol=2e-5)
 
@@ -113,13 +113,13 @@ def test_batch_invariance_bitwise(path, generator):
     other_ref = ref.clone()
     other_ref[5:] = torch.randn(4, 50, generator=generator)
     part = K.prime_token_rewards(labels, prm=prm, ref=other_ref, policy=policy, beta=0.1)
-    for a, b in zip(full, part):
+    for a, b in zip(full, part, strict=True):
         assert torch.equal(a[:5], b[:5])
     if path == "triton":  # fixed tiles, no splits: also independent of N
         rows = [7, 2]
         sub = K.prime_token_rewards(labels[rows], prm=(prm[0][rows], prm[1]), ref=ref[rows],
                                     policy=(policy[0][rows], policy[1]), beta=0.1)
-        for a, b in zip(full, sub):
+        for a, b in zip(full, sub, strict=True):
             assert torch.equal(a[rows], b)
 
 
@@ -144,7 +144,7 @@ def test_nan_propagates_but_masked_reward_is_zero(path, generator):
     (dict(beta=float("nan")), "beta must be a finite number"),
 ])
 def test_bad_input_raises_value_error(bad, match):
-    args = dict(labels=torch.tensor([0, 6]), prm=torch.zeros(2, 7), ref=torch.zeros(2, 7), policy=None, beta=0.1,
-                mask=None) | bad
+    args = dict(labels=torch.tensor([0, 6]), prm=torch.zeros(2, 7), ref=torch.zeros(2, 7), policy=None,
+                beta=0.1, mask=None) | bad
     with pytest.raises(ValueError, match=match):
         K.prime_token_rewards(args.pop("labels"), **args)

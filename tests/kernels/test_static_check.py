@@ -7,7 +7,6 @@ logits kernels issue 128-bit global loads. bf16 variants only (the production dt
 from __future__ import annotations
 
 import pytest
-
 from primeflow.kernels import static_check
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -32,12 +31,11 @@ def test_compiles_without_spills(spec, arch):
 def test_every_kernel_module_is_covered():
     """A new @triton.jit kernel must be added to static_check.specs()."""
     import triton
-
     from primeflow.kernels.linear_logprob import kernel as k1
     from primeflow.kernels.logprob import kernel as k2
     from primeflow.kernels.ppo_loss import kernel as k4
-    from primeflow.kernels.prm_loss import kernel as k5
     from primeflow.kernels.prime_rewards import kernel as k3
+    from primeflow.kernels.prm_loss import kernel as k5
     from primeflow.kernels.rloo import kernel as k6
     launched = {name for mod in (k1, k2, k3, k4, k5, k6) for name, obj in vars(mod).items()
                 if isinstance(obj, triton.runtime.JITFunction) and not name.startswith("_")

@@ -81,7 +81,7 @@ def test_batch_invariance_bitwise(generator):
     full = K.token_logprobs(logits, labels, return_entropy=True)
     for rows in (slice(4, 5), slice(2, 7), [8, 0, 4]):
         part = K.token_logprobs(logits[rows], labels[rows], return_entropy=True)
-        for a, b in zip(full, part):
+        for a, b in zip(full, part, strict=True):
             assert torch.equal(a[rows], b)
 
 
@@ -98,8 +98,8 @@ def test_non_contiguous_rows(generator):
     wide, labels = _h.make_logits(5, 40, torch.float32, generator)
     view = wide[:, :33]
     labels = labels.clamp(max=32)
-    torch.testing.assert_close(K.token_logprobs(view, labels), K.reference.token_logprobs(view.contiguous(), labels),
-                               atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(K.token_logprobs(view, labels),
+                               K.reference.token_logprobs(view.contiguous(), labels), atol=2e-5, rtol=2e-5)
 
 
 @pytest.mark.parametrize("bad, match", [

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from reference64 import token_logprobs64
-
 from primeflow.kernels.vocab_parallel import local_labels, merge_pieces
+from reference64 import token_logprobs64
 
 
 def _piece_stats64(z: torch.Tensor, labels: torch.Tensor, lo: int, hi: int):
@@ -35,8 +34,9 @@ def test_merge_pieces_is_exact(cuts, generator):
     z[1] += 1e4
     z[2, 18:] = float("-inf")  # later pieces of this row are empty (m = ls = -inf)
     labels = torch.randint(0, 18, (6,), generator=generator)
-    stats = [_piece_stats64(z, labels, lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:])]
-    m, ls, ent, zt = merge_pieces(*(torch.stack(s) for s in zip(*stats)))
+    bounds = zip(cuts[:-1], cuts[1:], strict=True)
+    stats = [_piece_stats64(z, labels, lo, hi) for lo, hi in bounds]
+    m, ls, ent, zt = merge_pieces(*(torch.stack(s) for s in zip(*stats, strict=True)))
     t_logp, t_ent = token_logprobs64(z, labels)
     torch.testing.assert_close((zt - m) - ls, t_logp, atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(ent, t_ent, atol=1e-10, rtol=1e-10)
@@ -56,8 +56,8 @@ def test_sharded_equals_unsharded_under_torchrun(path, seed):
     with socket.socket() as sock:  # a free port (torchrun's --master_port 0 hangs the gloo rendezvous here)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), str(worker), path]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(port), str(worker), path]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     print(proc.stdout[-4000:])
     assert proc.returncode == 0, proc.stderr[-6000:]
