@@ -14,8 +14,9 @@ PRIMEFLOW_BENCH_ADV_N=1000 adversarial samples; PRIMEFLOW_BENCH_WORKERS=2.
   (namespace setup, fork per test, teardown), not the programs.
 - adversarial: PRIMEFLOW_BENCH_ADV_N samples, 70 % math / 30 % code, mixing sympy hangs, huge and deeply
   nested LaTeX, candidate lists, truncations, infinite loops, fork/memory bombs, sleeps, output floods,
-  secret reads, sockets and normal samples. Asserts: finishes within the sum of its limits, every score in
-  [0, 1], nothing left running; extra_info counts the timeouts.
+  secret reads, sockets and ordinary samples (about half). Asserts: finishes within the sum of its
+  limits, every score in [0, 1], nothing left running (do not run verifier tests at the same time: the
+  check counts every sandbox process on the machine); extra_info counts the timeouts.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ WORKERS = int(os.environ.get("PRIMEFLOW_BENCH_WORKERS", 2))
 MATH_N = int(os.environ.get("PRIMEFLOW_BENCH_MATH_N", 600))
 CODE_N = int(os.environ.get("PRIMEFLOW_BENCH_CODE_N", 40))
 ADV_N = int(os.environ.get("PRIMEFLOW_BENCH_ADV_N", 1000))
-MATH_TIMEOUT_S = 2.0
+MATH_TIMEOUT_S = 5.0  # the default per-sample limit (math_api.DEFAULT_TIMEOUT_S)
+ADV_MATH_TIMEOUT_S = 2.0  # shorter in the adversarial run, where ~15 % of the math samples hit it
 CODE_TIMEOUT_S = 1.0
 
 
@@ -144,27 +146,28 @@ def test_code_throughput(benchmark):
     assert _sandbox_processes() == 0
 
 
-def _adversarial_math(rng: random.Random) -> tuple[str, str]:
-    kind = rng.randrange(10)
+def _adversarial_math(rng: random.Random, answers: list[str]) -> tuple[str, str]:
+    """One hostile (or, half the time, ordinary) math sample. About 1 in 7 hits the time limit."""
+    kind = rng.randrange(20)
     if kind == 0:
-        return "So $\\boxed{9^{9^{9^{9}}}}$.", "1"  # sympy/C-level hang
+        return "So $\\boxed{9^{9^{9^{9}}}}$.", "1"  # C-level integer power inside sympy: never returns
     if kind == 1:
-        return "\\boxed{" + "\\frac{1}{" * 300 + "2" + "}" * 300 + "}", "0"  # deep nesting
+        return "\\boxed{" + "\\frac{1}{" * 300 + "2" + "}" * 300 + "}", "0"  # deep nesting (~4 s)
     if kind == 2:
-        return "\\boxed{" + "+".join(["x"] * 3000) + "}", "3000x"  # long expression
-    if kind == 3:
+        return "\\boxed{" + "+".join(["x"] * 3000) + "}", "3000x"  # long expression (~2 s)
+    if kind in (3, 4):
         return "It is \\boxed{1} or \\boxed{2} or \\boxed{3}", "2"  # candidate list
-    if kind == 4:
-        return "We get x = 12 and then", "12"  # truncated
-    if kind == 5:
+    if kind in (5, 6):
+        return "We get x = 12 and then", "12"  # truncated mid-reasoning
+    if kind in (7, 8):
         return "".join(rng.choice("{}\\^_$()[]x1 ") for _ in range(5000)), "1"  # junk
-    if kind == 6:
-        return "\\boxed{\\begin{pmatrix}" + "\\\\".join(
-            "&".join("x" for _ in range(8)) for _ in range(8)
-        ) + "\\end{pmatrix}}", "1"
-    if kind == 7:
+    if kind == 9:
+        rows = "\\\\".join("&".join("x" for _ in range(8)) for _ in range(8))
+        return "\\boxed{\\begin{pmatrix}" + rows + "\\end{pmatrix}}", "1"
+    if kind == 10:
         return "\\boxed{10^{10^{10}}}", "10^{10^{10}}"  # must not be evaluated numerically
-    return f"\\boxed{{{kind}}}", str(kind)  # normal
+    a = rng.choice(answers)  # ordinary: a real reference answer, right or wrong
+    return f"Thus the answer is $\\boxed{{{a if kind % 2 else rng.choice(answers)}}}$.", a
 
 
 ADV_CODE = [
@@ -184,19 +187,20 @@ ADV_CODE = [
 def test_adversarial_no_hang(benchmark):
     rng = random.Random(0)
     n_math = int(ADV_N * 0.7)
-    math_items = [_adversarial_math(rng) for _ in range(n_math)]
+    answers = [r["answer"] for r in _jsonl("eval/math500.jsonl")]
+    math_items = [_adversarial_math(rng, answers) for _ in range(n_math)]
     code_items = []
     for i in range(ADV_N - n_math):
         program = ADV_CODE[i % len(ADV_CODE)] if i % 2 == 0 else "print(input())"  # half hostile
         code_items.append((f"```python\n{program}\n```", {"inputs": ["7\n"], "outputs": ["7"]}))
     # the worst case if every limit were hit, run `WORKERS` at a time, plus start-up slack
     grace = SandboxLimits().startup_grace_s
-    bound = (n_math * MATH_TIMEOUT_S + len(code_items) * (CODE_TIMEOUT_S + 0.5 + grace)) / WORKERS + 60.0
+    bound = (n_math * ADV_MATH_TIMEOUT_S + len(code_items) * (CODE_TIMEOUT_S + 0.5 + grace)) / WORKERS + 60.0
     m0, c0 = math_counters(), code_counters()
 
     def run():
         ms = math_scores(
-            [r for r, _ in math_items], [g for _, g in math_items], workers=WORKERS, timeout_s=MATH_TIMEOUT_S
+            [r for r, _ in math_items], [g for _, g in math_items], workers=WORKERS, timeout_s=ADV_MATH_TIMEOUT_S
         )
         cs = code_scores(
             [r for r, _ in code_items],

@@ -114,9 +114,7 @@ def test_call_based_correct_and_wrong_on_leetcode():
         "leetcode_prime.jsonl",
         "leetcode/biweekly-contest-122-divide-an-array-into-subarrays-with-minimum-cost-i",
     )
-    pushes = _problem(
-        "leetcode_prime.jsonl", "leetcode/weekly-contest-381-minimum-number-of-pushes-to-type-word-i"
-    )
+    pushes = _problem("leetcode_prime.jsonl", "leetcode/weekly-contest-381-minimum-number-of-pushes-to-type-word-i")
     expected_wrong = _honest_fraction(
         MIN_COST_WRONG, cost["tests"]["inputs"][:10], cost["tests"]["outputs"][:10], "minimumCost"
     )
@@ -131,10 +129,7 @@ def test_call_based_correct_and_wrong_on_leetcode():
 
 
 def test_extraction_takes_the_last_python_block():
-    response = (
-        "First attempt:\n```python\nprint('wrong')\n```\n"
-        "Better:\n```python\nprint(int(input()) * 2)\n```\nDone."
-    )
+    response = "First attempt:\n```python\nprint('wrong')\n```\nBetter:\n```python\nprint(int(input()) * 2)\n```\nDone."
     assert extract_code(response).strip() == "print(int(input()) * 2)"
     assert code_score(response, {"inputs": ["21\n"], "outputs": ["42\n"]}) == 1.0
     assert extract_code("print(1)") == "print(1)"  # no fence: the whole response is code
@@ -166,10 +161,7 @@ def test_output_comparison(got, expected, ok):
 def test_failures_score_zero_and_bad_arguments():
     tests = {"inputs": ["1\n", "2\n"], "outputs": ["1\n", "2\n"]}
     assert code_score("```python\nthis is not python\n```", tests) == 0.0
-    assert (
-        code_score("```python\nimport sys\nprint(sys.stdin.read().strip())\nraise SystemExit(3)\n```", tests)
-        == 0.0
-    )
+    assert code_score("```python\nimport sys\nprint(sys.stdin.read().strip())\nraise SystemExit(3)\n```", tests) == 0.0
     assert code_score("```python\nprint(input())\n```", tests) == 1.0
     assert code_score("```python\nimport sys\nprint(input()); sys.exit(0)\n```", tests) == 1.0
     call = {"fn_name": "f", "inputs": [[1]], "outputs": [[1]]}

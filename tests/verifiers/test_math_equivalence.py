@@ -24,9 +24,7 @@ def test_equal_pairs_score_one():
 
 
 def test_not_equal_pairs_score_zero():
-    scores = math_scores(
-        [_boxed(p) for p, _ in NOT_EQUAL], [g for _, g in NOT_EQUAL], workers=2, timeout_s=10.0
-    )
+    scores = math_scores([_boxed(p) for p, _ in NOT_EQUAL], [g for _, g in NOT_EQUAL], workers=2, timeout_s=10.0)
     wrong = [(p, g) for (p, g), s in zip(NOT_EQUAL, scores, strict=True) if s != 0.0]
     assert not wrong, f"{len(wrong)} different pairs scored 1: {wrong}"
 
@@ -51,9 +49,7 @@ def test_prompt_echo_box_does_not_count():
     prompt = "Compute 6*7. Present the answer in LaTex format: \\boxed{42}"
     response = prompt + "\nI am not sure how to"
     assert math_scores([response], ["42"], workers=2, timeout_s=10.0, prompts=[prompt]) == [0.0]
-    assert math_scores(
-        [response + " do it: \\boxed{42}"], ["42"], workers=2, timeout_s=10.0, prompts=[prompt]
-    ) == [1.0]
+    assert math_scores([response + " do it: \\boxed{42}"], ["42"], workers=2, timeout_s=10.0, prompts=[prompt]) == [1.0]
 
 
 def test_bad_arguments():

@@ -19,9 +19,7 @@ def test_sympy_hang_returns_zero_within_the_limit():
     math_scores(["\\boxed{1}"], ["1"], workers=2, timeout_s=5.0)  # pool warm
     before = math_counters()["math/timeouts"]
     t0 = time.monotonic()
-    scores = math_scores(
-        [HANG, "\\boxed{2}", HANG, "\\boxed{3}"], ["1", "2", "1", "3"], workers=2, timeout_s=2.0
-    )
+    scores = math_scores([HANG, "\\boxed{2}", HANG, "\\boxed{3}"], ["1", "2", "1", "3"], workers=2, timeout_s=2.0)
     elapsed = time.monotonic() - t0
     assert scores == [0.0, 1.0, 0.0, 1.0]
     # two hangs on two workers run concurrently: about one timeout plus respawn, far below a hang
@@ -70,9 +68,7 @@ def test_generic_pool_timeout_crash_error_and_order():
         crash.close()
     ordered = HardTimeoutPool(func_path="operator:mul", workers=2, mem_limit_bytes=None)
     try:
-        assert ordered.map([(i, i) for i in range(50)], timeout_s=5.0, default=None) == [
-            i * i for i in range(50)
-        ]
+        assert ordered.map([(i, i) for i in range(50)], timeout_s=5.0, default=None) == [i * i for i in range(50)]
         pids = ordered.worker_pids()
     finally:
         ordered.close()

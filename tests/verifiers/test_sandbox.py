@@ -37,9 +37,7 @@ def run_checked(
 ) -> float:
     assert sandbox_processes() == [], "a previous sandbox left processes behind"
     t0 = time.monotonic()
-    score = code_score(
-        f"```python\n{program}\n```", {"inputs": inputs, "outputs": outputs}, timeout_s=timeout_s, **kw
-    )
+    score = code_score(f"```python\n{program}\n```", {"inputs": inputs, "outputs": outputs}, timeout_s=timeout_s, **kw)
     elapsed = time.monotonic() - t0
     assert elapsed < _bound(len(inputs), timeout_s), f"took {elapsed:.1f} s"
     assert sandbox_processes() == [], "processes outlived the sandbox"
@@ -143,9 +141,7 @@ def test_secrets_are_unreadable(host_dir, monkeypatch):
     assert run_checked(read_file, ["\n"], [secret]) == 0.0
     read_env = "import os\nprint(os.environ.get('PRIMEFLOW_FAKE_API_KEY', 'none'))"
     assert run_checked(read_env, ["\n"], ["sk-" + secret]) == 0.0
-    first_shadow_line = (
-        Path("/etc/shadow").read_text().splitlines()[0] if os.access("/etc/shadow", os.R_OK) else "x"
-    )
+    first_shadow_line = Path("/etc/shadow").read_text().splitlines()[0] if os.access("/etc/shadow", os.R_OK) else "x"
     assert run_checked("print(open('/etc/shadow').readline())", ["\n"], [first_shadow_line]) == 0.0
     # the parent's other files (e.g. its environ, its /proc entries) are not reachable either
     parent_env = f"print(open('/proc/{os.getpid()}/environ').read())"
@@ -228,20 +224,15 @@ for fd in range(3, 32):
 def test_degraded_mode_is_explicit_and_still_restrictive(monkeypatch, tmp_path):
     monkeypatch.setattr(sandbox_mod._PROBE, "status", SandboxStatus("none", False, "forced by test"))
     with pytest.raises(RuntimeError, match="cannot isolate"):
-        code_score(
-            "print(1)", {"inputs": ["\n"], "outputs": ["1"]}, limits=SandboxLimits(require_isolation=True)
-        )
+        code_score("print(1)", {"inputs": ["\n"], "outputs": ["1"]}, limits=SandboxLimits(require_isolation=True))
     assert run_checked("print(int(input()) + 1)", ["1\n"], ["2"]) == 1.0
-    net = (
-        "import socket\ntry:\n    socket.socket()\n    print('net')\nexcept PermissionError:\n    print('no')"
-    )
+    net = "import socket\ntry:\n    socket.socket()\n    print('net')\nexcept PermissionError:\n    print('no')"
     assert run_checked(net, ["\n"], ["net"]) == 0.0
     fork = "import os\ntry:\n    os.fork()\n    print('forked')\nexcept PermissionError:\n    print('no')"
     assert run_checked(fork, ["\n"], ["forked"]) == 0.0
     target = tmp_path / "escape.txt"
     write = (
-        f"try:\n    open({str(target)!r}, 'w').write('x')\n    print('wrote')\n"
-        "except PermissionError:\n    print('no')"
+        f"try:\n    open({str(target)!r}, 'w').write('x')\n    print('wrote')\nexcept PermissionError:\n    print('no')"
     )
     assert run_checked(write, ["\n"], ["wrote"], extra_roots=(str(tmp_path),)) == 0.0
     assert not target.exists()

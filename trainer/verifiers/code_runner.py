@@ -214,9 +214,7 @@ def code_scores(
     The sandboxes are separate processes, so threads here only wait on them.
     """
     if len(responses) != len(tests):
-        raise ValueError(
-            f"responses and tests must have the same length, got {len(responses)} and {len(tests)}"
-        )
+        raise ValueError(f"responses and tests must have the same length, got {len(responses)} and {len(tests)}")
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
     if not responses:

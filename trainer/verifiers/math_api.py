@@ -66,8 +66,7 @@ def math_scores(
     """
     if len(responses) != len(ground_truths):
         raise ValueError(
-            "responses and ground_truths must have the same length, "
-            f"got {len(responses)} and {len(ground_truths)}"
+            f"responses and ground_truths must have the same length, got {len(responses)} and {len(ground_truths)}"
         )
     if prompts is not None and len(prompts) != len(responses):
         raise ValueError(f"prompts must have one entry per response ({len(responses)}), got {len(prompts)}")

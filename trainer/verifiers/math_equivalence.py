@@ -83,9 +83,7 @@ _UNITS = (
     "points",
     "times",
 )
-_UNIT_TAIL = re.compile(
-    r"^(.*?\d)\s*(?:\\ )*(?:\^?\{?\\circ\}?)?\s*(?:" + "|".join(_UNITS) + r")(?:\^?\{?[23]\}?)?$"
-)
+_UNIT_TAIL = re.compile(r"^(.*?\d)\s*(?:\\ )*(?:\^?\{?\\circ\}?)?\s*(?:" + "|".join(_UNITS) + r")(?:\^?\{?[23]\}?)?$")
 _THOUSANDS = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _INT = re.compile(r"^[+-]?\d+$")
 _NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?$", re.IGNORECASE)

@@ -46,9 +46,7 @@ def _resolve(func_path: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), name)
 
 
-def _worker_main(
-    conn: multiprocessing.connection.Connection, func_path: str, mem_limit_bytes: int | None
-) -> None:
+def _worker_main(conn: multiprocessing.connection.Connection, func_path: str, mem_limit_bytes: int | None) -> None:
     """Worker loop: receive (task_id, args), reply (task_id, ok, result)."""
     if mem_limit_bytes:
         # A runaway expression (9^9^9^9) then raises MemoryError instead of swapping the machine to death.
@@ -105,7 +103,10 @@ class HardTimeoutPool:
         self._ctx = multiprocessing.get_context("forkserver")
         # Preloading makes respawning after a timeout cheap. The forkserver is process-global: if something
         # already started it, the preload list is ignored and workers import the module themselves (slower).
-        self._ctx.set_forkserver_preload([module])
+        # "__main__" stays first, as in multiprocessing's default: the forkserver imports the caller's main
+        # module once and workers inherit it, instead of each (re)spawned worker re-importing it. As with
+        # any forkserver/spawn use, scripts need an `if __name__ == "__main__":` guard.
+        self._ctx.set_forkserver_preload(["__main__", module])
         self._lock = threading.Lock()
         self._pool: list[_Worker] = []
         self._startup_failures = 0
@@ -113,9 +114,7 @@ class HardTimeoutPool:
     # -- worker lifecycle ------------------------------------------------------------------------------
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(
-            target=_worker_main, args=(child, self.func_path, self.mem_limit_bytes), daemon=True
-        )
+        proc = self._ctx.Process(target=_worker_main, args=(child, self.func_path, self.mem_limit_bytes), daemon=True)
         proc.start()
         child.close()
         return _Worker(proc=proc, conn=parent)

@@ -147,9 +147,7 @@ class _Probe:
             if ok:
                 cg = _cgroup_writable()
                 why = "namespaces + unprivileged uid" + (
-                    " + cgroup v1 pids/memory"
-                    if cg
-                    else "; no writable cgroup v1 pids+memory: per-process limits only"
+                    " + cgroup v1 pids/memory" if cg else "; no writable cgroup v1 pids+memory: per-process limits only"
                 )
                 return SandboxStatus("root", cg, why)
             root_err = err
@@ -160,8 +158,7 @@ class _Probe:
             return SandboxStatus(
                 "userns",
                 False,
-                f"{root_err}; using an unprivileged user namespace "
-                "(RLIMIT_NPROC counts the caller's own processes)",
+                f"{root_err}; using an unprivileged user namespace (RLIMIT_NPROC counts the caller's own processes)",
             )
         return SandboxStatus(
             "none",

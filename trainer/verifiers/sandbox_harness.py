@@ -87,9 +87,7 @@ def _lock_down_filesystem(tmpfs_bytes, uid, expose, hide):
     for path in ("/var/tmp", "/dev/shm", "/dev/mqueue", "/run/lock", "/run/shm"):
         if os.path.isdir(path) and not os.path.islink(path):
             try:
-                _mount(
-                    "tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0755"
-                )
+                _mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0755")
             except OSError:
                 failed.append(path)
     _hide_and_expose(hide, expose)
@@ -391,8 +389,8 @@ def main():
                 record["exit"] = os.WEXITSTATUS(status)
             else:
                 record["exit"] = -os.WTERMSIG(status)
-                if os.WTERMSIG(status) in (signal.SIGXCPU, signal.SIGKILL):
-                    record["status"] = "timeout"  # CPU-time limit
+                if os.WTERMSIG(status) == signal.SIGXCPU:
+                    record["status"] = "timeout"  # the CPU-time limit (SIGKILL: OOM kill or hard CPU limit)
             path = out_path if job["mode"] == "stdio" else ret_path
             record["out"], record["truncated"] = _read_capped(path, limits["output_bytes"])
         out.write(json.dumps(record) + "\n")
