@@ -10,6 +10,10 @@ the process), the `torch` name *inside the listed Megatron modules only* is rebo
 every attribute to the real torch, except that
   * `torch.cuda.current_device()` returns `torch.device("cpu")` and `torch.cuda.synchronize()` does nothing,
   * tensor factories (`zeros`, `empty`, `ones`, `full`, `tensor`, `arange`) map `device="cuda"` to CPU.
+One call site moves a tensor with the `Tensor.cuda()` *method* (tied embeddings with PP > 1:
+`LanguageModule.setup_embeddings_and_output_layer` syncs the last stage's copy of the embedding with
+`weight.data.cuda()` before an all-reduce); `tensor_cuda_is_identity()` covers exactly that call and is
+used only by gpt.PrimeGPTModel's override of that method.
 It is a no-op when CUDA is available (GPU machines run Megatron unmodified), and idempotent.
 `enable_cpu_megatron()` is called by `build_model`; tests check the shimmed paths (RoPE, TP layers, PP
 schedules) against transformers.
@@ -17,8 +21,10 @@ schedules) against transformers.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import types
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -98,3 +104,17 @@ def enable_cpu_megatron() -> bool:
         module.torch = proxy
         setattr(module, _MARK, True)
     return True
+
+
+@contextlib.contextmanager
+def tensor_cuda_is_identity() -> Iterator[None]:
+    """Within the block, and only without CUDA, `tensor.cuda()` returns the tensor unchanged."""
+    if torch.cuda.is_available():
+        yield
+        return
+    original = torch.Tensor.cuda
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda = original

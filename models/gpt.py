@@ -18,12 +18,13 @@ import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
+from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
 from megatron.core.transformer.transformer_block import get_num_layers_to_build
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from primeflow.kernels import linear_token_logprobs, token_logprobs
 
-from .compat import enable_cpu_megatron
+from .compat import enable_cpu_megatron, tensor_cuda_is_identity
 from .config import ModelConfig
 from .spec import block_spec
 
@@ -83,6 +84,12 @@ class PrimeGPTModel(GPTModel):
         # Sampling temperature the log-prob head divides logits by (set by sequence_logprobs / the trainer).
         self.logprob_temperature = 1.0
 
+    def setup_embeddings_and_output_layer(self) -> None:
+        # Tied embeddings with PP > 1: Megatron syncs the last stage's copy with `weight.data.cuda()` then an
+        # all-reduce; on CPU the tensor must stay where it is (see compat.py).
+        with tensor_cuda_is_identity():
+            super().setup_embeddings_and_output_layer()
+
     def output_weight_shard(self) -> torch.Tensor:
         """This rank's [V_pad / tp, H] rows of the output projection (the embedding when tied)."""
         if self.share_embeddings_and_output_weights:
@@ -125,6 +132,10 @@ class PrimeGPTModel(GPTModel):
             # (zero weights -> logit 0) would enter the softmax. Until it has one, padded vocabularies
             # (only tiny test vocabularies: 151936 and 128256 divide every TP size <= 128) go through
             # this rank's logits shard with the pad columns at -inf: [N, V/tp] memory.
+            if tp_group is not None:
+                # Identity forward, all-reduce of d(hidden) backward: each rank's logits cover only its
+                # vocab shard, so the hidden-state gradient is a sum over ranks (as in ColumnParallelLinear).
+                hidden_NH = copy_to_tensor_model_parallel_region(hidden_NH)
             logits_NV = self._mask_padded_vocab(hidden_NH @ weight_VH.t())
             logp_N = token_logprobs(logits_NV, labels_N, temperature=self.logprob_temperature,
                                    tp_group=tp_group)

@@ -145,3 +145,69 @@ def hf_row_logprobs_grad(hf, ids: torch.Tensor, mask: torch.Tensor) -> torch.Ten
         row = torch.zeros(ids.shape[1] - 1)
         rows.append(torch.cat([row[:s], logp, row[e - 1:]]))
     return torch.stack(rows)
+
+
+def check_pipeline_logits(model, hf, cfg: ModelConfig, seed: int) -> float:
+    """PP > 1: logits of an unpadded batch through Megatron's forward-only pipeline schedule."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    ids, _ = random_batch(cfg.vocab_size, seed)
+    pos = torch.arange(ids.shape[1]).expand_as(ids)
+    got: list[torch.Tensor] = []
+
+    def forward_step(_it, chunk):
+        out = chunk(ids, pos, None)
+
+        def collect(t):
+            got.append(t.detach())
+            return t.sum() * 0.0, {}
+
+        return out, collect
+
+    with torch.no_grad():
+        get_forward_backward_func()(forward_step_func=forward_step, data_iterator=iter([None]), model=[model],
+                                    num_microbatches=1, seq_length=ids.shape[1], micro_batch_size=ids.shape[0],
+                                    forward_only=True)
+    if not parallel_state.is_pipeline_last_stage():
+        assert not got
+        return 0.0
+    logits = gather_vocab(got[0])
+    with torch.no_grad():
+        want = hf(ids).logits
+    err = _rel_err(logits[..., :cfg.vocab_size], want)
+    assert err <= REL_TOL, f"pipeline logits rel err {err:.2e}"
+    return err
+
+
+# One AdamW step. eps is large on purpose: Adam's first step is ~lr * sign(g) wherever |g| >> eps, which
+# turns fp32 rounding on near-zero gradient entries (~1e-6 of the gradient scale, measured above) into a
+# full +-lr flip; with eps = 1e-3 the update is Lipschitz in g (slope lr / eps) and the comparison measures
+# the model, not the sign of noise.
+ADAMW = dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-3, weight_decay=0.1)
+# |Δ update| <= lr / eps * |Δ g| ~ 1 * (2e-6 relative * gradient scale O(1)): 1e-5 leaves 5x margin, while
+# a wrong gradient or a missed shard moves entries by ~lr = 1e-3.
+STEP_ATOL = 1e-5
+
+
+def check_train_step(model, hf, cfg: ModelConfig, seed: int) -> float:
+    """One AdamW step on a log-prob loss: Megatron (this TP size) vs transformers, every updated tensor.
+
+    Mutates both models (call last)."""
+    ids, mask = random_batch(cfg.vocab_size, seed + 6)
+    w = torch.randn(ids.shape[0], ids.shape[1] - 1, generator=torch.Generator().manual_seed(seed + 7))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], **ADAMW)
+    opt.zero_grad(set_to_none=True)
+    (sequence_logprobs(model, ids, attention_mask=mask) * w).sum().backward()
+    opt.step()
+    hf_opt = torch.optim.AdamW(hf.parameters(), **ADAMW)
+    hf_opt.zero_grad(set_to_none=True)
+    (hf_row_logprobs_grad(hf, ids, mask) * w).sum().backward()
+    hf_opt.step()
+    got = hf_state_dict(model)
+    want = dict(hf.named_parameters())
+    worst = 0.0
+    for name, t in got.items():
+        err = (t.double() - want[name].detach().double()).abs().max().item()
+        assert err <= STEP_ATOL, f"{name} after one AdamW step: max abs diff {err:.2e}"
+        worst = max(worst, err)
+    return worst

@@ -50,6 +50,12 @@ def test_tp1_matches_transformers(loaded, helper, seed, check):
     getattr(helper("parity"), check)(model, hf, cfg, seed)
 
 
+def test_tp1_train_step_matches_transformers(world, helper, tiny_llama_tied, seed):
+    parity = helper("parity")
+    model, cfg = parity.build_loaded(tiny_llama_tied)
+    parity.check_train_step(model, parity.load_hf(tiny_llama_tied), cfg, seed)
+
+
 def test_checks_catch_a_wrong_model(world, helper, tiny_qwen2, seed):
     """The parity bar is tight enough to see a wrong RoPE theta and a 0.01 change of one q bias entry."""
     parity = helper("parity")
