@@ -184,6 +184,12 @@ def build_model(cfg: ModelConfig, *, role: str, params_dtype: torch.dtype | str 
         rope_scaling_factor=cfg.rope_scaling_factor or 8.0,
     )
     model.to(device)
+    # torch.nn.RMSNorm (WrappedTorchNorm) ignores config.params_dtype and is created in fp32; cast the
+    # stragglers so a bf16 model is bf16 throughout (as transformers loads it; mixed-precision masters
+    # belong to the optimizer, not the module).
+    for param in model.parameters():
+        if param.dtype != params_dtype:
+            param.data = param.data.to(params_dtype)
     model.model_config = cfg        # read by load/export_hf_checkpoint
     model.hf_source_path = None     # set by load_hf_checkpoint (export copies tokenizer/config from it)
     model.role = role

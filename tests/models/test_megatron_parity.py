@@ -70,3 +70,27 @@ def test_checks_catch_a_wrong_model(world, helper, tiny_qwen2, seed):
         model.decoder.layers[1].self_attention.linear_qkv.bias[5] += 0.01
     with pytest.raises(AssertionError, match="logits rel err"):
         parity.check_logits(model, hf, cfg, seed)
+
+
+def test_bf16_params_not_worse_than_transformers_bf16(world, helper, tiny_qwen2, tolerances, seed):
+    """bf16 weights: our log-probs may be at most ERROR_RATIO x further from the fp32 truth than
+    transformers' own bf16 model (house rule: compare low precision against low precision)."""
+    from transformers import AutoModelForCausalLM
+
+    from primeflow.models import sequence_logprobs
+
+    parity = helper("parity")
+    cfg = ModelConfig.from_hf(tiny_qwen2)
+    model = build_model(cfg, role="policy", params_dtype="bfloat16")
+    load_hf_checkpoint(model, tiny_qwen2)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    hf_bf16 = AutoModelForCausalLM.from_pretrained(str(tiny_qwen2), dtype=torch.bfloat16).eval()
+    ids, mask = parity.random_batch(cfg.vocab_size, seed, B=4, T=40)
+    with torch.no_grad():
+        ours = sequence_logprobs(model, ids, attention_mask=mask)
+        truth = parity.hf_row_logprobs(parity.load_hf(tiny_qwen2), ids, mask)
+        theirs = parity.hf_row_logprobs(hf_bf16, ids, mask)
+    assert ours.dtype == torch.float32
+    for stat in (torch.max, torch.mean):
+        e_ours, e_theirs = stat((ours - truth).abs()).item(), stat((theirs - truth).abs()).item()
+        assert e_ours <= tolerances.ERROR_RATIO * e_theirs, (stat.__name__, e_ours, e_theirs)
