@@ -9,7 +9,10 @@ N=4096 (H=896, V=151936), the shape of the CPU goal in issue 3; PRIMEFLOW_BENCH_
 fp32 on CPU (what the CPU path is for), bf16 on CUDA. extra_info records the path, peak extra host memory
 of one call (bench/memory.py), the bytes of the [N, V] logits the reference materialises, the
 gradient bytes every provider must return, and time/memory ratios against torch.compile (the primeflow case
-runs last in each group, so the ratios are from the same process and the same machine load).
+runs last in each group, so the ratios are from the same process).
+test_paired_vs_compile alternates torch.compile and primeflow calls round by round and records both wall and
+process CPU time: on a shared machine the load changes between sequential cases, and the interleaved
+minimum (and CPU seconds, which a busy neighbour does not inflate) is the fair ratio.
 """
 
 from __future__ import annotations
@@ -113,3 +116,37 @@ def test_forward_backward(benchmark, inputs, provider):
     fn = PROVIDERS[provider]
     _record(benchmark, provider, "forward+backward", lambda: _forward_backward(fn, hidden, weight, labels),
             hidden, weight)
+
+
+@pytest.mark.parametrize("kind", ["forward", "forward+backward"])
+def test_paired_vs_compile(benchmark, inputs, kind):
+    hidden, weight, labels = inputs
+
+    def make(fn):
+        if kind == "forward":
+            def call():
+                with torch.no_grad():
+                    return fn(hidden, weight, labels)
+            return call
+        return lambda: _forward_backward(fn, hidden, weight, labels)
+
+    calls = {"compile": make(compiled), "primeflow": make(primeflow)}
+    wall = {name: [] for name in calls}
+    cpu = {name: [] for name in calls}
+    for call in calls.values():
+        call()  # warm-up / compile
+    for _ in range(ROUNDS):
+        for name, call in calls.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            call()
+            wall[name].append(time.perf_counter() - w0)
+            cpu[name].append(time.process_time() - c0)
+    info = {f"{name}_{what}_s": min(vals[name]) for name in calls for what, vals in (("wall", wall), ("cpu", cpu))}
+    info.update(wall_ratio=info["primeflow_wall_s"] / info["compile_wall_s"],
+                cpu_ratio=info["primeflow_cpu_s"] / info["compile_cpu_s"], N=N, H=H, V=V, device=DEVICE,
+                threads=torch.get_num_threads())
+    benchmark.group = f"linear_token_logprobs paired {kind} {DEVICE} N={N} H={H} V={V}"
+    benchmark.extra_info.update(info)
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)  # the numbers live in extra_info
+    print(f"\npaired {kind}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                                          for k, v in info.items()))

@@ -113,7 +113,7 @@ def specs() -> list[KernelSpec]:
                               _sig(linear_kernel.linear_stats_fwd_kernel, linear_types),
                               {**fast, "WITH_ENTROPY": True}, aligned, GPU_TILES["num_warps"]))
         out.append(KernelSpec(f"linear_dz[{dtype},entropy=True]", linear_kernel.linear_dz_kernel,
-                              _sig(linear_kernel.linear_dz_kernel, linear_types),
+                              _sig(linear_kernel.linear_dz_kernel, {**linear_types, "dz_ptr": f"*{dtype}"}),
                               {**fast, "WITH_ENTROPY": True}, aligned, GPU_TILES["num_warps"]))
     prime_types = {"labels_ptr": "*i64", "mask_ptr": "*i8", "logp_ptr": "*fp32", "reward_ptr": "*fp32",
                    "N": "i32", "beta": "fp32"}

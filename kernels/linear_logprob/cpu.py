@@ -102,27 +102,48 @@ def cpu_dz(h_RH: torch.Tensor, w_CH: torch.Tensor, labels_R: torch.Tensor, m_R: 
 DzFn = Callable[..., torch.Tensor]
 
 
+def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b with an fp32 result: bf16/fp16 operands use the tensor-core GEMM with fp32 output (CUDA);
+    where that overload is missing (CPU), the operands are widened instead (same value, slower)."""
+    try:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    except (RuntimeError, TypeError, NotImplementedError):
+        return torch.mm(a.float(), b.float())
+
+
+def _accumulate(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """acc (fp32) += a @ b."""
+    if a.dtype == torch.float32:
+        acc.addmm_(a, b)
+    else:
+        acc += _mm_fp32(a, b)
+
+
 def linear_grad(dz_fn: DzFn, rows_per_chunk: int, cols_per_chunk: int, grad_logp_N: torch.Tensor,
                 grad_ent_N: torch.Tensor | None, hidden_NH: torch.Tensor, weight_VH: torch.Tensor,
                 labels_N: torch.Tensor, m_N: torch.Tensor, ls_N: torch.Tensor, ent_N: torch.Tensor | None,
-                temperature: float, need_dh: bool, need_dw: bool
+                temperature: float, need_dh: bool, need_dw: bool, dz_dtype: torch.dtype = torch.float32
                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Recompute-in-backward driver shared by the CPU and Triton paths (dz_fn differs).
 
     For each vocab chunk (outer) and row chunk (inner): dz = dz_fn(...), dh[rows] += dz @ W[chunk] and
     dW[chunk] += dz.T @ h[rows], with fp32 accumulators summed in a fixed order: deterministic, no atomics.
-    dh is returned in fp32 (callers cast after any TP all-reduce); dW in the weight's dtype.
+    dz is fp32 (CPU, interpreter, fp32 inputs) or, on CUDA with bf16/fp16 inputs, the input dtype rounded
+    once from fp32, so both GEMMs run on the tensor cores with fp32 outputs (PyTorch's own bf16 backward
+    rounds dlogits the same way). dh is returned in fp32 (callers cast after any TP all-reduce); dW in the
+    weight's dtype.
     """
     n_rows, hidden = hidden_NH.shape
     vocab = weight_VH.shape[0]
     inv_t = 1.0 / temperature
-    h_NH = hidden_NH.float()
+    low_precision = dz_dtype != torch.float32
+    h_NH = hidden_NH if low_precision else hidden_NH.float()
     dh_NH = torch.zeros((n_rows, hidden), dtype=torch.float32, device=hidden_NH.device) if need_dh else None
     dw_VH = torch.empty_like(weight_VH) if need_dw else None
-    buf = torch.empty(min(n_rows, rows_per_chunk) * min(vocab, cols_per_chunk), dtype=torch.float32,
+    buf = torch.empty(min(n_rows, rows_per_chunk) * min(vocab, cols_per_chunk), dtype=dz_dtype,
                       device=hidden_NH.device)
     for v0, v1 in _ranges(vocab, cols_per_chunk):
-        w_CH = weight_VH[v0:v1].float()
+        w_CH = weight_VH[v0:v1] if low_precision else weight_VH[v0:v1].float()
         labels_local_N = labels_N - v0  # chunk-local; rows whose label is elsewhere never match a column
         dw_CH = None
         if need_dw:
@@ -131,13 +152,12 @@ def linear_grad(dz_fn: DzFn, rows_per_chunk: int, cols_per_chunk: int, grad_logp
             out = buf[: (n1 - n0) * (v1 - v0)].view(n1 - n0, v1 - v0)
             dz_RC = dz_fn(
                 hidden_NH[n0:n1], weight_VH[v0:v1], h_NH[n0:n1], w_CH, labels_local_N[n0:n1], m_N[n0:n1],
-                ls_N[n0:n1],
-                None if ent_N is None else ent_N[n0:n1], grad_logp_N[n0:n1],
+                ls_N[n0:n1], None if ent_N is None else ent_N[n0:n1], grad_logp_N[n0:n1],
                 None if grad_ent_N is None else grad_ent_N[n0:n1], inv_t, out)
             if need_dh:
-                dh_NH[n0:n1].addmm_(dz_RC, w_CH)
+                _accumulate(dh_NH[n0:n1], dz_RC, w_CH)
             if need_dw:
-                dw_CH.addmm_(dz_RC.T, h_NH[n0:n1])
+                _accumulate(dw_CH, dz_RC.T, h_NH[n0:n1])
         if need_dw:
             dw_VH[v0:v1] = dw_CH
     return dh_NH, dw_VH
@@ -153,3 +173,7 @@ dz_fn = cpu_dz_fn
 
 def grad_chunking(_n_rows: int, _device: torch.device) -> tuple[int, int]:
     return ROWS_PER_CHUNK, COLS_PER_CHUNK
+
+
+def dz_dtype(_dtype: torch.dtype, _device: torch.device) -> torch.dtype:
+    return torch.float32

@@ -47,7 +47,8 @@ class LinearTokenLogprobs(torch.autograd.Function):
         dh_NH, dw_VH = cpu.linear_grad(
             ctx.impl.dz_fn, rows, cols, grad_logp_N.float().contiguous(),
             None if grad_ent_N is None else grad_ent_N.float().contiguous(), hidden_NH, weight_VH,
-            labels_local_N, m_N, ls_N, ent_N, ctx.temperature, need_dh, need_dw)
+            labels_local_N, m_N, ls_N, ent_N, ctx.temperature, need_dh, need_dw,
+            dz_dtype=ctx.impl.dz_dtype(hidden_NH.dtype, hidden_NH.device))
         if need_dh:
             if ctx.tp_group is not None:
                 dist.all_reduce(dh_NH, group=ctx.tp_group)  # each rank saw only its vocab shard

@@ -10,6 +10,8 @@ cores with an fp32 accumulator.
 import triton
 import triton.language as tl
 
+from .._triton_utils import store_rounded
+
 
 @triton.jit
 def _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_hn, stride_wv, inv_temperature,
@@ -85,8 +87,9 @@ def linear_dz_kernel(
     WITH_ENTROPY: tl.constexpr, DOT_FP32: tl.constexpr,
 ):
     """Backward, one vocab chunk: recompute the logits tile and write
-    dz = (1/T)(g (onehot - p) - g_ent p (log p + H)) as fp32 [N, V] (V = the chunk's width; labels are
-    chunk-local). dhidden and dweight are then deterministic GEMMs of dz (triton_op.py)."""
+    dz = (1/T)(g (onehot - p) - g_ent p (log p + H)) as [N, V] in dz_ptr's dtype (fp32, or bf16/fp16 for
+    tensor-core GEMMs on CUDA; V = the chunk's width; labels are chunk-local). dhidden and dweight are then
+    deterministic GEMMs of dz (cpu.linear_grad)."""
     pid_n = tl.program_id(0)
     pid_v = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -107,4 +110,4 @@ def linear_dz_kernel(
         ent = tl.load(ent_ptr + rows, mask=row_ok, other=0.0)
         dz_NV -= g_ent[:, None] * tl.where(p_NV > 0, p_NV * (log_p_NV + ent[:, None]), 0.0)
     out = dz_ptr + rows.to(tl.int64)[:, None] * V + cols[None, :]
-    tl.store(out, dz_NV * inv_temperature, mask=row_ok[:, None] & col_ok[None, :])
+    store_rounded(out, dz_NV * inv_temperature, row_ok[:, None] & col_ok[None, :])

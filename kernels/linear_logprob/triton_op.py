@@ -50,7 +50,8 @@ def linear_stats(hidden_NH: torch.Tensor, weight_VH: torch.Tensor, labels_N: tor
 
 
 def triton_dz_fn(h_raw_RH, w_raw_CH, _h_RH, _w_CH, labels_R, m_R, ls_R, ent_R, g_R, g_ent_R, inv_t, out):
-    """dz of one (rows x vocab chunk) block via linear_dz_kernel, written into `out` (fp32, contiguous)."""
+    """dz of one (rows x vocab chunk) block via linear_dz_kernel, written into `out` (contiguous; fp32 or
+    the input dtype, see dz_dtype)."""
     cfg = tile_config(h_raw_RH.device)
     n_rows, width = out.shape
     with_entropy = g_ent_R is not None
@@ -61,6 +62,13 @@ def triton_dz_fn(h_raw_RH, w_raw_CH, _h_RH, _w_CH, labels_R, m_R, ls_R, ent_R, g
         w_raw_CH.stride(0), inv_t, BLOCK_N=cfg["BLOCK_N"], BLOCK_V=cfg["BLOCK_V"], BLOCK_H=cfg["BLOCK_H"],
         WITH_ENTROPY=with_entropy, DOT_FP32=_dot_fp32(h_raw_RH.dtype), num_warps=cfg["num_warps"])
     return out
+
+
+def dz_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """dz in the input dtype on CUDA for bf16/fp16 (tensor-core GEMMs for dh/dW), else fp32."""
+    if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
+        return dtype
+    return torch.float32
 
 
 def grad_chunking(n_rows: int, device: torch.device) -> tuple[int, int]:

@@ -97,6 +97,24 @@ def test_large_offsets_and_all_negative_rows(path, dtype, generator):
     assert torch.isfinite(w.grad).all()
 
 
+def test_bf16_dz_backward_as_on_cuda(monkeypatch, generator):
+    """On CUDA, bf16 inputs get dz rounded once to bf16 so dh/dW run as tensor-core GEMMs with fp32 outputs.
+    Forced here under the interpreter (torch.mm has no out_dtype on CPU: the widened fallback computes the
+    same products), it must still be no worse than PyTorch's own bf16 backward."""
+    from primeflow.kernels.linear_logprob import triton_op
+
+    monkeypatch.setattr(triton_op, "dz_dtype", lambda dtype, device: dtype)
+    hidden, weight, labels = _h.make_linear(6, 24, 70, torch.bfloat16, generator)
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    hb, wb = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    g = torch.randn(6, generator=generator)
+    (K.linear_token_logprobs(h, w, labels, temperature=0.7) * g).sum().backward()
+    (_h.naive_linear(hb, wb, labels, 0.7) * g).sum().backward()
+    t_dh, t_dw = linear_token_logprobs_grads64(hidden, weight, labels, g, None, 0.7)
+    assert_not_worse_than_torch(h.grad, hb.grad, t_dh, torch.bfloat16, what="dhidden (bf16 dz)")
+    assert_not_worse_than_torch(w.grad, wb.grad, t_dw, torch.bfloat16, what="dweight (bf16 dz)")
+
+
 def test_only_weight_or_only_hidden_requires_grad(path, generator):
     hidden, weight, labels = _h.make_linear(5, 16, 40, torch.float32, generator)
     w = weight.clone().requires_grad_()
