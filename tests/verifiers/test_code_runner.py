@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from primeflow.trainer.verifiers import code_score, code_scores, extract_code
+from primeflow.trainer.verifiers import code_score, code_scores, extract_code, verifier_counters
 from primeflow.trainer.verifiers.code_runner import outputs_match
 
 DATA = Path("/work/shared/data/code")
@@ -177,3 +177,13 @@ def test_failures_score_zero_and_bad_arguments():
         code_score("print(1)", tests, max_tests=0)
     with pytest.raises(ValueError, match="same length"):
         code_scores(["a"], [], workers=2)
+
+
+def test_counters_cover_math_and_code():
+    before = verifier_counters()
+    assert {"math/timeouts", "math/crashes", "code/timeouts", "code/setup_errors", "code/tests_run"} <= set(before)
+    code_score("print(input())", {"inputs": ["1\n", "2\n"], "outputs": ["1", "3"]})
+    after = verifier_counters()
+    assert after["code/tests_run"] == before["code/tests_run"] + 2
+    assert after["code/tests_passed"] == before["code/tests_passed"] + 1
+    assert after["code/programs"] == before["code/programs"] + 1

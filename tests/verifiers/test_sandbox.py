@@ -286,3 +286,12 @@ ok = all(os.waitpid(k, 0)[1] == 0 for k in kids)
 print('all alive' if ok else 'oom')
 """
     assert run_checked(program, ["\n"], ["oom"], timeout_s=5.0) == 1.0
+
+
+def test_a_sandbox_that_cannot_start_scores_zero_and_is_counted(monkeypatch, tmp_path, caplog):
+    monkeypatch.setattr(sandbox_mod, "HARNESS", tmp_path / "missing_harness.py")
+    before = code_counters()["code/setup_errors"]
+    with caplog.at_level("ERROR"):
+        assert run_checked("print(1)", ["\n"], ["1"]) == 0.0
+    assert code_counters()["code/setup_errors"] == before + 1
+    assert "code sandbox failed to start" in caplog.text

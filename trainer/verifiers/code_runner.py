@@ -10,6 +10,7 @@ then tokens compared as floats (rel 1e-5, abs 1e-8, numpy.allclose's defaults th
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from .code_extraction import extract_code
 from .sandbox import SandboxLimits, run_in_sandbox
 
 DEFAULT_WORKERS = 2
+log = logging.getLogger(__name__)
 
 
 class _Counters:
@@ -46,6 +48,15 @@ class _Counters:
 
 
 _COUNTERS = _Counters()
+_SEEN_SETUP_ERRORS: set[str] = set()
+
+
+def _report_setup_error(err: str) -> None:
+    """A sandbox that cannot start scores every program 0: say so loudly (once per distinct reason) instead
+    of letting the trainer see a silent accuracy of 0 (cf. PRIME's global-failure default, spec §5.4)."""
+    if err not in _SEEN_SETUP_ERRORS:
+        _SEEN_SETUP_ERRORS.add(err)
+        log.error("code sandbox failed to start; the program scores 0 (counted in code/setup_errors): %s", err)
 
 
 def code_counters() -> dict[str, int]:
@@ -158,6 +169,8 @@ def code_score(
             except ValueError:
                 ok = False
         passed += int(ok)
+    if run.setup_error is not None:
+        _report_setup_error(run.setup_error)
     _COUNTERS.add(
         programs=1,
         tests_run=len(outputs),
