@@ -5,15 +5,8 @@ set -euo pipefail
 venv=${1:-.venv}
 extras=${2:-cpu,dev}
 
-# The code sandbox runs generated programs under bubblewrap (a new network namespace, no host filesystem).
-if ! command -v bwrap >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing bubblewrap (sandbox for generated code)"
-    apt-get install -y -qq bubblewrap >/dev/null || { apt-get update -qq && apt-get install -y -qq bubblewrap; }
-  else
-    echo "warning: bubblewrap (bwrap) is not installed; install it for the code verifier's sandbox" >&2
-  fi
-fi
+# The code verifier's sandbox needs `unshare` (util-linux, present on every Debian/Ubuntu install).
+command -v unshare >/dev/null 2>&1 || echo "warning: unshare (util-linux) not found: the code sandbox cannot isolate programs" >&2
 
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 py="$venv/bin/python"
