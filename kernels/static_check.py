@@ -14,6 +14,7 @@ otherwise the vectorisation the report shows would not be the one a real launch 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import re
@@ -69,7 +70,11 @@ class Report:
 
 def _sig(fn, types: dict[str, str]) -> dict[str, str]:
     """Signature for ASTSource: runtime args from `types`, every other arg must be a tl.constexpr."""
-    constexpr_args = {p.name for p in fn.params if p.is_constexpr}
+    if hasattr(fn, "params"):
+        constexpr_args = {p.name for p in fn.params if p.is_constexpr}
+    else:  # an InterpretedFunction (TRITON_INTERPRET=1): read the tl.constexpr annotations
+        annotations = inspect.signature(fn.fn).parameters
+        constexpr_args = {n for n, p in annotations.items() if "constexpr" in str(p.annotation)}
     missing = [n for n in fn.arg_names if n not in types and n not in constexpr_args]
     if missing:
         raise ValueError(f"static_check: no type given for {fn.__name__} argument(s) {missing}")
@@ -193,8 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, nargs="+", default=[90, 80])
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--filter", default="", help="only kernels whose label contains this string")
     args = parser.parse_args(argv)
-    reports = run(tuple(args.arch))
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        parser.error("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
+    reports = [compile_one(spec, arch) for spec in specs() if args.filter in spec.label for arch in args.arch]
     print(format_table(reports))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) | {"spills": r.spills} for r in reports], indent=1))
