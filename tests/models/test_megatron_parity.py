@@ -94,3 +94,22 @@ def test_bf16_params_not_worse_than_transformers_bf16(world, helper, tiny_qwen2,
     for stat in (torch.max, torch.mean):
         e_ours, e_theirs = stat((ours - truth).abs()).item(), stat((theirs - truth).abs()).item()
         assert e_ours <= tolerances.ERROR_RATIO * e_theirs, (stat.__name__, e_ours, e_theirs)
+
+
+def test_llama3_rope_scaling_matches_transformers(world, helper, tmp_path, seed):
+    """Llama 3.1-style `rope_scaling` (llama3, factor 8) reaches Megatron's RoPE: parity with transformers,
+    and the same model without the scaling is detectably different (so the check covers it)."""
+    parity = helper("parity")
+    ckpt = make_tiny_checkpoint(tmp_path / "llama31", seed=7, architecture="llama", max_position_embeddings=16384)
+    hf_cfg = json.loads((ckpt / "config.json").read_text())
+    hf_cfg["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                              "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    (ckpt / "config.json").write_text(json.dumps(hf_cfg))
+    model, cfg = parity.build_loaded(ckpt)
+    hf = parity.load_hf(ckpt)
+    assert cfg.rope_scaling_factor == 8.0
+    parity.check_logits(model, hf, cfg, seed)
+    unscaled = build_model(dataclasses.replace(cfg, rope_scaling_factor=None), role="policy")
+    load_hf_checkpoint(unscaled, ckpt)
+    with pytest.raises(AssertionError, match="logits rel err"):
+        parity.check_logits(unscaled, hf, cfg, seed)
