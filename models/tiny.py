@@ -124,7 +124,9 @@ def _hf_config_dict(architecture: str, p: dict[str, Any]) -> dict[str, Any]:
         "use_cache": True,
         "bos_token_id": ENDOFTEXT_ID,
         "eos_token_id": ENDOFTEXT_ID,
-        "pad_token_id": ENDOFTEXT_ID,
+        # No pad_token_id here (real Qwen2.5 / Llama 3 configs have none): transformers would turn it into
+        # nn.Embedding(padding_idx=...), which silently never trains that row -- and it is the EOS token.
+        # The tokenizer and generation_config carry the pad token instead.
         "torch_dtype": p["dtype"],
     }
     if architecture == "qwen2":

@@ -3,8 +3,8 @@
     torchrun --nproc_per_node=N tests/models/mp_parity.py --tp T --pp P --out RESULT.json CKPT [CKPT ...]
 
 For each checkpoint: build + load with TP=T, PP=P, then the parity checks of parity.py (logits, log-prob
-head and gradients need the whole model on one stage, so with PP>1 only the pipeline-scheduled
-sequence_logprobs and pipeline logits run), then an HF export round trip (bitwise per tensor) into
+head and gradient checks call the model directly, so with PP>1 their pipeline-scheduled twins run:
+sequence_logprobs, logits and gradients through Megatron's forward(-backward) schedule), then an HF export round trip (bitwise per tensor) into
 `<out dir>/export_<i>`, then (PP=1) one AdamW step compared with transformers'. Rank 0 writes RESULT.json with the measured errors; any failure exits non-zero.
 """
 
@@ -67,7 +67,8 @@ def main() -> int:
             checks = [parity.check_logits, parity.check_logprob_head, parity.check_sequence_logprobs,
                       parity.check_gradients]
         else:
-            checks = [parity.check_sequence_logprobs, parity.check_pipeline_logits]
+            checks = [parity.check_sequence_logprobs, parity.check_pipeline_logits,
+                      parity.check_pipeline_gradients]
         res = {check.__name__: check(model, hf, cfg, args.seed) for check in checks}
         res["round_trip_tensors"] = round_trip(model, ckpt, args.out.parent / f"export_{i}")
         if args.pp == 1:  # last: it updates the weights

@@ -211,3 +211,45 @@ def check_train_step(model, hf, cfg: ModelConfig, seed: int) -> float:
         assert err <= STEP_ATOL, f"{name} after one AdamW step: max abs diff {err:.2e}"
         worst = max(worst, err)
     return worst
+
+
+def check_pipeline_gradients(model, hf, cfg: ModelConfig, seed: int) -> float:
+    """PP > 1: d/dθ sum(w * logp) through Megatron's forward+backward pipeline schedule (packed, padded
+    batch) vs transformers, for the tensors of this stage. Tied embeddings: the first stage's embedding and
+    the last stage's copy get their gradients summed over the embedding group, as Megatron's
+    finalize_model_grads does."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from primeflow.models.logprobs import pack_padded, unpack_logprobs
+
+    ids, mask = random_batch(cfg.vocab_size, seed + 4)
+    w = torch.randn(ids.shape[0], ids.shape[1] - 1, generator=torch.Generator().manual_seed(seed + 5))
+    packed = pack_padded(ids, mask)
+    model.zero_grad(set_to_none=True)
+
+    def forward_step(_it, chunk):
+        out = chunk(packed.tokens_1t, packed.position_ids_1t, None, labels=packed.labels_1t,
+                    packed_seq_params=packed.params)
+
+        def loss(logp_1t):
+            total = (unpack_logprobs(logp_1t, packed, ids.shape[1]) * w).sum()
+            return total, {}
+
+        return out, loss
+
+    get_forward_backward_func()(forward_step_func=forward_step, data_iterator=iter([None]), model=[model],
+                                num_microbatches=1, seq_length=packed.tokens_1t.shape[1], micro_batch_size=1,
+                                forward_only=False)
+    if cfg.tie_word_embeddings and (model.pre_process or model.post_process):
+        weight = model.shared_embedding_or_output_weight()
+        dist.all_reduce(weight.grad, group=parallel_state.get_embedding_group())
+    got = hf_state_dict(model, grads=True)
+    hf.zero_grad(set_to_none=True)
+    (hf_row_logprobs_grad(hf, ids, mask) * w).sum().backward()
+    want = {n: p.grad for n, p in hf.named_parameters()}
+    worst = 0.0
+    for name, g in got.items():
+        err = _rel_err(g, want[name])
+        assert err <= REL_TOL, f"pipeline gradient of {name}: rel err {err:.2e}"
+        worst = max(worst, err)
+    return worst

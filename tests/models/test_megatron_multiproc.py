@@ -45,7 +45,7 @@ def test_parallel_parity_and_round_trip(ckpts, tmp_path, seed, tp, pp, vllm_gree
         res = result["results"][ckpt.name]
         expected = {"check_sequence_logprobs", "round_trip_tensors"} | (
             {"check_logits", "check_logprob_head", "check_gradients", "check_train_step"} if pp == 1
-            else {"check_pipeline_logits"})
+            else {"check_pipeline_logits", "check_pipeline_gradients"})
         assert expected <= set(res), res
         assert res["round_trip_tensors"] == (27 if "qwen2" in ckpt.name else 20)
     # The exported checkpoint (TP/PP-gathered; sharded with an index when PP>1) loads in transformers and
