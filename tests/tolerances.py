@@ -99,3 +99,15 @@ def assert_not_worse_than_torch_rows(out: torch.Tensor, torch_lowp: torch.Tensor
     bad = ours > ERROR_RATIO * theirs + floor
     assert not bad.any(), (f"{what} ({dtype}): rows {bad.nonzero().flatten().tolist()} errors "
                            f"{ours[bad].tolist()} vs torch's {theirs[bad].tolist()} (floor {floor[bad].tolist()})")
+
+# Megatron model (primeflow.models) vs transformers, fp32, same checkpoint: logits, log-probs and every
+# gradient, max |diff| relative to max(1, the reference tensor's largest magnitude). Issue 4's bar is 1e-4
+# relative to the logit scale; measured here: logits 0 (TP=1, identical kernels) to 1.2e-6 (TP=2),
+# log-probs <= 6e-7, gradients <= 2.2e-6, so 1e-4 has ~50x margin and still sees a 0.01 change of one bias
+# entry (2.7e-4) or a wrong RoPE theta (3.6e-1).
+MODEL_PARITY_REL = 1e-4
+# One AdamW step (tests/models/parity.py, lr = eps = 1e-3): Adam's first update lr * g / (|g| + eps) has slope
+# <= lr / eps = 1 in g, so updates differ by at most the gradient difference: ~2e-6 relative to a tensor's
+# largest gradient entry (up to ~5 for embedding rows) = <= 1e-5 absolute; measured worst 2.7e-6. 3e-5 is 3x
+# that bound and 30x below the +-lr = 1e-3 step that a wrong or missing gradient shard produces.
+MODEL_ADAMW_STEP_ATOL = 3e-5
