@@ -21,7 +21,6 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
 from megatron.core.transformer.transformer_block import get_num_layers_to_build
 from megatron.core.transformer.transformer_config import TransformerConfig
-
 from primeflow.kernels import linear_token_logprobs, token_logprobs
 
 from .compat import enable_cpu_megatron, tensor_cuda_is_identity

@@ -222,7 +222,7 @@ def _split_qkv(full: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, torc
 
 def _split_fc1(shard: torch.Tensor, tp: int) -> tuple[torch.Tensor, torch.Tensor]:
     parts = _gather(shard, 0).chunk(tp, dim=0)  # per rank: [gate_r; up_r]
-    gates, ups = zip(*(p.chunk(2, dim=0) for p in parts))
+    gates, ups = zip(*(p.chunk(2, dim=0) for p in parts), strict=True)
     return torch.cat(gates), torch.cat(ups)
 
 
@@ -250,7 +250,7 @@ def _stage_tensors(model, cfg: ModelConfig, *, grads: bool = False) -> dict[str,
         kinds = ["weight", "bias"] if cfg.qkv_bias else ["weight"]
         for kind in kinds:
             full = _gather(p[mg + f"self_attention.linear_qkv.{kind}"], 0)
-            for x, t in zip("qkv", _split_qkv(full, cfg)):
+            for x, t in zip("qkv", _split_qkv(full, cfg), strict=True):
                 out[hf + f"self_attn.{x}_proj.{kind}"] = t
         out[hf + "self_attn.o_proj.weight"] = _gather(p[mg + "self_attention.linear_proj.weight"], 1)
         gate, up = _split_fc1(p[mg + "mlp.linear_fc1.weight"], tp)

@@ -65,7 +65,7 @@ def unpack_logprobs(logp_1t: torch.Tensor, packed: PackedBatch, T: int) -> torch
     """[1, t] per-packed-token log-probs of the next token -> [B, T-1] (0 where the target is padding)."""
     out = logp_1t.new_zeros(len(packed.lengths_B), T - 1)
     offset = 0
-    for b, (start, n) in enumerate(zip(packed.starts_B, packed.lengths_B)):
+    for b, (start, n) in enumerate(zip(packed.starts_B, packed.lengths_B, strict=True)):
         if n > 1:
             # Packed token i of this row predicts row column start+i+1, stored at column start+i.
             out[b, start:start + n - 1] = logp_1t[0, offset:offset + n - 1]

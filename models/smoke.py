@@ -39,11 +39,11 @@ def _vllm_sample(ckpt: Path, prompt_ids: list[list[int]], *, seed: int) -> list[
                             seed=seed)
     outs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
     samples = []
-    for ids, out in zip(prompt_ids, outs):
+    for ids, out in zip(prompt_ids, outs, strict=True):
         for comp in out.outputs:
             resp = list(comp.token_ids)
             # logprobs=0 returns only the sampled token's entry at each position.
-            lps = [step[tok].logprob for step, tok in zip(comp.logprobs, resp)]
+            lps = [step[tok].logprob for step, tok in zip(comp.logprobs, resp, strict=True)]
             samples.append((ids, resp, lps))
     del llm
     return samples
@@ -52,9 +52,8 @@ def _vllm_sample(ckpt: Path, prompt_ids: list[list[int]], *, seed: int) -> list[
 def _recompute(ckpt: Path, samples) -> list[list[float]]:
     """Trainer-side log-probs of the sampled tokens: transformers logits -> primeflow token_logprobs."""
     import torch
-    from transformers import AutoModelForCausalLM
-
     from primeflow.kernels import token_logprobs
+    from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32).eval()
     result = []
@@ -93,7 +92,8 @@ def run_smoke(out_dir: str | Path, *, seed: int = 0) -> dict[str, Any]:
     recomputed = _recompute(ckpt, samples)
     t3 = time.perf_counter()
 
-    diffs = [abs(a - b) for (_, _, lv), lr in zip(samples, recomputed) for a, b in zip(lv, lr)]
+    diffs = [abs(a - b) for (_, _, lv), lr in zip(samples, recomputed, strict=True)
+             for a, b in zip(lv, lr, strict=True)]
     if not diffs:
         raise RuntimeError("vLLM returned no response tokens; nothing to compare")
     metrics: dict[str, Any] = {

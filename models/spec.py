@@ -19,6 +19,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
@@ -31,7 +32,6 @@ from megatron.core.transformer.torch_norm import WrappedTorchNorm
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
-from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 
 
 class SDPAttention(MegatronModule):
@@ -89,7 +89,7 @@ class SDPAttention(MegatronModule):
         out_tnd = torch.zeros_like(query)
         bounds = cu.tolist()
         # One SDPA call per packed sequence: O(sum len^2) work and memory, no [t, t] block mask.
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
             if hi <= lo:
                 continue
             q = query[lo:hi].transpose(0, 1).unsqueeze(0)

@@ -6,7 +6,6 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-
 from primeflow.models import make_tiny_checkpoint
 
 _HERE = Path(__file__).resolve().parent

@@ -4,8 +4,9 @@
 
 For each checkpoint: build + load with TP=T, PP=P, then the parity checks of parity.py (logits, log-prob
 head and gradient checks call the model directly, so with PP>1 their pipeline-scheduled twins run:
-sequence_logprobs, logits and gradients through Megatron's forward(-backward) schedule), then an HF export round trip (bitwise per tensor) into
-`<out dir>/export_<i>`, then (PP=1) one AdamW step compared with transformers'. Rank 0 writes RESULT.json with the measured errors; any failure exits non-zero.
+sequence_logprobs, logits and gradients through Megatron's forward(-backward) schedule), then an HF export
+round trip (bitwise per tensor) into `<out dir>/export_<i>`, then (PP=1) one AdamW step compared with
+transformers'. Rank 0 writes RESULT.json with the measured errors; any failure exits non-zero.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder only (not tests/: see conftest.py)
 import dist as dist_helper  # noqa: E402
 import parity  # noqa: E402
-from megatron.core import parallel_state  # noqa: E402
-
 from primeflow.models import export_hf_checkpoint  # noqa: E402
 
 

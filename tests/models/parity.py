@@ -11,9 +11,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
-from transformers import AutoModelForCausalLM
-
 from primeflow.models import ModelConfig, build_model, hf_state_dict, load_hf_checkpoint, sequence_logprobs
+from transformers import AutoModelForCausalLM
 
 
 def _load_tolerances():
@@ -227,7 +226,6 @@ def check_pipeline_gradients(model, hf, cfg: ModelConfig, seed: int) -> float:
     the last stage's copy get their gradients summed over the embedding group, as Megatron's
     finalize_model_grads does."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
-
     from primeflow.models.logprobs import pack_padded, unpack_logprobs
 
     ids, mask = random_batch(cfg.vocab_size, seed + 4)

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
-
 from primeflow.models import make_tiny_checkpoint
+from transformers import AutoModelForCausalLM
 
 _SCRIPT = Path(__file__).resolve().parent / "mp_parity.py"
 
@@ -64,7 +63,7 @@ def test_parallel_parity_and_round_trip(ckpts, tmp_path, seed, tp, pp, vllm_gree
         got, want = vllm_greedy(runs)
         assert [r["token_ids"] for r in got] == [r["token_ids"] for r in want]
         model = AutoModelForCausalLM.from_pretrained(str(ckpts[1]), dtype=torch.float32)
-        for prompt, r in zip(prompts, got):
+        for prompt, r in zip(prompts, got, strict=True):
             ids = list(prompt)
             with torch.no_grad():  # greedy by full re-forward: no EOS handling, like vLLM's ignore_eos
                 for _ in range(10):

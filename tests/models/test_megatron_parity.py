@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
 from primeflow.models import ModelConfig, build_model, load_hf_checkpoint, make_tiny_checkpoint
 
 _HERE = Path(__file__).resolve().parent
@@ -75,9 +71,8 @@ def test_checks_catch_a_wrong_model(world, helper, tiny_qwen2, seed):
 def test_bf16_params_not_worse_than_transformers_bf16(world, helper, tiny_qwen2, tolerances, seed):
     """bf16 weights: our log-probs may be at most ERROR_RATIO x further from the fp32 truth than
     transformers' own bf16 model (house rule: compare low precision against low precision)."""
-    from transformers import AutoModelForCausalLM
-
     from primeflow.models import sequence_logprobs
+    from transformers import AutoModelForCausalLM
 
     parity = helper("parity")
     cfg = ModelConfig.from_hf(tiny_qwen2)

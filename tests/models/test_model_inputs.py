@@ -7,9 +7,8 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from primeflow.models import ModelConfig, build_model, load_hf_checkpoint, make_tiny_checkpoint
+from safetensors.torch import load_file, save_file
 
 
 @pytest.fixture(scope="module")

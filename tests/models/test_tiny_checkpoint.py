@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 from primeflow.models import allowed_overrides, make_tiny_checkpoint
 from primeflow.models.tiny import CHAT_TEMPLATE, ENDOFTEXT_ID, IM_END_ID, IM_START_ID
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 VARIANTS = [
     pytest.param("qwen2", False, id="qwen2-untied"),
@@ -156,12 +155,12 @@ def test_vllm_greedy_equals_transformers(tiny_qwen2, tiny_llama_tied, vllm_greed
     n_new = 12
     ckpts = [tiny_qwen2, tiny_llama_tied]
     results = vllm_greedy([{"model": str(c), "prompts": prompt_ids, "max_tokens": n_new} for c in ckpts])
-    for ckpt, per_prompt in zip(ckpts, results):
+    for ckpt, per_prompt in zip(ckpts, results, strict=True):
         model, _ = _load_hf(ckpt)
-        for prompt, got in zip(prompt_ids, per_prompt):
+        for prompt, got in zip(prompt_ids, per_prompt, strict=True):
             want_ids, want_logps = _hf_greedy(model, prompt, n_new)
             assert got["token_ids"] == want_ids, f"{ckpt.name}: vLLM {got['token_ids']} != HF {want_ids}"
-            diff = max(abs(a - b) for a, b in zip(got["logprobs"], want_logps))
+            diff = max(abs(a - b) for a, b in zip(got["logprobs"], want_logps, strict=True))
             assert diff <= atol, f"{ckpt.name}: logprob diff {diff:.2e}"
 
 

@@ -43,7 +43,7 @@ def _main() -> None:
             comp = out.outputs[0]
             ids = list(comp.token_ids)
             per_prompt.append({"token_ids": ids,
-                               "logprobs": [step[t].logprob for step, t in zip(comp.logprobs, ids)]})
+                               "logprobs": [step[t].logprob for step, t in zip(comp.logprobs, ids, strict=True)]})
         results.append(per_prompt)
         del llm, outs
         gc.collect()
