@@ -9,15 +9,15 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from .._backend import Backend, select_backend
+from .._backend import Backend, triton_or_torch
 from . import cpu, triton_op
 from .function import LinearTokenLogprobs
 from .validate import check_linear_inputs
 
 
 def linear_token_logprobs_backend(hidden: torch.Tensor) -> Backend:
-    """TRITON on CUDA / under TRITON_INTERPRET=1, else REFERENCE (meaning the chunked PyTorch path)."""
-    return select_backend(hidden, has_triton=True, has_cpp=False)
+    """TRITON on CUDA / under TRITON_INTERPRET=1, else TORCH (the chunked PyTorch path, cpu.py)."""
+    return triton_or_torch(hidden)
 
 
 def linear_token_logprobs(

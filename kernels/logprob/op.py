@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from .._backend import Backend, select_backend
+from .._backend import Backend, select_backend, triton_or_torch
 from .._validate import check_float_matrix, check_labels, check_temperature
 from . import ref, torch_op, triton_op
 from .function import ShardedTokenLogprobs
@@ -19,9 +19,9 @@ HAS_TRITON_KERNEL = True  # kernel.py / triton_op.py
 def token_logprobs_backend(logits: torch.Tensor, *, tp_group: dist.ProcessGroup | None = None) -> Backend:
     """The implementation `token_logprobs` would run for these logits (tests and benchmarks report it)."""
     if tp_group is not None:
-        # Vocab-parallel: Triton where Triton runs, else the chunked PyTorch twin (torch_op.py), reported as
-        # REFERENCE (pure PyTorch); both share one all-gather of packed stats (vocab_parallel.py).
-        return select_backend(logits, has_triton=HAS_TRITON_KERNEL, has_cpp=False)
+        # Vocab-parallel: Triton where Triton runs, else the chunked PyTorch twin (torch_op.py); both share
+        # one all-gather of packed stats (vocab_parallel.py).
+        return triton_or_torch(logits)
     # float64 logits go to the reference (fp32 math, like every path): the C++ op reads fp32/bf16/fp16.
     has_cpp = logits.dtype in (torch.float32, torch.bfloat16, torch.float16)
     return select_backend(logits, has_triton=HAS_TRITON_KERNEL, has_cpp=has_cpp)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from .._backend import Backend, select_backend
+from .._backend import Backend, triton_or_torch
 from ..linear_logprob import cpu as linear_cpu
 from ..linear_logprob.triton_op import _dot_fp32, tile_config
 from ..logprob import torch_op as logits_cpu
@@ -16,7 +16,8 @@ from .types import ModelInput, PrimeLogprobs, check_prime_inputs
 
 
 def prime_token_rewards_backend(labels: torch.Tensor) -> Backend:
-    return select_backend(labels, has_triton=True, has_cpp=False)
+    """TRITON on CUDA / under TRITON_INTERPRET=1, else TORCH (the chunked PyTorch path)."""
+    return triton_or_torch(labels)
 
 
 def _row_contiguous(t: torch.Tensor) -> torch.Tensor:

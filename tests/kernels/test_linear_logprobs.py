@@ -20,6 +20,7 @@ _spec = importlib.util.spec_from_file_location("_lp_helpers", Path(__file__).wit
 _h = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_h)
 _h.ensure_interpreter()
+USES_TRITON_INTERPRETER = True  # tests/conftest.py keeps TRITON_INTERPRET=1 for this module's tests only
 
 import primeflow.kernels as K  # noqa: E402
 from primeflow.kernels import Backend  # noqa: E402
@@ -36,7 +37,7 @@ def path(request, monkeypatch):
         monkeypatch.delenv("TRITON_INTERPRET", raising=False)
         monkeypatch.setattr(linear_cpu, "ROWS_PER_CHUNK", 4)
         monkeypatch.setattr(linear_cpu, "COLS_PER_CHUNK", 48)
-    expected = Backend.TRITON if request.param == "triton" else Backend.REFERENCE
+    expected = Backend.TRITON if request.param == "triton" else Backend.TORCH
     assert K.linear_token_logprobs_backend(torch.zeros(1)) is expected
     return request.param
 

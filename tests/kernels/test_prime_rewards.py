@@ -19,6 +19,7 @@ _spec = importlib.util.spec_from_file_location("_lp_helpers", Path(__file__).wit
 _h = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_h)
 _h.ensure_interpreter()
+USES_TRITON_INTERPRETER = True  # tests/conftest.py keeps TRITON_INTERPRET=1 for this module's tests only
 
 import primeflow.kernels as K  # noqa: E402
 from primeflow.kernels import Backend, PrimeLogprobs, reference  # noqa: E402
@@ -35,7 +36,7 @@ def path(request, monkeypatch):
         monkeypatch.setattr(linear_cpu, "ROWS_PER_CHUNK", 4)
         monkeypatch.setattr(linear_cpu, "COLS_PER_CHUNK", 48)
         monkeypatch.setattr(torch_op, "CHUNK_ELEMENTS", 200)
-    expected = Backend.TRITON if request.param == "triton" else Backend.REFERENCE
+    expected = Backend.TRITON if request.param == "triton" else Backend.TORCH
     assert K.prime_token_rewards_backend(torch.zeros(1)) is expected
     return request.param
 
