@@ -20,6 +20,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture(autouse=True)
+def _triton_interpret_per_module(request, monkeypatch):
+    """TRITON_INTERPRET=1 routes CPU tensors to the Triton kernels (primeflow.kernels._backend). On a machine
+    without CUDA, only modules that declare `USES_TRITON_INTERPRETER = True` get it; every other test sees it
+    unset, whichever module set it at import (triton.jit reads it when kernels are decorated, so interpreter
+    modules set it at import time). Without this, collection order would decide which path a test runs."""
+    if torch.cuda.is_available():
+        return
+    if getattr(request.module, "USES_TRITON_INTERPRETER", False):
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    else:
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+
 @pytest.fixture
 def seed(request) -> int:
     """A fresh seed per test run (printed on failure), fixed with PRIMEFLOW_TEST_SEED to replay one."""

@@ -25,6 +25,7 @@ import torch
 from tolerances import assert_close_to_truth
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+USES_TRITON_INTERPRETER = INTERPRETED  # tests/conftest.py keeps the variable set for this module's tests
 RUN_HERE = INTERPRETED or torch.cuda.is_available()
 DEVICE = "cuda" if torch.cuda.is_available() and not INTERPRETED else "cpu"
 

@@ -21,6 +21,7 @@ _spec = importlib.util.spec_from_file_location("_lp_helpers", Path(__file__).wit
 _h = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_h)
 _h.ensure_interpreter()
+USES_TRITON_INTERPRETER = True  # tests/conftest.py keeps TRITON_INTERPRET=1 for this module's tests only
 
 import primeflow.kernels as K  # noqa: E402
 from primeflow.kernels import Backend  # noqa: E402
