@@ -83,13 +83,27 @@ def _lock_down_filesystem(tmpfs_bytes, uid, expose, hide):
             _mount(None, target, None, flags, None)
         except OSError:
             failed.append(target)
+    # The interpreter or this package may live under a directory we are about to cover (a checkout and its
+    # .venv under /tmp, say): hold each such exposed directory by an O_PATH descriptor first, and bind it back
+    # read-only at its own path afterwards (/proc/self/fd/N still reaches the covered directory).
+    covered = ["/tmp"] + [p for p in ("/var/tmp", "/dev/shm", "/dev/mqueue", "/run/lock", "/run/shm")
+                          if os.path.isdir(p) and not os.path.islink(p)]
+    held = [(p, os.open(p, os.O_PATH | os.O_DIRECTORY)) for p in _outermost(expose)
+            if any(_under(p, c) and p != c for c in covered)]
     _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={tmpfs_bytes},mode=0755")
-    for path in ("/var/tmp", "/dev/shm", "/dev/mqueue", "/run/lock", "/run/shm"):
-        if os.path.isdir(path) and not os.path.islink(path):
-            try:
-                _mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0755")
-            except OSError:
-                failed.append(path)
+    for path in covered[1:]:
+        try:
+            _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0755")
+        except OSError:
+            failed.append(path)
+    for p, fd in held:
+        os.makedirs(p, mode=0o755, exist_ok=True)
+        _mount(f"/proc/self/fd/{fd}", p, None, MS_BIND | 0x4000, None)  # MS_REC
+        _mount(None, p, None, MS_REMOUNT | MS_BIND | MS_RDONLY, None)
+        os.close(fd)
+    for path in covered[1:]:
+        if path not in failed:
+            _mount(None, path, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0755")
     _hide_and_expose(hide, expose)
     os.mkdir(WORKDIR, 0o700)
     os.chown(WORKDIR, uid, uid)
@@ -108,6 +122,12 @@ def _first_blocked_ancestor(path):
 
 def _under(p, q):
     return p == q or p.startswith(q.rstrip("/") + "/")
+
+
+def _outermost(paths):
+    """The paths not inside another one of them."""
+    paths = sorted(set(paths))
+    return [p for p in paths if not any(_under(p, q) and p != q for q in paths)]
 
 
 def _hide_and_expose(hide, expose):
