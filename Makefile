@@ -25,7 +25,7 @@ train: install
 
 # The README's test command: the whole suite, exactly what CI runs.
 test: install
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest; rc=$$?; echo $$rc > $(VENV)/.pytest-exit-code; exit $$rc
 
 # Kernel checks against the PyTorch references (CUDA shapes on a GPU, Triton interpreter + C++ on CPU).
 validate-kernels: install
