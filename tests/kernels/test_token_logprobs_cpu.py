@@ -101,9 +101,14 @@ def test_forward_and_logp_gradient_match_float64(impl, N, V, dtype, temperature,
         assert_close_to_truth(logits.grad, true_grad, dtype, grad=True, what="cpp dlogits", extra_atol=p_floor)
         return
     logp_allowance, column_allowance = reference_rounding_allowance(logits.detach(), labels, temperature)
-    assert_close_to_truth(logp, true_logp, dtype, what="reference logp", extra_atol=logp_allowance)
+    # PyTorch's CPU log_softmax also sums each row's exps in long fp32 chains: measured 2e-5 relative drift
+    # of the sum at V=151936 (the same drift the C++ op removes with two-level summation). Allowed 5x.
+    sum_drift = 1e-4
+    p_drift = sum_drift * probabilities64(logits.detach(), temperature) * grad_scale
+    assert_close_to_truth(logp, true_logp, dtype, what="reference logp", extra_atol=logp_allowance + sum_drift)
     assert_close_to_truth(logits.grad, true_grad, dtype, grad=True, what="reference dlogits",
-                          extra_atol=p_floor + column_allowance * grad_scale + true_grad.abs() * column_allowance)
+                          extra_atol=p_floor + p_drift + column_allowance * grad_scale
+                          + true_grad.abs() * column_allowance)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
