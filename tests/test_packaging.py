@@ -65,5 +65,5 @@ def test_cli_entry_points(entry):
         entry = [str(Path(sys.executable).parent / "primeflow")]
     shown = subprocess.run([*entry, "--help"], capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0 and "train" in shown.stdout and "eval" in shown.stdout
-    pending = subprocess.run([*entry, "export"], capture_output=True, text=True, timeout=120)
-    assert pending.returncode == 2 and "not available yet" in pending.stderr
+    unknown = subprocess.run([*entry, "trian"], capture_output=True, text=True, timeout=120)
+    assert unknown.returncode == 2 and "invalid choice: 'trian'" in unknown.stderr and "'train'" in unknown.stderr

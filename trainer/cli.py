@@ -1,7 +1,7 @@
-"""The `primeflow` command (also `python -m primeflow`): train, sft, eval, export.
+"""The `primeflow` command (also `python -m primeflow`): train, sft, eval, export, bench.
 
-Subcommands whose implementation has not landed yet say so, name the issue that builds them and exit 2;
-nothing pretends to run.
+Each subcommand is one module with a `main(argv) -> int`; this file only dispatches, so each command's
+arguments are documented where they are implemented (`primeflow <command> --help`).
 """
 
 from __future__ import annotations
@@ -9,57 +9,38 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from importlib import import_module
 
-PENDING = {
-    "sft": "supervised warm-start (lands with the trainer issue, #7)",
-    "eval": "benchmark evaluation on MATH-500/AIME/AMC/... (the evaluation issue, #8)",
-    "export": "Megatron -> HF checkpoint export (the models issue, #4)",
+COMMANDS = {
+    "train": ("primeflow.trainer.train", "run PRIME training (no arguments: the embedded tiny CPU run)"),
+    "sft": ("primeflow.trainer.sft", "supervised warm-start: cross-entropy on prompt -> response pairs"),
+    "eval": ("primeflow.trainer.evaluation", "benchmark evaluation (MATH-500, AIME24, AMC23, Minerva, ...)"),
+    "export": ("primeflow.trainer.export", "export a run checkpoint's policy and PRM as HF checkpoints"),
 }
-
-
-def _train(args: argparse.Namespace) -> int:
-    try:
-        from primeflow.trainer.train import main as train_main  # the PRIME loop (issue #7)
-    except ModuleNotFoundError as error:
-        if error.name != "primeflow.trainer.train":
-            raise
-    else:
-        return train_main(args.rest)
-
-    print("primeflow train: the PRIME trainer has not landed yet (issue #7). Running the smallest real\n"
-          "end-to-end path instead: a tiny Qwen2 checkpoint -> vLLM sampling (CPU) -> the trainer-side\n"
-          "log-prob recompute through primeflow.kernels.token_logprobs -> the logprob_mismatch metric.",
-          flush=True)
-    if args.rest:
-        print(f"(ignoring trainer arguments {args.rest}: there is no trainer config yet)", flush=True)
-    from primeflow.models.smoke import run_smoke
-
-    run_smoke(args.out)
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="primeflow", description="PRIME RL trainer")
     commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="run PRIME training (no arguments: the embedded tiny CPU run)")
-    train.add_argument("--out", default="runs/smoke", help="output directory of the run")
-    train.add_argument("rest", nargs=argparse.REMAINDER, help="trainer arguments (--config F, --set k=v)")
-    train.set_defaults(handler=_train)
-    for name, what in PENDING.items():
-        sub = commands.add_parser(name, help=f"{what} [not yet available]")
+    for name, (_, what) in COMMANDS.items():
+        sub = commands.add_parser(name, help=what, add_help=False)
         sub.add_argument("rest", nargs=argparse.REMAINDER)
-        sub.set_defaults(handler=lambda args, name=name: _pending(name))
     return parser
 
 
-def _pending(name: str) -> int:
-    print(f"primeflow {name}: not available yet: {PENDING[name]}.", file=sys.stderr)
-    return 2
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.handler(args)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv[:1])
+    module_name = COMMANDS[args.command][0]
+    try:
+        module = import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name != module_name:
+            raise
+        print(f"primeflow {args.command}: not available in this build ({module_name} is missing).",
+              file=sys.stderr)
+        return 2
+    return module.main(argv[1:])
 
 
 if __name__ == "__main__":
