@@ -1,0 +1,134 @@
+"""Outputs of an evaluation: the paper-shaped markdown table, the summary JSON, per-problem JSON files.
+
+Table (PRIME Table 1 layout): one row per model, benchmarks as columns in the order asked for, then Avg (the
+unweighted mean over the benchmarks of the headline metric), values in percent with one decimal.
+Every file is written atomically (temp file, fsync, rename), so an interrupted run never leaves a
+half-written result that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .benchmarks import BENCHMARKS
+from .metrics import mean_over_benchmarks
+from .runner import BenchmarkResult, SamplingSettings
+
+
+@dataclass
+class ModelResult:
+    """All benchmark results of one model (one table row)."""
+
+    label: str
+    path: str | None
+    step: int | None
+    results: list[BenchmarkResult] = field(default_factory=list)
+
+    def metric(self, benchmark: str, name: str) -> float:
+        for r in self.results:
+            if r.benchmark == benchmark:
+                return r.metrics[name]
+        raise KeyError(f"{self.label}: no result for benchmark {benchmark!r}")
+
+    def average(self, name: str) -> float:
+        return mean_over_benchmarks([r.metrics[name] for r in self.results])
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same directory, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+
+
+def _pct(x: float) -> str:
+    return f"{100.0 * x:.1f}"
+
+
+def describe_metric(settings: SamplingSettings) -> str:
+    if settings.samples == 1 and settings.temperature == 0:
+        return "pass@1, greedy"
+    return f"avg@{settings.samples}, temperature {settings.temperature:g}, top_p {settings.top_p:g}"
+
+
+def markdown_table(models: Sequence[ModelResult], benchmarks: Sequence[str], settings: SamplingSettings) -> str:
+    """The paper-shaped table, preceded by one line saying what the numbers are."""
+    metric = settings.metric
+    counts = ", ".join(
+        f"{BENCHMARKS[b].title} {int(models[0].metric(b, 'n_problems'))}" for b in benchmarks
+    ) if models else ""
+    head = ["Model", "Step", *(BENCHMARKS[b].title for b in benchmarks), "Avg"]
+    lines = [
+        f"Accuracy (%), {describe_metric(settings)}, max_tokens {settings.max_tokens}, seed {settings.seed}. "
+        f"Problems: {counts}.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for m in models:
+        cells = [m.label, "-" if m.step is None else str(m.step)]
+        cells += [_pct(m.metric(b, metric)) for b in benchmarks]
+        cells.append(_pct(m.average(metric)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
+
+
+def write_outputs(
+    out_dir: str | Path, models: Sequence[ModelResult], benchmarks: Sequence[str], settings: SamplingSettings,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write ``results.md``, ``results.json`` and ``<model>/<benchmark>.json``; return their paths."""
+    out = Path(out_dir)
+    table = markdown_table(models, benchmarks, settings)
+    paths = {"table": out / "results.md", "summary": out / "results.json"}
+    atomic_write_text(paths["table"], table)
+    used: set[str] = set()
+    summary_models = []
+    for m in models:
+        key = _safe(m.label if m.step is None else f"{m.label}_step{m.step}")
+        base, i = key, 1
+        while key in used:
+            i += 1
+            key = f"{base}_{i}"
+        used.add(key)
+        for r in m.results:
+            p = out / key / f"{r.benchmark}.json"
+            atomic_write_json(p, {"model": m.label, "model_path": m.path, "step": m.step,
+                                  "settings": settings.__dict__, **r.to_json()})
+            paths[f"{key}/{r.benchmark}"] = p
+        summary_models.append({
+            "label": m.label, "path": m.path, "step": m.step, "problems_dir": key,
+            "metrics": {r.benchmark: r.metrics for r in m.results},
+            "avg": {settings.metric: m.average(settings.metric)},
+            "seconds": {r.benchmark: r.seconds for r in m.results},
+        })
+    atomic_write_json(paths["summary"], {
+        "settings": settings.__dict__, "metric": settings.metric, "benchmarks": list(benchmarks),
+        "models": summary_models, **(extra or {}),
+    })
+    return paths
