@@ -41,8 +41,14 @@ class ScriptedBackend:
         self, prompts: list[str], n: int, temperature: float, top_p: float, max_tokens: int, seed: int
     ) -> list[list[str]]:
         self.calls.append(
-            {"n_prompts": len(prompts), "n": n, "temperature": temperature, "top_p": top_p,
-             "max_tokens": max_tokens, "seed": seed}
+            {
+                "n_prompts": len(prompts),
+                "n": n,
+                "temperature": temperature,
+                "top_p": top_p,
+                "max_tokens": max_tokens,
+                "seed": seed,
+            }
         )
         out = []
         for i, p in enumerate(prompts):
@@ -78,7 +84,11 @@ def wrong_oracle_backend(records: Sequence[EvalRecord], render: Callable[[EvalRe
     scorer comparing the wrong strings, would score it.
     """
     return ScriptedBackend(
-        _table(records, render,
-               lambda r: f"One might guess {r.answer}, but that is wrong.\nThe final answer is "
-                         f"$\\boxed{{{WRONG_ANSWER}}}$.")
+        _table(
+            records,
+            render,
+            lambda r: (
+                f"One might guess {r.answer}, but that is wrong.\nThe final answer is $\\boxed{{{WRONG_ANSWER}}}$."
+            ),
+        )
     )

@@ -20,7 +20,6 @@ import argparse
 import gc
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from .backends import GenerationBackend, oracle_backend, wrong_oracle_backend
 from .benchmarks import BENCHMARKS, ENV_DATA_DIR, BenchmarkDataError, load_benchmark, parse_benchmark_names
@@ -34,32 +33,59 @@ BACKENDS = ("vllm", "oracle", "wrong-oracle")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="primeflow eval", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", nargs="+", action="extend", default=[], metavar="[LABEL=]PATH",
-                   help="HF dir, run checkpoint dir (with policy_hf/) or run dir (latest checkpoint); repeatable")
-    p.add_argument("--compare", nargs="+", action="extend", default=[], metavar="[LABEL=]PATH",
-                   help="more models, one table row each (same as extra --model values)")
-    p.add_argument("--benchmarks", default=DEFAULT_BENCHMARKS,
-                   help=f"comma-separated, from: {', '.join(BENCHMARKS)}; 'math' = the five math benchmarks")
+    p = argparse.ArgumentParser(
+        prog="primeflow eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--model",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="[LABEL=]PATH",
+        help="HF dir, run checkpoint dir (with policy_hf/) or run dir (latest checkpoint); repeatable",
+    )
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="[LABEL=]PATH",
+        help="more models, one table row each (same as extra --model values)",
+    )
+    p.add_argument(
+        "--benchmarks",
+        default=DEFAULT_BENCHMARKS,
+        help=f"comma-separated, from: {', '.join(BENCHMARKS)}; 'math' = the five math benchmarks",
+    )
     p.add_argument("--samples", type=int, default=1, help="completions per problem (default 1: greedy pass@1)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-tokens", type=int, default=4096, help="response length limit (default 4096)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="only the first N problems of each benchmark")
-    p.add_argument("--data-dir", default=None,
-                   help=f"folder with eval/*.jsonl and code/*.jsonl (default: ${ENV_DATA_DIR}, else the "
-                        "checkout's data/ or ../shared/data)")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help=f"folder with eval/*.jsonl and code/*.jsonl (default: ${ENV_DATA_DIR}, else the "
+        "checkout's data/ or ../shared/data)",
+    )
     p.add_argument("--out", default="primeflow-eval", help="output directory (default ./primeflow-eval)")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree of the vLLM engine")
     p.add_argument("--dtype", default="auto", help="vLLM dtype (default: the checkpoint's)")
     p.add_argument("--max-model-len", type=int, default=None, help="vLLM context length (default: checkpoint's)")
-    p.add_argument("--system-prompt", default="prime", choices=sorted(SYSTEM_PROMPTS),
-                   help="'prime' (PRIME's action-centric system prompt, default) or 'none'")
-    p.add_argument("--backend", default="vllm", choices=BACKENDS,
-                   help="vllm (default); oracle / wrong-oracle answer with the reference / a wrong answer "
-                        "(checks data and scoring, needs no model)")
+    p.add_argument(
+        "--system-prompt",
+        default="prime",
+        choices=sorted(SYSTEM_PROMPTS),
+        help="'prime' (PRIME's action-centric system prompt, default) or 'none'",
+    )
+    p.add_argument(
+        "--backend",
+        default="vllm",
+        choices=BACKENDS,
+        help="vllm (default); oracle / wrong-oracle answer with the reference / a wrong answer "
+        "(checks data and scoring, needs no model)",
+    )
     p.add_argument("--math-timeout", type=float, default=5.0, help="verifier time limit per sample, seconds")
     p.add_argument("--workers", type=int, default=2, help="verifier worker processes")
     return p
@@ -73,8 +99,7 @@ def _make_backend(kind: str, spec: ModelSpec | None, records, builder, args) -> 
     from .vllm_backend import VLLMBackend
 
     assert spec is not None
-    return VLLMBackend(spec.path, tp_size=args.tp, dtype=args.dtype, max_model_len=args.max_model_len,
-                       seed=args.seed)
+    return VLLMBackend(spec.path, tp_size=args.tp, dtype=args.dtype, max_model_len=args.max_model_len, seed=args.seed)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,12 +128,17 @@ def run(args: argparse.Namespace) -> int:
         label = spec.label if spec is not None else args.backend
         row = ModelResult(label, str(spec.path) if spec else None, spec.step if spec else None)
         for name in benchmarks:
-            res = evaluate_records(backend, name, data[name], builder, settings,
-                                   math_timeout_s=args.math_timeout, workers=args.workers)
+            res = evaluate_records(
+                backend, name, data[name], builder, settings, math_timeout_s=args.math_timeout, workers=args.workers
+            )
             row.results.append(res)
-            print(f"[eval] {label} {name}: {settings.metric} = {100 * res.metrics[settings.metric]:.1f}% "
-                  f"({int(res.metrics['n_problems'])} problems, generate {res.seconds['generate']:.1f}s, "
-                  f"score {res.seconds['score']:.1f}s)", file=sys.stderr, flush=True)
+            print(
+                f"[eval] {label} {name}: {settings.metric} = {100 * res.metrics[settings.metric]:.1f}% "
+                f"({int(res.metrics['n_problems'])} problems, generate {res.seconds['generate']:.1f}s, "
+                f"score {res.seconds['score']:.1f}s)",
+                file=sys.stderr,
+                flush=True,
+            )
         models.append(row)
         del backend
         gc.collect()  # release one engine before the next model's is built

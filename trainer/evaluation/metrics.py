@@ -54,7 +54,8 @@ def benchmark_metrics(correct: Sequence[Sequence[bool]], ks: Sequence[int] | Non
         raise ValueError("no problems to aggregate")
     n = len(correct[0])
     if n == 0 or any(len(c) != n for c in correct):
-        raise ValueError(f"every problem needs the same number (>= 1) of samples; got {sorted({len(c) for c in correct})}")
+        counts = sorted({len(c) for c in correct})
+        raise ValueError(f"every problem needs the same number (>= 1) of samples; got sample counts {counts}")
     ks = default_ks(n) if ks is None else list(ks)
     out: dict[str, float] = {f"avg@{n}": sum(avg_at_k(c) for c in correct) / len(correct)}
     for k in ks:

@@ -75,9 +75,11 @@ def describe_metric(settings: SamplingSettings) -> str:
 def markdown_table(models: Sequence[ModelResult], benchmarks: Sequence[str], settings: SamplingSettings) -> str:
     """The paper-shaped table, preceded by one line saying what the numbers are."""
     metric = settings.metric
-    counts = ", ".join(
-        f"{BENCHMARKS[b].title} {int(models[0].metric(b, 'n_problems'))}" for b in benchmarks
-    ) if models else ""
+    counts = (
+        ", ".join(f"{BENCHMARKS[b].title} {int(models[0].metric(b, 'n_problems'))}" for b in benchmarks)
+        if models
+        else ""
+    )
     head = ["Model", "Step", *(BENCHMARKS[b].title for b in benchmarks), "Avg"]
     lines = [
         f"Accuracy (%), {describe_metric(settings)}, max_tokens {settings.max_tokens}, seed {settings.seed}. "
@@ -99,7 +101,10 @@ def _safe(name: str) -> str:
 
 
 def write_outputs(
-    out_dir: str | Path, models: Sequence[ModelResult], benchmarks: Sequence[str], settings: SamplingSettings,
+    out_dir: str | Path,
+    models: Sequence[ModelResult],
+    benchmarks: Sequence[str],
+    settings: SamplingSettings,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write ``results.md``, ``results.json`` and ``<model>/<benchmark>.json``; return their paths."""
@@ -118,17 +123,30 @@ def write_outputs(
         used.add(key)
         for r in m.results:
             p = out / key / f"{r.benchmark}.json"
-            atomic_write_json(p, {"model": m.label, "model_path": m.path, "step": m.step,
-                                  "settings": settings.__dict__, **r.to_json()})
+            atomic_write_json(
+                p,
+                {"model": m.label, "model_path": m.path, "step": m.step, "settings": settings.__dict__, **r.to_json()},
+            )
             paths[f"{key}/{r.benchmark}"] = p
-        summary_models.append({
-            "label": m.label, "path": m.path, "step": m.step, "problems_dir": key,
-            "metrics": {r.benchmark: r.metrics for r in m.results},
-            "avg": {settings.metric: m.average(settings.metric)},
-            "seconds": {r.benchmark: r.seconds for r in m.results},
-        })
-    atomic_write_json(paths["summary"], {
-        "settings": settings.__dict__, "metric": settings.metric, "benchmarks": list(benchmarks),
-        "models": summary_models, **(extra or {}),
-    })
+        summary_models.append(
+            {
+                "label": m.label,
+                "path": m.path,
+                "step": m.step,
+                "problems_dir": key,
+                "metrics": {r.benchmark: r.metrics for r in m.results},
+                "avg": {settings.metric: m.average(settings.metric)},
+                "seconds": {r.benchmark: r.seconds for r in m.results},
+            }
+        )
+    atomic_write_json(
+        paths["summary"],
+        {
+            "settings": settings.__dict__,
+            "metric": settings.metric,
+            "benchmarks": list(benchmarks),
+            "models": summary_models,
+            **(extra or {}),
+        },
+    )
     return paths

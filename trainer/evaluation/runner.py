@@ -73,8 +73,12 @@ def _check_completions(out: Any, n_prompts: int, n: int, what: str) -> list[list
 
 
 def score_completions(
-    records: Sequence[EvalRecord], prompts: Sequence[str], completions: Sequence[Sequence[str]],
-    *, math_timeout_s: float = 5.0, workers: int = 2,
+    records: Sequence[EvalRecord],
+    prompts: Sequence[str],
+    completions: Sequence[Sequence[str]],
+    *,
+    math_timeout_s: float = 5.0,
+    workers: int = 2,
 ) -> list[list[float]]:
     """Verifier score of every completion (same nesting as ``completions``), batched per kind."""
     flat = [(i, j) for i, comps in enumerate(completions) for j in range(len(comps))]
@@ -82,13 +86,19 @@ def score_completions(
     math_idx = [(i, j) for i, j in flat if records[i].kind == "math"]
     code_idx = [(i, j) for i, j in flat if records[i].kind == "code"]
     if math_idx:
-        got = math_scores([completions[i][j] for i, j in math_idx], [records[i].answer for i, _ in math_idx],
-                          prompts=[prompts[i] for i, _ in math_idx], workers=workers, timeout_s=math_timeout_s)
+        got = math_scores(
+            [completions[i][j] for i, j in math_idx],
+            [records[i].answer for i, _ in math_idx],
+            prompts=[prompts[i] for i, _ in math_idx],
+            workers=workers,
+            timeout_s=math_timeout_s,
+        )
         for (i, j), s in zip(math_idx, got, strict=True):
             scores[i][j] = s
     if code_idx:
-        got = code_scores([completions[i][j] for i, j in code_idx], [records[i].tests for i, _ in code_idx],
-                          workers=workers)
+        got = code_scores(
+            [completions[i][j] for i, j in code_idx], [records[i].tests for i, _ in code_idx], workers=workers
+        )
         for (i, j), s in zip(code_idx, got, strict=True):
             scores[i][j] = s
     return scores
@@ -99,8 +109,13 @@ def _extract(record: EvalRecord, completion: str, prompt: str) -> str | None:
 
 
 def evaluate_records(
-    backend: GenerationBackend, benchmark: str, records: Sequence[EvalRecord],
-    render: Callable[[EvalRecord], str], settings: SamplingSettings, *, math_timeout_s: float = 5.0,
+    backend: GenerationBackend,
+    benchmark: str,
+    records: Sequence[EvalRecord],
+    render: Callable[[EvalRecord], str],
+    settings: SamplingSettings,
+    *,
+    math_timeout_s: float = 5.0,
     workers: int = 2,
 ) -> BenchmarkResult:
     """Generate ``settings.samples`` completions per problem of one benchmark, score, aggregate."""
@@ -108,8 +123,9 @@ def evaluate_records(
         raise ValueError(f"{benchmark}: no problems to evaluate")
     t0 = time.perf_counter()
     prompts = [render(r) for r in records]
-    out = backend.generate(prompts, settings.samples, settings.temperature, settings.top_p,
-                           settings.max_tokens, settings.seed)
+    out = backend.generate(
+        prompts, settings.samples, settings.temperature, settings.top_p, settings.max_tokens, settings.seed
+    )
     completions = _check_completions(out, len(prompts), settings.samples, benchmark)
     t1 = time.perf_counter()
     scores = score_completions(records, prompts, completions, math_timeout_s=math_timeout_s, workers=workers)

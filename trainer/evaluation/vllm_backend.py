@@ -25,8 +25,15 @@ class VLLMBackend:
     """
 
     def __init__(
-        self, model_dir: str | Path, *, tp_size: int = 1, dtype: str = "auto", max_model_len: int | None = None,
-        seed: int = 0, enforce_eager: bool | None = None, gpu_memory_utilization: float = 0.9,
+        self,
+        model_dir: str | Path,
+        *,
+        tp_size: int = 1,
+        dtype: str = "auto",
+        max_model_len: int | None = None,
+        seed: int = 0,
+        enforce_eager: bool | None = None,
+        gpu_memory_utilization: float = 0.9,
     ) -> None:
         import torch
 
@@ -40,8 +47,13 @@ class VLLMBackend:
         if on_gpu:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         self.llm = LLM(
-            model=str(model_dir), tensor_parallel_size=tp_size, dtype=dtype, max_model_len=max_model_len,
-            seed=seed, enforce_eager=(not on_gpu) if enforce_eager is None else enforce_eager, **kwargs,
+            model=str(model_dir),
+            tensor_parallel_size=tp_size,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            seed=seed,
+            enforce_eager=(not on_gpu) if enforce_eager is None else enforce_eager,
+            **kwargs,
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
@@ -60,8 +72,14 @@ class VLLMBackend:
                     f"{prompts[i][:80]!r})"
                 )
         params = [
-            SamplingParams(n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
-                           max_tokens=max_tokens, seed=seed + i * n, skip_special_tokens=True)
+            SamplingParams(
+                n=n,
+                temperature=temperature,
+                top_p=top_p if temperature > 0 else 1.0,
+                max_tokens=max_tokens,
+                seed=seed + i * n,
+                skip_special_tokens=True,
+            )
             for i in range(len(prompts))
         ]
         outs = self.llm.generate([{"prompt_token_ids": x} for x in ids], params, use_tqdm=False)
