@@ -1,0 +1,43 @@
+"""Shared builders for trainer stage tests: a 1-process world, tiny PRIME models, random rollouts."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from primeflow.trainer import parallel
+from primeflow.trainer.batch import TrainBatch, build_train_batch
+from primeflow.trainer.config import Config
+from primeflow.trainer.models_setup import build_prime_models
+
+EOS_IDS = {256, 258}
+PAD_ID = 256
+
+
+def init_world() -> None:
+    parallel.init_distributed(tp=1, pp=1)
+
+
+def random_rollouts(seed: int, *, groups: int = 3, K: int = 4, vocab: int = 250) -> TrainBatch:
+    """Random prompts/responses of mixed lengths (some ending with EOS, some truncated, one of length 1),
+    binary outcomes with both values in every group."""
+    rng = random.Random(seed)
+    B = groups * K
+    prompts = [[rng.randrange(vocab) for _ in range(rng.randrange(3, 20))] for _ in range(B)]
+    responses, finish = [], []
+    for i in range(B):
+        body = [rng.randrange(vocab) for _ in range(rng.randrange(0, 14))]
+        if i % 5 == 3:
+            responses.append(body + [rng.randrange(vocab)])
+            finish.append("length")
+        else:
+            responses.append(body + [258])
+            finish.append("stop")
+    outcome = [float(k % 2 == (g % 2)) for g in range(groups) for k in range(K)]
+    return build_train_batch(prompts, responses, [[0.0] * len(r) for r in responses], finish, outcome,
+                             group_size=K, eos_ids=EOS_IDS, pad_id=PAD_ID)
+
+
+def tiny_models(ckpt, config: Config | None = None):
+    config = config or Config()
+    return build_prime_models(config, ckpt), config

@@ -1,0 +1,87 @@
+"""The step's training batch as tensors, identical on every rank.
+
+Rows are responses, the K responses of a prompt contiguous (rows [g*K, (g+1)*K) = group g). Sequences are
+right padded: row i is prompt_i + response_i + padding in `input_ids [B, T]`. Per-token quantities live in
+*response-aligned* tensors `[B, R]` (column j = response token j; R = the longest response): the RLOO,
+PRM and PPO kernels then see only response tokens, and `response_mask [B, R]` is 1 up to and including the
+first EOS (all tokens of a truncated response).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class TrainBatch:
+    input_ids: torch.Tensor            # [B, T] int64, prompt + response, right padded with pad_id
+    attention_mask: torch.Tensor       # [B, T] int64
+    prompt_len: torch.Tensor           # [B] int64
+    response_mask: torch.Tensor        # [B, R] bool
+    outcome: torch.Tensor              # [B] fp32 verifier scores
+    vllm_logp: torch.Tensor            # [B, R] fp32 sampled-token log-probs reported by vLLM (0 on padding)
+    truncated: torch.Tensor            # [B] bool, finish reason "length"
+    group_size: int
+    # filled by the stages
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def seq_tokens(self) -> torch.Tensor:
+        """[B] real tokens per row (prompt + response): the cost of the row in a packed micro-batch."""
+        return self.attention_mask.sum(-1)
+
+    @property
+    def response_len(self) -> torch.Tensor:
+        return self.response_mask.sum(-1)
+
+
+def build_train_batch(prompt_ids: list[list[int]], response_ids: list[list[int]], vllm_logp: list[list[float]],
+                      finish_reasons: list[str], outcome: list[float], *, group_size: int, eos_ids: set[int] | list[int],
+                      pad_id: int) -> TrainBatch:
+    """Tensorize rollouts. The response mask ends at the first stop token in `eos_ids` (inclusive); tokens after it (if the
+    sampler returned any) are masked out. Empty responses get one masked pad column."""
+    B = len(prompt_ids)
+    if not (len(response_ids) == len(vllm_logp) == len(finish_reasons) == len(outcome) == B):
+        raise ValueError("rollout lists must all have one entry per response")
+    if B % group_size != 0:
+        raise ValueError(f"{B} responses is not a whole number of groups of {group_size}")
+    R = max(1, max(len(r) for r in response_ids))
+    T = max(len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True))
+    input_ids = torch.full((B, T), pad_id, dtype=torch.int64)
+    attention = torch.zeros((B, T), dtype=torch.int64)
+    resp_mask = torch.zeros((B, R), dtype=torch.bool)
+    logp = torch.zeros((B, R), dtype=torch.float32)
+    for i, (p, r, lp) in enumerate(zip(prompt_ids, response_ids, vllm_logp, strict=True)):
+        if len(lp) != len(r):
+            raise ValueError(f"response {i}: {len(r)} tokens but {len(lp)} log-probs")
+        n = len(r)
+        stops = [k for k, tok in enumerate(r) if tok in eos_ids]
+        if stops:
+            n = stops[0] + 1
+        seq = p + r
+        input_ids[i, :len(seq)] = torch.tensor(seq, dtype=torch.int64)
+        attention[i, :len(p) + n] = 1
+        resp_mask[i, :n] = True
+        logp[i, :n] = torch.tensor(lp[:n], dtype=torch.float32)
+    return TrainBatch(
+        input_ids=input_ids, attention_mask=attention,
+        prompt_len=torch.tensor([len(p) for p in prompt_ids], dtype=torch.int64),
+        response_mask=resp_mask, outcome=torch.tensor(outcome, dtype=torch.float32), vllm_logp=logp,
+        truncated=torch.tensor([f == "length" for f in finish_reasons]), group_size=group_size)
+
+
+def response_columns(logp_BT1: torch.Tensor, prompt_len_B: torch.Tensor, response_mask_BR: torch.Tensor) -> torch.Tensor:
+    """Gather the response tokens' log-probs out of `sequence_logprobs` output ([B, T-1], column t scores
+    token t+1) into response-aligned [B, R]: response token j of row i is scored at column P_i - 1 + j.
+    Masked positions are exactly 0 (they may index past the row's sequence)."""
+    B, R = response_mask_BR.shape
+    cols_BR = (prompt_len_B[:, None] - 1 + torch.arange(R)[None, :]).clamp(max=logp_BT1.shape[1] - 1)
+    gathered = torch.gather(logp_BT1, 1, cols_BR.to(logp_BT1.device))
+    return torch.where(response_mask_BR.to(gathered.device), gathered, torch.zeros((), dtype=gathered.dtype,
+                                                                                    device=gathered.device))

@@ -1,0 +1,98 @@
+"""`primeflow sft`: supervised warm-start, cross-entropy on prompt -> response pairs with the prompt masked.
+
+Runs on the same Megatron models, packing and gradient machinery as the PRIME trainer (and therefore under
+torchrun with TP/DP the same way). The embedded default run uses it to turn a random tiny model into a
+starting policy that lands in the accuracy band PRIME's filter keeps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from . import parallel
+from .batch import TrainBatch, build_train_batch
+from .config import OptimConfig, SFTConfig
+from .models_setup import load_model, make_optimizer
+from .stages.logprobs import forward_rows, micro_batch_plan
+from .stages.optim_step import minibatch_step
+
+
+def tokenize_pairs(tokenizer, pairs: list[tuple[list[dict], str]]) -> tuple[list[list[int]], list[list[int]]]:
+    """Prompt ids (chat template with the generation prompt) and response ids ending with the chat's
+    end-of-turn token (what the policy must learn to emit so that vLLM stops)."""
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if end_of_turn is None or end_of_turn == tokenizer.unk_token_id:
+        end_of_turn = tokenizer.eos_token_id
+    prompts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=False)
+               for m, _ in pairs]
+    responses = [tokenizer.encode(r, add_special_tokens=False) + [end_of_turn] for _, r in pairs]
+    return prompts, responses
+
+
+def sft_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> TrainBatch:
+    zeros = [[0.0] * len(r) for r in responses]
+    return build_train_batch(prompts, responses, zeros, ["stop"] * len(prompts), [0.0] * len(prompts),
+                             group_size=1, eos_ids=set(), pad_id=pad_id)
+
+
+def run_sft(base: str | Path, out: str | Path, pairs: list[tuple[list[dict], str]], cfg: SFTConfig, *,
+            seed: int = 0, micro_batch_tokens: int = 4096, log=print) -> Path:
+    """Train `base` (HF dir) on `pairs` for cfg.steps steps of cfg.batch_size examples; export HF to `out`.
+    Needs an initialised parallel layout (trainer.parallel.init_distributed)."""
+    from primeflow.models import export_hf_checkpoint
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    model = load_model(base, role="policy", dtype="float32")
+    optim, sched = make_optimizer(model, OptimConfig(lr=cfg.lr, weight_decay=0.0, warmup_steps=cfg.warmup_steps,
+                                                     grad_clip=1.0))
+    prompts, responses = tokenize_pairs(tokenizer, pairs)
+    order = random.Random(seed)
+    t0 = time.perf_counter()
+    for step in range(1, cfg.steps + 1):
+        pick = [order.randrange(len(pairs)) for _ in range(cfg.batch_size)]
+        batch = sft_batch([prompts[i] for i in pick], [responses[i] for i in pick], tokenizer.pad_token_id)
+        n_tokens = float(batch.response_mask.sum())
+
+        def micro_loss(rows: list[int]) -> torch.Tensor:
+            logp = forward_rows(model, batch, rows)
+            return -(logp * batch.response_mask[rows]).sum() / n_tokens  # token-mean NLL over the batch
+
+        plan = micro_batch_plan(batch, list(range(batch.rows)), micro_batch_tokens)
+        stats = minibatch_step(model, optim, plan, micro_loss, grad_clip=1.0)
+        sched.step()
+        if step == 1 or step % 50 == 0 or step == cfg.steps:
+            log(f"sft step {step}/{cfg.steps}  nll/token {stats['loss']:.4f}  ({time.perf_counter() - t0:.0f} s)")
+    export_hf_checkpoint(model, out)
+    parallel.barrier()
+    return Path(out)
+
+
+def main(argv: list[str]) -> int:
+    """primeflow sft --model HF_DIR --out HF_DIR [--task arithmetic] [--steps N ...]"""
+    parser = argparse.ArgumentParser(prog="primeflow sft", description=__doc__)
+    parser.add_argument("--model", required=True, help="HF checkpoint to start from")
+    parser.add_argument("--out", required=True, help="where to write the fine-tuned HF checkpoint")
+    parser.add_argument("--data", default="arithmetic",
+                        help="'arithmetic' (the built-in task) or a JSONL of {problem, answer} / Eurus rows "
+                             "whose answer becomes the target response '\\boxed{answer}'")
+    parser.add_argument("--steps", type=int, default=SFTConfig.steps)
+    parser.add_argument("--batch-size", type=int, default=SFTConfig.batch_size)
+    parser.add_argument("--lr", type=float, default=SFTConfig.lr)
+    parser.add_argument("--examples", type=int, default=SFTConfig.examples)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tp", type=int, default=1)
+    args = parser.parse_args(argv)
+    from .data_bridge import sft_pairs
+
+    layout = parallel.init_distributed(tp=args.tp)
+    pairs = sft_pairs(args.data, n=args.examples, seed=args.seed)
+    cfg = SFTConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, examples=args.examples)
+    run_sft(args.model, args.out, pairs, cfg, seed=args.seed, log=print if layout.is_rank0 else (lambda *_: None))
+    parallel.shutdown()
+    return 0

@@ -1,0 +1,61 @@
+"""Per-token log-probs of a model on the batch's responses, through packed micro-batches.
+
+Each DP rank computes its share of rows; the results are combined with one SUM all-reduce over the DP
+group (every row is owned by exactly one rank, the others contribute exact zeros), so every rank ends with
+the full [B, R] tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from .. import parallel, packing
+from ..batch import TrainBatch, response_columns
+
+
+def micro_batch_plan(batch: TrainBatch, rows: list[int], budget: int) -> list[list[int]]:
+    lay = parallel.layout()
+    return packing.plan(rows, batch.seq_tokens.tolist(), budget=budget, dp_rank=lay.dp_rank, dp=lay.dp)
+
+
+def forward_rows(model: torch.nn.Module, batch: TrainBatch, rows: list[int], *, temperature: float = 1.0
+                 ) -> torch.Tensor:
+    """fp32 [len(rows), R] response log-probs of `rows` in one packed pass (differentiable under grad mode)."""
+    from primeflow.models import sequence_logprobs
+
+    idx = torch.tensor(rows, dtype=torch.int64)
+    attention = batch.attention_mask[idx]
+    T = int(attention.sum(-1).max())
+    logp_bt1 = sequence_logprobs(model, batch.input_ids[idx, :T], attention_mask=attention[:, :T],
+                                 temperature=temperature)
+    return response_columns(logp_bt1, batch.prompt_len[idx], batch.response_mask[idx])
+
+
+def all_rows_sum(local_BR: torch.Tensor) -> torch.Tensor:
+    if parallel.layout().dp > 1:
+        dist.all_reduce(local_BR, group=parallel.dp_group())
+    return local_BR
+
+
+@torch.no_grad()
+def batch_logprobs(model: torch.nn.Module, batch: TrainBatch, *, budget: int, temperature: float = 1.0
+                   ) -> torch.Tensor:
+    """fp32 [B, R] log-probs of every response token (0 on padding), on every rank."""
+    was_training = model.training
+    model.eval()
+    out = torch.zeros(batch.response_mask.shape, dtype=torch.float32)
+    try:
+        for rows in micro_batch_plan(batch, list(range(batch.rows)), budget):
+            out[rows] = forward_rows(model, batch, rows, temperature=temperature)
+    finally:
+        model.train(was_training)
+    return all_rows_sum(out)
+
+
+def logprob_mismatch(vllm_BR: torch.Tensor, trainer_BR: torch.Tensor, mask_BR: torch.Tensor) -> tuple[float, float]:
+    """Mean and max |logp_vllm - logp_trainer| over response tokens."""
+    diff = (vllm_BR - trainer_BR).abs()[mask_BR]
+    if diff.numel() == 0:
+        return 0.0, 0.0
+    return float(diff.mean()), float(diff.max())

@@ -1,0 +1,62 @@
+"""The PPO-clip policy update (prime_spec 8): rows shuffled into mini-batches (one optimizer step each),
+packed micro-batches, no KL, no entropy bonus. The shuffle is seeded by (train.seed, step), so a resumed run
+takes exactly the same mini-batches."""
+
+from __future__ import annotations
+
+import torch
+
+from primeflow.kernels import ppo_clip_loss
+
+from ..batch import TrainBatch
+from ..config import Config
+from ..models_setup import PrimeModels
+from .logprobs import all_rows_sum, forward_rows, micro_batch_plan
+from .optim_step import MicroLoss, chunks, minibatch_step
+
+
+def _normaliser(batch: TrainBatch, rows: list[int], agg: str) -> float:
+    """The count the loss is averaged over (tokens, or responses with tokens) among `rows`."""
+    n_tokens_B = batch.response_mask[rows].sum(-1)
+    return float(n_tokens_B.sum() if agg == "token-mean" else (n_tokens_B > 0).sum())
+
+
+def ppo_micro_loss(policy: torch.nn.Module, batch: TrainBatch, config: Config, minibatch_rows: list[int],
+                   clip_counter: torch.Tensor | None = None) -> MicroLoss:
+    """The micro-batch loss share for a mini-batch: ppo_clip_loss on the micro-batch times
+    (micro-batch count / mini-batch count) of the aggregation's unit, so shares sum to the mini-batch loss."""
+    ppo = config.ppo
+    old, adv, mask = batch.extra["old_logp"], batch.extra["advantages"], batch.response_mask
+    total = max(_normaliser(batch, minibatch_rows, ppo.agg), 1.0)
+
+    def micro_loss(micro: list[int]) -> torch.Tensor:
+        logp = forward_rows(policy, batch, micro, temperature=config.rollout.temperature)
+        loss, stats = ppo_clip_loss(logp, old[micro], adv[micro], mask[micro], clip=ppo.clip, agg=ppo.agg,
+                                    return_stats=True)
+        if clip_counter is not None:
+            clip_counter.add_(float(stats.clipfrac) * float(mask[micro].sum()))
+        return loss * (_normaliser(batch, micro, ppo.agg) / total)
+
+    return micro_loss
+
+
+def policy_stage(models: PrimeModels, batch: TrainBatch, config: Config, *, step: int) -> dict[str, float]:
+    ppo = config.ppo
+    gen = torch.Generator().manual_seed(config.train.seed * 1_000_003 + step)
+    losses, norms = [], []
+    clipped = torch.zeros(1, dtype=torch.float64)
+    for _ in range(ppo.epochs):
+        order = torch.randperm(batch.rows, generator=gen).tolist()
+        for rows in chunks(order, ppo.mini_batch_size):
+            plan = micro_batch_plan(batch, rows, config.train.micro_batch_tokens)
+            loss_fn = ppo_micro_loss(models.policy, batch, config, rows, clipped)
+            stats = minibatch_step(models.policy, models.policy_optim, plan, loss_fn, grad_clip=ppo.optim.grad_clip)
+            losses.append(stats["loss"])
+            norms.append(stats["grad_norm"])
+    models.policy_sched.step()
+    clipped = all_rows_sum(clipped)  # per-rank clip counts, summed over DP
+    return {
+        "pg_loss": sum(losses) / len(losses),
+        "pg_clipfrac": float(clipped[0]) / max(float(batch.response_mask.sum()) * ppo.epochs, 1.0),
+        "policy_grad_norm": sum(norms) / len(norms),
+    }

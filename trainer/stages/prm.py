@@ -1,0 +1,86 @@
+"""The implicit PRM stage (prime_spec 3-4): reference log-probs, PRM log-probs, the token rewards
+r_t = beta * (log pi_phi - log pi_ref), and the online PRM update with the CE loss on outcome labels.
+
+Update modes (prm.update): `after` (single forward, the paper's and PRIME's default: each PRM mini-batch's
+rewards come from the PRM before that mini-batch's optimizer step), `before` (double forward: update on the
+whole batch, then score with the updated PRM), `none` (offline PRM, no update).
+PRM mini-batches are contiguous slices of the batch in row order (PRIME does not shuffle them).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from primeflow.kernels import prm_ce_loss, prm_pairwise_accuracy
+
+from ..batch import TrainBatch
+from ..config import Config
+from ..models_setup import PrimeModels
+from .logprobs import all_rows_sum, batch_logprobs, forward_rows, micro_batch_plan
+from .optim_step import chunks, minibatch_step
+
+
+def reference_logprobs(models: PrimeModels, batch: TrainBatch, config: Config) -> torch.Tensor:
+    """[B, R] log pi_ref: the frozen SFT copy, or the policy's old log-probs (ref_type=policy)."""
+    if config.prime.ref_type == "policy":
+        return batch.extra["old_logp"]
+    return batch_logprobs(models.ref, batch, budget=config.train.micro_batch_tokens)
+
+
+def _update(models: PrimeModels, batch: TrainBatch, ref_BR: torch.Tensor, config: Config,
+            record_BR: torch.Tensor | None) -> list[float]:
+    """PRM optimizer steps over the batch; writes this rank's pre-step PRM log-probs into `record_BR`."""
+    mask, beta = batch.response_mask, config.prime.beta
+    losses = []
+    for rows in chunks(list(range(batch.rows)), config.prm.mini_batch_size):
+        def micro_loss(micro: list[int], n_rows: int = len(rows)) -> torch.Tensor:
+            prm_logp = forward_rows(models.prm, batch, micro)
+            if record_BR is not None:
+                record_BR[micro] = prm_logp.detach()
+            loss = prm_ce_loss(prm_logp, ref_BR[micro], mask[micro], batch.outcome[micro], beta=beta)
+            return loss * (len(micro) / n_rows)  # CE is a mean over responses of the mini-batch
+
+        plan = micro_batch_plan(batch, rows, config.train.micro_batch_tokens)
+        stats = minibatch_step(models.prm, models.prm_optim, plan, micro_loss, grad_clip=config.prm.optim.grad_clip)
+        losses.append(stats["loss"])
+    models.prm_sched.step()
+    return losses
+
+
+def token_rewards(prm_BR: torch.Tensor, ref_BR: torch.Tensor, mask_BR: torch.Tensor, *, beta: float,
+                  granularity: str) -> torch.Tensor:
+    """fp32 [B, R]: beta * log-ratio on every valid token (`token`), or its sum on the last valid token
+    (`whole`). Both inputs are fp32 log-probs accumulated in fp32, so the difference is exact to fp32."""
+    q_BR = torch.where(mask_BR, prm_BR - ref_BR, 0.0)
+    if granularity == "token":
+        return beta * q_BR
+    last_B = mask_BR.sum(-1).clamp(min=1) - 1
+    whole = torch.zeros_like(q_BR)
+    whole.scatter_(1, last_B[:, None], beta * q_BR.sum(-1, keepdim=True))
+    return torch.where(mask_BR, whole, 0.0)
+
+
+def prm_stage(models: PrimeModels, batch: TrainBatch, config: Config) -> dict[str, float]:
+    """Sets batch.extra["token_rewards"] ([B, R] fp32); returns prm_loss, prm_acc, prm_acc_before."""
+    ref_BR = reference_logprobs(models, batch, config)
+    budget, mode = config.train.micro_batch_tokens, config.prm.update
+    losses: list[float] = []
+    if mode == "after":
+        record = torch.zeros(batch.response_mask.shape, dtype=torch.float32)
+        losses = _update(models, batch, ref_BR, config, record)
+        prm_BR = all_rows_sum(record)
+    else:
+        if mode == "before":
+            losses = _update(models, batch, ref_BR, config, None)
+        prm_BR = batch_logprobs(models.prm, batch, budget=budget)
+    rewards = token_rewards(prm_BR, ref_BR, batch.response_mask, beta=config.prime.beta,
+                            granularity=config.prime.granularity)
+    batch.extra["ref_logp"], batch.extra["prm_logp"], batch.extra["token_rewards"] = ref_BR, prm_BR, rewards
+    with torch.no_grad():
+        monitor = float(prm_ce_loss(prm_BR, ref_BR, batch.response_mask, batch.outcome, beta=config.prime.beta))
+        acc = float(prm_pairwise_accuracy(rewards, batch.response_mask, batch.outcome, group_size=batch.group_size))
+    return {
+        # the training loss of the update (mean over PRM mini-batches); `none` reports the CE of the scores
+        "prm_loss": sum(losses) / len(losses) if losses else monitor,
+        "prm_acc": acc,
+    }
