@@ -42,10 +42,10 @@ class TrainBatch:
 
 
 def build_train_batch(prompt_ids: list[list[int]], response_ids: list[list[int]], vllm_logp: list[list[float]],
-                      finish_reasons: list[str], outcome: list[float], *, group_size: int, eos_ids: set[int] | list[int],
-                      pad_id: int) -> TrainBatch:
-    """Tensorize rollouts. The response mask ends at the first stop token in `eos_ids` (inclusive); tokens after it (if the
-    sampler returned any) are masked out. Empty responses get one masked pad column."""
+                      finish_reasons: list[str], outcome: list[float], *, group_size: int,
+                      eos_ids: set[int] | list[int], pad_id: int) -> TrainBatch:
+    """Tensorize rollouts. The response mask ends at the first stop token in `eos_ids` (inclusive); tokens
+    after it (if the sampler returned any) are masked out. Empty responses get one masked pad column."""
     B = len(prompt_ids)
     if not (len(response_ids) == len(vllm_logp) == len(finish_reasons) == len(outcome) == B):
         raise ValueError("rollout lists must all have one entry per response")
@@ -76,7 +76,8 @@ def build_train_batch(prompt_ids: list[list[int]], response_ids: list[list[int]]
         truncated=torch.tensor([f == "length" for f in finish_reasons]), group_size=group_size)
 
 
-def response_columns(logp_BT1: torch.Tensor, prompt_len_B: torch.Tensor, response_mask_BR: torch.Tensor) -> torch.Tensor:
+def response_columns(logp_BT1: torch.Tensor, prompt_len_B: torch.Tensor,
+                     response_mask_BR: torch.Tensor) -> torch.Tensor:
     """Gather the response tokens' log-probs out of `sequence_logprobs` output ([B, T-1], column t scores
     token t+1) into response-aligned [B, R]: response token j of row i is scored at column P_i - 1 + j.
     Masked positions are exactly 0 (they may index past the row's sequence)."""

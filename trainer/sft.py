@@ -59,7 +59,7 @@ def run_sft(base: str | Path, out: str | Path, pairs: list[tuple[list[dict], str
         batch = sft_batch([prompts[i] for i in pick], [responses[i] for i in pick], tokenizer.pad_token_id)
         n_tokens = float(batch.response_mask.sum())
 
-        def micro_loss(rows: list[int]) -> torch.Tensor:
+        def micro_loss(rows: list[int], batch: TrainBatch = batch, n_tokens: float = n_tokens) -> torch.Tensor:
             logp = forward_rows(model, batch, rows)
             return -(logp * batch.response_mask[rows]).sum() / n_tokens  # token-mean NLL over the batch
 
