@@ -1,0 +1,116 @@
+"""Rank-0 console output of a run: a rich progress bar per stage, one summary line per step, a final table.
+
+On every other rank (and with enabled=False) every method does nothing, so the loop calls them
+unconditionally. Output goes to a rich Console (stdout by default); without a terminal (CI, log files) there are no
+progress bars, only the step lines and the table.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+# (metric key, column / summary label, format) for the per-step line and the final table.
+SUMMARY_KEYS: tuple[tuple[str, str, str], ...] = (
+    ("outcome_acc", "acc", "{:.3f}"),
+    ("filter_kept_frac", "kept", "{:.2f}"),
+    ("prm_loss", "prm_loss", "{:.4f}"),
+    ("prm_acc", "prm_acc", "{:.3f}"),
+    ("pg_loss", "pg_loss", "{:+.4f}"),
+    ("pg_clipfrac", "clip", "{:.3f}"),
+    ("logprob_mismatch", "lp_mis", "{:.2e}"),
+    ("response_len", "len", "{:.1f}"),
+    ("tokens_per_s", "tok/s", "{:.0f}"),
+)
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def _fmt(value: Any, spec: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return spec.format(value)
+
+
+class _Bar:
+    """Handle of one stage's progress bar: `advance(n)`, `update(total=...)`."""
+
+    def __init__(self, progress=None, task=None):
+        self._progress, self._task = progress, task
+
+    def advance(self, n: float = 1) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, n)
+
+    def update(self, **kwargs) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, **kwargs)
+
+
+class RunConsole:
+    """Console output for one run; silent unless this is rank 0 (or `enabled` says otherwise)."""
+
+    def __init__(self, *, total_steps: int | None = None, enabled: bool | None = None, console=None):
+        self.enabled = _rank() == 0 if enabled is None else enabled
+        self.total_steps = total_steps
+        self._console = None
+        if self.enabled:
+            from rich.console import Console
+
+            self._console = console or Console()
+
+    @contextmanager
+    def stage(self, name: str, total: float | None = None) -> Iterator[_Bar]:
+        """A progress bar for one stage (`total` units, e.g. prompts or micro-batches); removed when done."""
+        if not self.enabled or not self._console.is_terminal:  # no live bars in log files / CI output
+            yield _Bar()
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=self._console, transient=True) as progress:
+            yield _Bar(progress, progress.add_task(name, total=total))
+
+    def print(self, message: str) -> None:
+        if self.enabled:
+            self._console.print(message, highlight=False, markup=False, soft_wrap=True)
+
+    def step_line(self, step: int, metrics: Mapping[str, Any]) -> str:
+        """The one-line summary of a step (also what `step_summary` prints)."""
+        total = f"/{self.total_steps}" if self.total_steps is not None else ""
+        parts = [f"step {step}{total}"]
+        parts += [f"{label} {_fmt(metrics[key], spec)}" for key, label, spec in SUMMARY_KEYS if key in metrics]
+        times = [v for k, v in metrics.items() if k.startswith("time/") and v is not None]
+        if times:
+            parts.append(f"{sum(times):.1f}s")
+        return " | ".join(parts)
+
+    def step_summary(self, step: int, metrics: Mapping[str, Any]) -> None:
+        self.print(self.step_line(step, metrics))
+
+    def final_table(self, records: Sequence[Mapping[str, Any]], *, title: str = "PRIME run summary") -> None:
+        """A table of the key metrics per step (records as logged / as read from metrics.jsonl)."""
+        if not self.enabled or not records:
+            return
+        from rich.table import Table
+
+        present = [(k, label, spec) for k, label, spec in SUMMARY_KEYS if any(k in r for r in records)]
+        table = Table(title=title)
+        table.add_column("step", justify="right")
+        for _, label, _ in present:
+            table.add_column(label, justify="right")
+        table.add_column("time (s)", justify="right")
+        for r in records:
+            times = [v for k, v in r.items() if k.startswith("time/") and v is not None]
+            table.add_row(str(r["step"]), *[_fmt(r.get(k), spec) for k, _, spec in present],
+                          f"{sum(times):.1f}" if times else "-")
+        self._console.print(table)

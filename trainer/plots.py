@@ -1,0 +1,93 @@
+"""plot_curves: the run's curves.png from metrics.jsonl (outcome accuracy, PRM loss / accuracy, response
+length, stacked stage times). Uses matplotlib's Agg canvas directly (no pyplot global state, no display).
+A panel whose keys are absent says so instead of failing: a run without a PRM (outcome-only RLOO) or an
+early crash still gets a picture."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .metrics_log import read_metrics
+
+STAGE_ORDER = ("time/rollout", "time/verify", "time/old_logp", "time/prm", "time/advantage", "time/policy",
+               "time/refit")
+
+
+def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
+    pts = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+    return [p[0] for p in pts], [float(p[1]) for p in pts]
+
+
+def _no_data(ax, keys: str) -> None:
+    ax.text(0.5, 0.5, f"no data ({keys})", ha="center", va="center", transform=ax.transAxes, color="gray")
+
+
+def plot_curves(metrics_jsonl: str | os.PathLike, out_png: str | os.PathLike) -> Path:
+    """Write a 2x2 figure of the run's curves to `out_png` (atomically); returns its path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    records = read_metrics(metrics_jsonl)
+    fig = Figure(figsize=(11, 7.5), dpi=100)
+    FigureCanvasAgg(fig)
+    (ax_acc, ax_prm), (ax_len, ax_time) = fig.subplots(2, 2)
+
+    drew = False
+    for key, label in (("outcome_acc", "outcome accuracy"), ("filter_kept_frac", "filter kept fraction")):
+        x, y = _series(records, key)
+        if x:
+            ax_acc.plot(x, y, marker="o", ms=3, label=label)
+            drew = True
+    ax_acc.set_title("outcome accuracy")
+    ax_acc.set_ylim(-0.02, 1.02)
+    ax_acc.legend(loc="best", fontsize=8) if drew else _no_data(ax_acc, "outcome_acc")
+
+    x, y = _series(records, "prm_loss")
+    if x:
+        ax_prm.plot(x, y, color="tab:red", marker="o", ms=3, label="prm_loss")
+        ax_prm.set_ylabel("PRM loss", color="tab:red")
+    x2, y2 = _series(records, "prm_acc")
+    if x2:
+        twin = ax_prm.twinx()
+        twin.plot(x2, y2, color="tab:blue", marker="s", ms=3, label="prm_acc")
+        twin.set_ylabel("PRM pairwise accuracy", color="tab:blue")
+        twin.set_ylim(-0.02, 1.02)
+    if not x and not x2:
+        _no_data(ax_prm, "prm_loss, prm_acc")
+    ax_prm.set_title("PRM loss / accuracy")
+
+    x, y = _series(records, "response_len")
+    ax_len.plot(x, y, color="tab:green", marker="o", ms=3) if x else _no_data(ax_len, "response_len")
+    ax_len.set_title("mean response length (tokens)")
+
+    keys = [k for k in STAGE_ORDER if any(r.get(k) is not None for r in records)]
+    keys += sorted({k for r in records for k in r if k.startswith("time/") and k not in keys})
+    steps = [r["step"] for r in records if any(r.get(k) is not None for k in keys)]
+    if keys and steps:
+        by_step = {r["step"]: r for r in records}
+        stacks = [[float(by_step[s].get(k) or 0.0) for s in steps] for k in keys]
+        ax_time.stackplot(steps, stacks, labels=[k.removeprefix("time/") for k in keys])
+        ax_time.legend(loc="upper left", fontsize=7, ncol=2)
+        ax_time.set_ylabel("seconds")
+    else:
+        _no_data(ax_time, "time/*")
+    ax_time.set_title("stage times per step (stacked)")
+
+    for ax in (ax_acc, ax_prm, ax_len, ax_time):
+        ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{Path(metrics_jsonl).parent.name}: {len(records)} step(s)")
+    fig.tight_layout()
+
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        fig.savefig(f, format="png")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out)
+    return out
