@@ -1,0 +1,55 @@
+"""primeflow.trainer.data: prompts in, batches out (issue 7, items 2 and 3's filter/refill).
+
+- ``load_prompts(path, on_error="raise"|"skip") -> LoadedPrompts``: JSONL / parquet rows in the
+  Eurus-2-RL-Data schema or simple ``{problem, answer}`` / ``{problem, tests}`` rows -> ``PromptRecord``s;
+  malformed rows raise naming file and line, or are skipped and listed.
+- ``apply_prime_suffix(record, system_prompt=...)``, ``PRIME_SYSTEM_PROMPT``, ``MATH_SUFFIX``,
+  ``CODE_SUFFIX``: PRIME's prompt format (prime_spec.md 5.1).
+- ``arithmetic_task`` / ``arithmetic_sft_pairs``: the built-in synthetic task of the embedded default.
+- ``encode_prompts(tokenizer, records, max_prompt_len=...)``, ``drop_long_prompts``, ``encode_sft_pair``:
+  token ids through the chat template.
+- ``PromptLoader``: seeded epochs, fixed fetch size, the refill buffer, exact state_dict round trip.
+- ``filter_groups(scores, group_size, low=0.2, high=0.8)``: the inclusive, float-safe accuracy filter.
+- ``assemble_step`` / ``BatchAssembler``: PRIME's fill-until-full batch assembly with requeue of the
+  surplus prompts; the trainer provides generation + verification as a callback returning ``GroupResults``.
+"""
+
+from .arithmetic import ArithmeticProblem, arithmetic_problems, arithmetic_response, arithmetic_sft_pairs, arithmetic_task
+from .assembly import AssembledBatch, BatchAssembler, FilterStarvationError, GenerateAndScore, GroupResults, assemble_step
+from .encode import drop_long_prompts, encode_prompts, encode_sft_pair, prompt_ids
+from .filtering import BOUND_TOL, filter_groups, group_means
+from .loader import PromptLoader, epoch_permutation
+from .prompt_format import CODE_SUFFIX, MATH_SUFFIX, PRIME_SYSTEM_PROMPT, apply_prime_suffix, suffix_for
+from .records import LoadedPrompts, PromptRecord, load_prompts, record_from_row
+
+__all__ = [
+    "BOUND_TOL",
+    "CODE_SUFFIX",
+    "MATH_SUFFIX",
+    "PRIME_SYSTEM_PROMPT",
+    "ArithmeticProblem",
+    "AssembledBatch",
+    "BatchAssembler",
+    "FilterStarvationError",
+    "GenerateAndScore",
+    "GroupResults",
+    "LoadedPrompts",
+    "PromptLoader",
+    "PromptRecord",
+    "apply_prime_suffix",
+    "arithmetic_problems",
+    "arithmetic_response",
+    "arithmetic_sft_pairs",
+    "arithmetic_task",
+    "assemble_step",
+    "drop_long_prompts",
+    "encode_prompts",
+    "encode_sft_pair",
+    "epoch_permutation",
+    "filter_groups",
+    "group_means",
+    "load_prompts",
+    "prompt_ids",
+    "record_from_row",
+    "suffix_for",
+]
