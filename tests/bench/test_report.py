@@ -1,0 +1,211 @@
+"""bench/report.py renders synthetic results into the right tables, ratios and plots.
+
+The fixtures are written here with fresh random timings and memory figures, and every expected number
+is computed in the test from those inputs (not by the report's code): the speedups, memory ratios,
+achieved throughput and % of a limit, scaling slopes, step-breakdown sums and the learning-efficiency
+crossing step. Missing optional sections and unreadable files must not break the report.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _bench(module: str):
+    """Import bench.<module> from the checkout (the repo root is not on sys.path under importlib mode and
+    must not be: its kernels/ folder would shadow HF's `kernels`)."""
+    package = sys.modules.get("bench")
+    if package is None or Path(getattr(package, "__file__", "") or "").resolve() != ROOT / "bench" / "__init__.py":
+        spec = importlib.util.spec_from_file_location("bench", ROOT / "bench" / "__init__.py",
+                                                      submodule_search_locations=[str(ROOT / "bench")])
+        package = importlib.util.module_from_spec(spec)
+        sys.modules["bench"] = package
+        spec.loader.exec_module(package)
+    return importlib.import_module(f"bench.{module}")
+
+
+def _tables(markdown: str) -> list[list[str]]:
+    """Every markdown table line except the |---| separators, as a list of cells."""
+    return [[c.strip() for c in line.strip().strip("|").split(" | ")]
+            for line in markdown.splitlines() if line.startswith("| ")]
+
+
+def _row(markdown: str, *cells: str) -> list[str]:
+    matches = [r for r in _tables(markdown) if all(c in r for c in cells)]
+    assert len(matches) == 1, f"expected one table row with {cells}, found {matches}"
+    return matches[0]
+
+
+def _g(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def _bench_entry(name: str, group: str | None, median: float, info: dict, module: str) -> dict:
+    return {"group": group, "name": name, "fullname": f"bench/{module}.py::{name}",
+            "stats": {"median": median, "min": median * 0.9, "mean": median, "rounds": 3}, "extra_info": info}
+
+
+def _write(path: Path, data) -> Path:
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.fixture
+def rng(seed) -> random.Random:
+    return random.Random(seed)
+
+
+def test_kernel_table_ratios_throughput_and_limit(tmp_path, rng):
+    report = _bench("report")
+    n, v = rng.randrange(1000, 5000), rng.randrange(10_000, 200_000)
+    t = {"eager": rng.uniform(1, 5), "compile": rng.uniform(0.5, 2), "primeflow": rng.uniform(0.1, 1)}
+    mem = {"eager": rng.randrange(10**8, 10**9), "compile": rng.randrange(10**6, 10**8),
+           "primeflow": rng.randrange(10**5, 10**6)}
+    copy_gbps = rng.uniform(5, 30)
+    group = f"forward fp32 N={n} V={v}"
+    benches = [_bench_entry(f"test_forward[fp32-{p}]", group, t[p],
+                            {"provider": p, "peak_extra_bytes": mem[p], "threads": 2}, "bench_token_logprobs")
+               for p in t]
+    _write(tmp_path / "tok.json", {"benchmarks": benches, "machine_info": {"cpu": {"brand_raw": "TestCPU"}},
+                                   "commit_info": {"id": "abc1234def"}, "datetime": "2026-01-01T00:00:00",
+                                   "command": "PRIMEFLOW_BENCH_N=7 .venv/bin/pytest bench/bench_token_logprobs.py",
+                                   "hardware": {"device": "cpu", "mem_GBps": copy_gbps, "fp32_GFLOPs": 100.0}})
+    text = report.build_report(tmp_path, tmp_path / "out" / "REPORT.md")
+
+    assert "Command: `PRIMEFLOW_BENCH_N=7 .venv/bin/pytest bench/bench_token_logprobs.py`" in text
+    for peer in ("eager", "compile"):
+        row = _row(text, peer, group)
+        assert row[-2] == _g(t[peer] / t["primeflow"]) + "x"  # primeflow speedup vs this
+        assert row[-1] == _g(mem["primeflow"] / mem[peer]) + "x"  # memory primeflow / this
+    ours = _row(text, "**primeflow**", group)
+    bandwidth = n * v * 4 / t["primeflow"]  # fp32 logits read once
+    assert ours[4] == f"{_g(bandwidth / 1e9)} GB/s"
+    assert ours[5] == f"{100 * bandwidth / (copy_gbps * 1e9):.1f} %"
+    assert ours[-2:] == ["—", "—"]
+    assert (tmp_path / "out" / "REPORT.md").read_text() == text
+    plots = list((tmp_path / "plots").glob("*.png"))
+    assert plots and all(p.read_bytes()[:8] == PNG for p in plots)
+    assert "](../plots/" in text  # linked relative to the report
+
+
+def test_paired_rows_gpu_limit_and_flops(tmp_path, rng):
+    """Paired extra_info becomes one row per provider; a bf16 CUDA row is rated against 989 TFLOP/s."""
+    report = _bench("report")
+    n, h, v = 4096, 3584, 152064
+    wall = {"compile": rng.uniform(0.05, 0.2), "primeflow": rng.uniform(0.02, 0.1)}
+    info = {f"{p}_wall_s": s for p, s in wall.items()} | {f"{p}_cpu_s": s for p, s in wall.items()}
+    info.update(N=n, H=h, V=v, device="cuda", dtype="torch.bfloat16")
+    group = f"linear_token_logprobs paired forward cuda N={n} H={h} V={v}"
+    fwd = rng.uniform(0.03, 0.08)
+    benches = [_bench_entry("test_paired_vs_compile[forward]", group, 0.0, info, "bench_linear_logprobs"),
+               _bench_entry("test_forward[primeflow]", None, fwd,
+                            {"provider": "primeflow", "N": n, "H": h, "V": v, "device": "cuda",
+                             "dtype": "torch.bfloat16", "peak_extra_bytes": 123}, "bench_linear_logprobs")]
+    _write(tmp_path / "gpu.json", {"benchmarks": benches,
+                                   "primeflow_environment": {"device_name": "NVIDIA H100 80GB HBM3"}})
+    text = report.build_report(tmp_path, tmp_path / "REPORT.md")
+    case = f"paired forward cuda N={n} H={h} V={v}"
+    assert _row(text, case, "compile")[-2] == _g(wall["compile"] / wall["primeflow"]) + "x"
+    tflops = 2 * n * h * v / fwd
+    row = _row(text, f"forward N={n} H={h} V={v}", "**primeflow**")
+    assert row[4] == f"{_g(tflops / 1e12)} TFLOP/s"
+    assert row[5] == f"{100 * tflops / 989e12:.1f} %"
+    assert "vendor figure for H100" in text
+
+
+def test_scaling_slopes_tables_and_plots(tmp_path, rng):
+    """Eager's peak grows as 8 B per logit element (two fp32 [N, V] tensors), ours as c0 + b*N: the fitted
+    per-element slopes and the per-point ratio must come out of the report."""
+    scaling = _bench("report_scaling")
+    report = _bench("report")
+    b_row, c0 = rng.randrange(8, 64), rng.randrange(2**20, 2**24)
+    points = []
+    for sweep, shapes in (("N", [(n, 32768) for n in (256, 512, 1024, 2048)]),
+                          ("V", [(1024, v) for v in (8192, 16384, 65536)])):
+        for n, v in shapes:
+            for provider, peak in (("eager", 8 * n * v), ("primeflow", c0 + b_row * n)):
+                points.append(dict(op="linear_token_logprobs", kind="forward", sweep=sweep, N=n, V=v, H=64,
+                                   provider=provider, seconds=rng.uniform(0.1, 1), cpu_seconds=0.5,
+                                   peak_extra_bytes=peak, peak_extra_beyond_gradients=peak, flops=2 * n * 64 * v,
+                                   load1=1.0))
+    points.append(dict(op="linear_token_logprobs", kind="forward", sweep="N", N=8192, V=32768, H=64,
+                       provider="eager", skipped="wall-clock budget spent"))
+    _write(tmp_path / "scal.json", {"kind": "scaling", "command": "python -m bench.bench_scaling", "points": points,
+                                    "hardware": {"device": "cpu", "mem_GBps": 10.0, "fp32_GFLOPs": 50.0}})
+    fits = {f["provider"]: f for f in scaling.fits(points)}
+    assert fits["eager"]["per_element_N"] == pytest.approx(8.0)
+    assert fits["eager"]["per_element_V"] == pytest.approx(8.0)
+    assert fits["primeflow"]["slope_N"] == pytest.approx(b_row)
+    assert fits["primeflow"]["slope_V"] == pytest.approx(0.0, abs=1e-6)
+    text = report.build_report(tmp_path, tmp_path / "REPORT.md")
+    eager = next(p for p in points if p["provider"] == "eager" and p["N"] == 2048)
+    ours = next(p for p in points if p["provider"] == "primeflow" and p["N"] == 2048)
+    row = _row(text, "2048", "32768")
+    assert row[4] == _g(eager["seconds"] / ours["seconds"]) + "x"
+    assert row[9] == _g(ours["peak_extra_bytes"] / eager["peak_extra_bytes"]) + "x"
+    assert "Skipped 1 point(s): wall-clock budget spent" in text
+    assert (tmp_path / "plots" / "scal_linear_token_logprobs_forward.png").read_bytes()[:8] == PNG
+
+
+def test_step_breakdown_and_learning_efficiency(tmp_path, rng):
+    report = _bench("report")
+    stages = ["time/rollout", "time/verify", "time/old_logprobs", "time/prm", "time/advantage", "time/update",
+              "time/refit"]
+    modes = {m: {s: rng.uniform(0.1, 10) for s in stages} | {"tokens": rng.randrange(10**4, 10**5)}
+             for m in ("prime", "rloo")}
+    del modes["rloo"]["time/prm"]  # outcome-only RLOO has no PRM stage
+    _write(tmp_path / "step_breakdown_cpu.json",
+           {"kind": "step_breakdown", "command": "primeflow bench step", "gpus": 2, "config": {"K": 4},
+            "modes": modes})
+    step_at = rng.randrange(3, 8)  # PRIME reaches RLOO's final accuracy here
+    rloo_final = 0.5
+    curves = {"prime": {}, "rloo": {}}
+    for seed in (0, 1, 2):
+        curves["rloo"][str(seed)] = [[s, 10.0 * s, rloo_final * s / 10] for s in range(1, 11)]
+        curves["prime"][str(seed)] = [[s, 12.0 * s, 0.6 if s >= step_at else 0.1] for s in range(1, 11)]
+    _write(tmp_path / "learning_efficiency.json",
+           {"command": "primeflow bench learning", "seeds": [0, 1, 2], "curves": curves})
+    text = report.build_report(tmp_path, tmp_path / "REPORT.md")
+
+    total = {m: sum(v for k, v in modes[m].items() if k.startswith("time/")) for m in modes}
+    step = _row(text, "**step**")
+    assert step[1:] == [f"{total['prime']:.3f}", f"{total['rloo']:.3f}", _g(total["prime"] / total["rloo"]) + "x"]
+    assert _row(text, "prm")[2] == "—"
+    per_gpu = _row(text, "tokens/s/GPU")
+    assert per_gpu[1] == f"{modes['prime']['tokens'] / total['prime'] / 2:.1f}"
+    prime = _row(text, "prime", "10")
+    assert prime[4] == str(step_at)
+    assert prime[5] == f"{100 * step_at / 10:.1f} %"
+    assert _row(text, "rloo", "10")[4] == "10"  # the baseline reaches its own final accuracy at its end
+    assert (tmp_path / "plots" / "step_breakdown_cpu.png").read_bytes()[:8] == PNG
+    assert (tmp_path / "plots" / "learning_efficiency.png").read_bytes()[:8] == PNG
+
+
+def test_optional_sections_missing_and_bad_files(tmp_path):
+    report = _bench("report")
+    (tmp_path / "broken.json").write_text("{not json")
+    _write(tmp_path / "refit_like.json", {"weights_gb": 1.5, "seconds": 2.0})
+    text = report.build_report(tmp_path, tmp_path / "REPORT.md")
+    for title in ("PRIME step breakdown vs outcome-only RLOO", "Learning efficiency: PRIME vs outcome-only RLOO",
+                  "Scaling on CPU: time and memory vs N and V"):
+        section = text.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
+        assert "No results yet" in section
+    assert "broken.json: not readable JSON" in text
+    assert "| weights_gb | 1.5 |" in text
+
+
+def test_cli_rejects_missing_results_dir(tmp_path, capsys):
+    report = _bench("report")
+    with pytest.raises(SystemExit):
+        report.main(["--results", str(tmp_path / "nope"), "--out", str(tmp_path / "R.md")])
+    assert "is not a directory" in capsys.readouterr().err
