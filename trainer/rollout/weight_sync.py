@@ -1,0 +1,306 @@
+"""Megatron policy shards -> HF-named full tensors, streamed in buckets (the refit's data path).
+
+Plan. Every Megatron parameter of this pipeline stage becomes a `_Unit`: how its TP shards join (dimension,
+or replicated) and which HF tensors it turns into (linear_qkv -> q/k/v_proj, linear_fc1 -> gate/up_proj,
+vocab rows trimmed to the real vocabulary; the layouts are those of primeflow.models.hf_checkpoint, whose
+helpers are reused). Units are grouped, in parameter order, into buckets of about `bucket_mb` MiB of full
+(gathered) HF tensors of one dtype. With PP > 1 the stages exchange their bucket lists (names, shapes,
+dtypes: metadata only) so every rank knows the whole plan; then the plan is checked against the tensors
+the vLLM engine expects (its checkpoint's names and shapes) *before anything is moved*, so a missing,
+unexpected or mis-shaped tensor raises ValueError naming it and the engine keeps its old weights.
+
+Transfer, one bucket at a time (so no rank ever holds more than one bucket of full tensors besides its own
+shards and vLLM's copy):
+  1. TP: the owning stage's ranks flatten their shards of the bucket's sharded parameters into one buffer
+     and all-gather it over the TP group (one collective per bucket); each rank rebuilds the full tensors.
+  2. HF conversion (split q/k/v and gate/up, trim padded vocab rows).
+  3. PP > 1: the owning stage packs the bucket's HF tensors into one flat buffer and broadcasts it over the
+     PP group (one collective per bucket, source = the owning stage), so every stage's vLLM engine receives
+     every layer: vLLM always runs the whole model (its own PP is 1), fed with full tensors that its weight
+     loaders slice for vLLM's TP rank. This is also what makes trainer TP != vLLM TP work.
+  4. The tensors are yielded as (HF name, tensor) pairs; the bucket's buffers are released when the
+     consumer (vLLM's loader) has copied them. Buffers are never reused in place: vLLM's layerwise reload
+     may hold a tensor until every weight of that vLLM layer has arrived.
+All ranks of a TP group and of a PP group walk the same plan in the same order, so the collectives match.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """One Megatron parameter of this stage and the HF tensors it becomes."""
+
+    param: str                      # Megatron parameter name (model.named_parameters())
+    kind: str                       # "plain" | "vocab" | "qkv" | "fc1"
+    tp_dim: int | None              # dimension its TP shards are concatenated along; None = replicated
+    hf_names: tuple[str, ...]
+    hf_shapes: tuple[tuple[int, ...], ...]
+    dtype: torch.dtype
+
+    @property
+    def hf_bytes(self) -> int:
+        return sum(_numel(s) for s in self.hf_shapes) * _itemsize(self.dtype)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """A group of tensors moved with one TP all-gather and (PP > 1) one PP broadcast."""
+
+    stage: int                                       # PP stage that owns (holds) these parameters
+    dtype: torch.dtype
+    hf: tuple[tuple[str, tuple[int, ...]], ...]      # (HF name, full shape) in feed order
+    units: tuple[_Unit, ...] = ()                    # only on the owning stage's ranks
+
+    @property
+    def nbytes(self) -> int:
+        return sum(_numel(s) for _, s in self.hf) * _itemsize(self.dtype)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def unwrap(model):
+    """The PrimeGPTModel inside DDP / Float16Module-style wrappers (anything with `.module`)."""
+    while not hasattr(model, "model_config") and hasattr(model, "module"):
+        model = model.module
+    if not hasattr(model, "model_config") or not hasattr(model, "decoder"):
+        raise ValueError(f"policy_model must be a primeflow PrimeGPTModel from build_model (or a wrapper with "
+                         f".module), got {type(model).__name__}")
+    return model
+
+
+def stage_units(model) -> list[_Unit]:
+    """This pipeline stage's parameters as `_Unit`s, in a fixed order (embedding, layers, final norm, head)."""
+    from primeflow.models.hf_checkpoint import _local_layers, hf_tensor_shapes
+
+    cfg = model.model_config
+    hf_shapes = hf_tensor_shapes(cfg)
+    params = dict(model.named_parameters())
+    units: list[_Unit] = []
+
+    def add(param: str, kind: str, tp_dim: int | None, hf_names: list[str]) -> None:
+        if param not in params:
+            raise ValueError(f"weight sync: the policy model has no parameter {param!r} (needed for "
+                             f"{hf_names}); model/spec mismatch")
+        units.append(_Unit(param, kind, tp_dim, tuple(hf_names), tuple(hf_shapes[n] for n in hf_names),
+                           params[param].dtype))
+
+    if model.pre_process:
+        add("embedding.word_embeddings.weight", "vocab", 0, ["model.embed_tokens.weight"])
+    for hf_i, j in sorted(_local_layers(model).items()):
+        hf, mg = f"model.layers.{hf_i}.", f"decoder.layers.{j}."
+        add(mg + "input_layernorm.weight", "plain", None, [hf + "input_layernorm.weight"])
+        add(mg + "self_attention.linear_qkv.weight", "qkv", 0, [hf + f"self_attn.{x}_proj.weight" for x in "qkv"])
+        if cfg.qkv_bias:
+            add(mg + "self_attention.linear_qkv.bias", "qkv", 0, [hf + f"self_attn.{x}_proj.bias" for x in "qkv"])
+        add(mg + "self_attention.linear_proj.weight", "plain", 1, [hf + "self_attn.o_proj.weight"])
+        add(mg + "pre_mlp_layernorm.weight", "plain", None, [hf + "post_attention_layernorm.weight"])
+        add(mg + "mlp.linear_fc1.weight", "fc1", 0, [hf + "mlp.gate_proj.weight", hf + "mlp.up_proj.weight"])
+        add(mg + "mlp.linear_fc2.weight", "plain", 1, [hf + "mlp.down_proj.weight"])
+    if model.post_process:
+        add("decoder.final_layernorm.weight", "plain", None, ["model.norm.weight"])
+        # Tied embeddings: vLLM ties lm_head to embed_tokens itself; the last stage's copy (PP > 1) is not sent.
+        if not cfg.tie_word_embeddings:
+            add("output_layer.weight", "vocab", 0, ["lm_head.weight"])
+    return units
+
+
+def make_buckets(units: list[_Unit], stage: int, bucket_bytes: int) -> list[Bucket]:
+    """Greedy grouping in order: a bucket closes when adding the next unit would pass `bucket_bytes` (a unit
+    larger than that travels alone) or the dtype changes."""
+    if bucket_bytes <= 0:
+        raise ValueError(f"bucket size must be > 0 bytes, got {bucket_bytes}")
+    buckets: list[Bucket] = []
+    current: list[_Unit] = []
+
+    def close() -> None:
+        if current:
+            hf = tuple((n, s) for u in current for n, s in zip(u.hf_names, u.hf_shapes, strict=True))
+            buckets.append(Bucket(stage, current[0].dtype, hf, tuple(current)))
+            current.clear()
+
+    size = 0
+    for unit in units:
+        if current and (size + unit.hf_bytes > bucket_bytes or unit.dtype != current[0].dtype):
+            close()
+            size = 0
+        current.append(unit)
+        size += unit.hf_bytes
+    close()
+    return buckets
+
+
+def global_plan(model, bucket_bytes: int) -> list[Bucket]:
+    """Every stage's buckets in stage order (metadata exchanged over the PP group when PP > 1); this stage's
+    buckets carry their units."""
+    from megatron.core import parallel_state as ps
+
+    from primeflow.trainer.parallel import pp_group
+
+    pp = ps.get_pipeline_model_parallel_world_size()
+    stage = ps.get_pipeline_model_parallel_rank()
+    mine = make_buckets(stage_units(model), stage, bucket_bytes)
+    if pp == 1:
+        return mine
+    meta = [(b.stage, str(b.dtype).removeprefix("torch."), b.hf) for b in mine]
+    gathered: list = [None] * pp
+    dist.all_gather_object(gathered, meta, group=pp_group())
+    plan: list[Bucket] = []
+    for s, stage_meta in enumerate(gathered):
+        if s == stage:
+            plan += mine
+        else:
+            plan += [Bucket(st, getattr(torch, dt), tuple((n, tuple(sh)) for n, sh in hf))
+                     for st, dt, hf in stage_meta]
+    return plan
+
+
+def check_plan(plan: list[Bucket], expected: dict[str, tuple[int, ...]]) -> None:
+    """The plan must provide exactly the tensors the vLLM engine was built with, with the same shapes."""
+    have: dict[str, tuple[int, ...]] = {}
+    for b in plan:
+        for name, shape in b.hf:
+            if name in have:
+                raise ValueError(f"weight sync: tensor {name!r} is produced twice (two pipeline stages hold it)")
+            have[name] = tuple(shape)
+    missing = [n for n in expected if n not in have]
+    if missing:
+        raise ValueError(f"weight sync: the policy model does not provide tensor {missing[0]!r} that the vLLM "
+                         f"engine's checkpoint has ({len(missing)} missing: {missing[:6]}"
+                         f"{' ...' if len(missing) > 6 else ''}); nothing was loaded")
+    extra = [n for n in have if n not in expected]
+    if extra:
+        raise ValueError(f"weight sync: the policy model provides tensor {extra[0]!r} that the vLLM engine's "
+                         f"checkpoint does not have ({len(extra)} unexpected: {extra[:6]}); nothing was loaded")
+    for name, shape in expected.items():
+        if tuple(have[name]) != tuple(shape):
+            raise ValueError(f"weight sync: tensor {name!r} has shape {list(have[name])} in the policy model but "
+                             f"{list(shape)} in the vLLM engine's checkpoint; nothing was loaded")
+
+
+def expected_tensors(model_path) -> dict[str, tuple[int, ...]]:
+    """HF tensor names and shapes of the checkpoint at `model_path` (headers only), minus entries vLLM
+    ignores (RoPE buffers; lm_head of a tied-embedding model)."""
+    import json
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    path = Path(model_path)
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"model_path={str(path)!r}: no *.safetensors files")
+    out: dict[str, tuple[int, ...]] = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as h:
+            for name in h.keys():
+                if not name.endswith(_IGNORED_SUFFIXES):
+                    out[name] = tuple(h.get_slice(name).get_shape())
+    cfg = json.loads((path / "config.json").read_text())
+    if cfg.get("tie_word_embeddings", False):
+        out.pop("lm_head.weight", None)
+    return out
+
+
+def _gather_tp(bucket: Bucket, params: dict[str, torch.Tensor], tp: int, group) -> dict[str, torch.Tensor]:
+    """Full Megatron tensors of the bucket's units (one all-gather of the flattened shards over TP)."""
+    full: dict[str, torch.Tensor] = {}
+    sharded = [u for u in bucket.units if u.tp_dim is not None and tp > 1]
+    for u in bucket.units:
+        if u not in sharded:
+            full[u.param] = params[u.param].detach()
+    if not sharded:
+        return full
+    local = [params[u.param].detach() for u in sharded]
+    send = torch.cat([t.reshape(-1) for t in local])
+    if dist.get_backend(group) == "nccl":
+        recv_flat = torch.empty(tp * send.numel(), dtype=send.dtype, device=send.device)
+        dist.all_gather_into_tensor(recv_flat, send, group=group)
+        recv = list(recv_flat.chunk(tp))
+    else:
+        recv = [torch.empty_like(send) for _ in range(tp)]
+        dist.all_gather(recv, send, group=group)
+    del send
+    offset = 0
+    for u, t in zip(sharded, local, strict=True):
+        n = t.numel()
+        full[u.param] = torch.cat([r[offset:offset + n].view(t.shape) for r in recv], dim=u.tp_dim)
+        offset += n
+    return full
+
+
+def _to_hf(unit: _Unit, full: torch.Tensor, cfg, tp: int) -> list[torch.Tensor]:
+    from primeflow.models.hf_checkpoint import _split_qkv
+
+    if unit.kind == "plain":
+        return [full]
+    if unit.kind == "vocab":
+        return [full[:cfg.vocab_size]]
+    if unit.kind == "qkv":
+        return list(_split_qkv(full, cfg))
+    if unit.kind == "fc1":  # rank r's rows are [gate_r; up_r]
+        parts = full.chunk(tp, dim=0)
+        gates, ups = zip(*(p.chunk(2, dim=0) for p in parts), strict=True)
+        return [torch.cat(gates), torch.cat(ups)]
+    raise AssertionError(unit.kind)
+
+
+def stream_hf_tensors(model, plan: list[Bucket], stats: dict[str, int]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (HF name, full tensor) for the whole model, bucket by bucket, on every rank (collective over
+    the TP and PP groups: every rank must consume the iterator to the end). Adds bytes / tensors / buckets
+    fed to `stats`."""
+    from megatron.core import parallel_state as ps
+
+    from primeflow.trainer.parallel import pp_group, tp_group
+
+    cfg = model.model_config
+    tp = ps.get_tensor_model_parallel_world_size()
+    pp = ps.get_pipeline_model_parallel_world_size()
+    stage = ps.get_pipeline_model_parallel_rank()
+    params = dict(model.named_parameters())
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for bucket in plan:
+            tensors: list[torch.Tensor] = []
+            if bucket.stage == stage:
+                full = _gather_tp(bucket, params, tp, tp_group() if tp > 1 else None)
+                for unit in bucket.units:
+                    tensors += _to_hf(unit, full.pop(unit.param), cfg, tp)
+                del full
+            if pp > 1:
+                if bucket.stage == stage:
+                    flat = torch.cat([t.reshape(-1) for t in tensors])
+                else:
+                    flat = torch.empty(sum(_numel(s) for _, s in bucket.hf), dtype=bucket.dtype, device=device)
+                dist.broadcast(flat, group=pp_group(), group_src=bucket.stage)
+                tensors, offset = [], 0
+                for _, shape in bucket.hf:
+                    n = _numel(shape)
+                    tensors.append(flat[offset:offset + n].view(shape))
+                    offset += n
+                del flat
+            stats["buckets"] += 1
+            for (name, shape), t in zip(bucket.hf, tensors, strict=True):
+                if tuple(t.shape) != tuple(shape):  # the plan and the conversion disagree: a bug, not input
+                    raise RuntimeError(f"weight sync: built {name} with shape {list(t.shape)}, planned {list(shape)}")
+                stats["bytes"] += t.numel() * t.element_size()
+                stats["tensors"] += 1
+                yield name, t
+            del tensors
