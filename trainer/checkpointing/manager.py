@@ -58,7 +58,8 @@ class CheckpointError(RuntimeError):
 
 
 def _hook(event: str, path: Path) -> None:
-    """Test seam: called after each durable step of `save` ("file", "manifest", "renamed", "pruned").
+    """Test seam: called after each durable step of `save` ("prepared", "file", "manifest", "renamed",
+    "trashed", "pruned").
     tests/checkpoint replaces it to SIGKILL a saving process at every one of those points."""
 
 
@@ -369,6 +370,7 @@ class CheckpointManager:
         tmp = self.dir / f".tmp-step_{step}-{secrets.token_hex(6)}"
         tmp.mkdir()
         fsync_dir(self.dir)
+        _hook("prepared", tmp)
         return tmp
 
     def _copy_hf_side_files(self, model: torch.nn.Module, tmp: Path, name: str) -> dict[str, Any]:
@@ -389,6 +391,7 @@ class CheckpointManager:
         trash = self.dir / f".trash-step_{step}-{secrets.token_hex(4)}"
         os.rename(self.step_dir(step), trash)
         fsync_dir(self.dir)
+        _hook("trashed", trash)
         shutil.rmtree(trash, ignore_errors=True)
 
     def _prune(self, *, keep: int) -> None:
