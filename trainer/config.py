@@ -52,7 +52,7 @@ class DataConfig:
     max_prompt_len: int = 128
     system_prompt: bool = False         # PRIME's action-centric CoT system prompt
     prompt_suffix: bool = False         # PRIME's math/code answer-format instruction
-    arithmetic: dict = field(default_factory=lambda: {"n": 2000, "digits": 2, "ops": ["+"], "operands": 2})
+    arithmetic: dict = field(default_factory=lambda: {"n": 2000, "digits": 2, "ops": ["+"], "n_operands": 2})
 
 
 @dataclass
@@ -134,8 +134,8 @@ class TrainConfig:
 
 @dataclass
 class SFTConfig:
-    steps: int = 300
-    batch_size: int = 32
+    steps: int = 600
+    batch_size: int = 64
     lr: float = 1e-3
     warmup_steps: int = 20
     examples: int = 4000

@@ -73,6 +73,19 @@ def run_sft(base: str | Path, out: str | Path, pairs: list[tuple[list[dict], str
     return Path(out)
 
 
+def sft_pairs(source: str, *, n: int, seed: int) -> list[tuple[list[dict], str]]:
+    """(messages, target response) pairs: the arithmetic task, or a prompt file whose ground truth becomes
+    the response `\\boxed{answer}` (math rows only)."""
+    from .data import arithmetic_sft_pairs, load_prompts
+
+    if source == "arithmetic":
+        return arithmetic_sft_pairs(n, seed=seed)
+    records = [r for r in load_prompts(source).records if r.ability == "math"]
+    if not records:
+        raise ValueError(f"{source}: no math rows to build SFT targets from")
+    return [(r.messages, f"\\boxed{{{r.ground_truth}}}") for r in records[:n]]
+
+
 def main(argv: list[str]) -> int:
     """primeflow sft --model HF_DIR --out HF_DIR [--task arithmetic] [--steps N ...]"""
     parser = argparse.ArgumentParser(prog="primeflow sft", description=__doc__)
@@ -88,10 +101,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tp", type=int, default=1)
     args = parser.parse_args(argv)
-    from .data_bridge import sft_pairs
-
     layout = parallel.init_distributed(tp=args.tp)
     pairs = sft_pairs(args.data, n=args.examples, seed=args.seed)
+    if layout.is_rank0:
+        print(f"SFT on {len(pairs)} examples from {args.data}")
     cfg = SFTConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, examples=args.examples)
     run_sft(args.model, args.out, pairs, cfg, seed=args.seed, log=print if layout.is_rank0 else (lambda *_: None))
     parallel.shutdown()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 
-import torch
 from primeflow.trainer import parallel
 from primeflow.trainer.batch import TrainBatch, build_train_batch
 from primeflow.trainer.config import Config

@@ -8,7 +8,6 @@ this keeps the result independent of the DP degree (a 2-node run equals a 1-node
 from __future__ import annotations
 
 import torch
-
 from primeflow.kernels import rloo_advantages
 
 from ..batch import TrainBatch

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from .. import parallel, packing
+from .. import packing, parallel
 from ..batch import TrainBatch, response_columns
 
 

@@ -5,7 +5,6 @@ takes exactly the same mini-batches."""
 from __future__ import annotations
 
 import torch
-
 from primeflow.kernels import ppo_clip_loss
 
 from ..batch import TrainBatch

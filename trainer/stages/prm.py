@@ -10,7 +10,6 @@ PRM mini-batches are contiguous slices of the batch in row order (PRIME does not
 from __future__ import annotations
 
 import torch
-
 from primeflow.kernels import prm_ce_loss, prm_pairwise_accuracy
 
 from ..batch import TrainBatch

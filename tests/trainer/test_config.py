@@ -1,0 +1,71 @@
+"""The config tree: presets load, the embedded default equals configs/tiny_cpu.yaml, bad keys and values fail
+naming the dotted key and the allowed values, dotted --set overrides parse as YAML scalars."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from primeflow.trainer.config import Config, ConfigError, dump_yaml, from_dict, load_config, to_dict
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def test_tiny_cpu_preset_is_the_embedded_default():
+    assert to_dict(load_config(CONFIGS / "tiny_cpu.yaml")) == to_dict(load_config())
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-7b-prime.yaml", "qwen2.5-7b-prime-2node.yaml"])
+def test_7b_presets_carry_the_papers_headline_hyperparameters(name):
+    c = load_config(CONFIGS / name)
+    assert (c.data.prompts_per_step, c.rollout.n, c.rollout.max_tokens) == (256, 4, 3072)
+    assert (c.prime.beta, c.prm.update, c.prime.granularity, c.prime.reward_norm) == (0.05, "after", "token",
+                                                                                       "batch_norm")
+    assert (c.prm.optim.lr, c.prm.optim.grad_clip, c.prm.mini_batch_size) == (1e-6, 10.0, 256)
+    assert (c.ppo.optim.lr, c.ppo.optim.grad_clip, c.ppo.clip, c.ppo.mini_batch_size) == (5e-7, 1.0, 0.2, 256)
+    assert (c.filter.low, c.filter.high, c.train.steps) == (0.2, 0.8, 592)
+
+
+def test_dotted_overrides_parse_yaml_scalars_and_lists():
+    c = load_config(None, ["ppo.clip=0.28", "train.steps=7", "prime.mode=rloo", "filter.enabled=false",
+                           "data.train_files=[a.jsonl, b.parquet]", "prm.optim.lr=3e-6", "run.dir=/tmp/x y"])
+    assert c.ppo.clip == 0.28 and c.train.steps == 7 and c.filter.enabled is False
+    assert c.data.train_files == ["a.jsonl", "b.parquet"] and c.prm.optim.lr == 3e-6 and c.run.dir == "/tmp/x y"
+    assert c.prm.update == "none", "outcome-only RLOO has no PRM to update"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("ppo.clipp=0.2", "unknown config key ppo.clipp; allowed keys under ppo: ['agg', 'clip', 'epochs'"),
+    ("prm.update=sometimes", "prm.update: 'sometimes' is not allowed; allowed values: ['after', 'before', 'none']"),
+    ("prime.ref_type=sft", "prime.ref_type: 'sft' is not allowed; allowed values: ['freeze', 'policy']"),
+    ("train.steps=many", "train.steps: expected an integer, got 'many'"),
+    ("rollout.n=1", "rollout.n: must be >= 2"),
+    ("filter.low=0.9", "filter.low/filter.high: need 0 <= low <= high <= 1"),
+    ("nosuch.key=1", "unknown config key nosuch; allowed keys under the top level"),
+    ("ppo=3", "ppo: expected a mapping"),
+    ("logging.tensorboard=maybe", "logging.tensorboard: expected true/false"),
+])
+def test_bad_overrides_name_the_key_and_allowed_values(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert message in str(err.value)
+
+
+def test_bad_files_fail_clearly(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ppo: {clip: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping at the top level"):
+        load_config(bad)
+
+
+def test_resolved_config_round_trips_through_yaml(tmp_path):
+    import yaml
+
+    c = load_config(None, ["ppo.clip=0.3", "data.arithmetic={n: 50, digits: 3, ops: ['+', '*']}"])
+    again = from_dict(yaml.safe_load(dump_yaml(c)))
+    assert to_dict(again) == to_dict(c) and isinstance(again, Config)

@@ -1,0 +1,218 @@
+"""`primeflow train`: the PRIME loop (prime_spec 10.2), one named, timed call per stage.
+
+    primeflow train                                   # the embedded default: tiny model, arithmetic, CPU
+    primeflow train --config configs/qwen2.5-7b-prime.yaml --set train.steps=100 --set run.dir=runs/x
+    torchrun --nproc-per-node 8 -m primeflow train --config ...     # TP x PP x DP from parallel.*
+
+Per step: rollout (K samples per prompt, vLLM) -> verify -> accuracy filter + refill -> old log-probs ->
+PRM + reference log-probs, token rewards, PRM update -> RLOO advantages -> PPO-clip policy update ->
+weight sync to vLLM -> log (metrics.jsonl, TensorBoard) -> checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from . import parallel
+from .batch import TrainBatch, build_train_batch
+from .checkpointing import CheckpointManager
+from .config import Config, load_config
+from .data import AssembledBatch, PromptLoader, assemble_step
+from .models_setup import PrimeModels, build_prime_models
+from .rollout import RolloutEngine, logprob_mismatch
+from .run_setup import Run, prompt_loader, start_run, starting_model
+from .stages.advantage import advantage_stage
+from .stages.logprobs import batch_logprobs
+from .stages.policy import policy_stage
+from .stages.prm import prm_stage
+from .stages.rollout import RolloutStage, StageClock
+from .testing_faults import fault_point, set_step
+
+
+@dataclass
+class Trainer:
+    run: Run
+    models: PrimeModels
+    engine: RolloutEngine
+    rollout: RolloutStage
+    loader: PromptLoader
+    checkpoints: CheckpointManager
+    tokenizer: object
+    policy_version: int = 0
+
+    @property
+    def config(self) -> Config:
+        return self.run.config
+
+
+@contextmanager
+def timed(clock: StageClock, name: str):
+    t0 = time.perf_counter()
+    yield
+    clock.add(name, time.perf_counter() - t0)
+
+
+def collect_rollouts(t: Trainer, step: int, clock: StageClock) -> AssembledBatch:
+    """Rollout + verify + filter/refill: fetch prompts until prompts_per_step groups pass the filter."""
+    t.rollout.begin_step(step, clock, policy_version=t.policy_version)
+    cfg = t.config
+    return assemble_step(t.loader, t.rollout, prompts_per_step=cfg.data.prompts_per_step, group_size=cfg.rollout.n,
+                         low=cfg.filter.low, high=cfg.filter.high, filter_accuracy=cfg.filter.enabled,
+                         max_fetches=cfg.filter.max_fetches)
+
+
+def to_train_batch(t: Trainer, assembled: AssembledBatch) -> TrainBatch:
+    groups = assembled.payload
+    # PRIME is on-policy: every group of the batch was sampled by the current policy weights.
+    versions = {g["policy_version"] for g in groups}
+    assert versions == {t.policy_version}, f"batch mixes policy versions {versions} (current {t.policy_version})"
+    rows = [(g["prompt_ids"], r, lp, f, s) for g in groups
+            for r, lp, f, s in zip(g["response_ids"], g["logprobs"], g["finish"], g["scores"], strict=True)]
+    prompt, resp, logp, finish, score = (list(x) for x in zip(*rows, strict=True))
+    return build_train_batch(prompt, resp, logp, finish, score, group_size=t.config.rollout.n,
+                             eos_ids=set(t.engine.eos_token_ids), pad_id=t.tokenizer.pad_token_id)
+
+
+def old_logprobs(t: Trainer, batch: TrainBatch) -> dict[str, float]:
+    """log pi_old of the sampled tokens, recomputed by the trainer at the rollout temperature."""
+    batch.extra["old_logp"] = batch_logprobs(t.models.policy, batch, budget=t.config.train.micro_batch_tokens,
+                                             temperature=t.config.rollout.temperature)
+    mean, worst = logprob_mismatch(batch.vllm_logp, batch.extra["old_logp"], batch.response_mask)
+    return {"logprob_mismatch": mean, "logprob_mismatch_max": worst}
+
+
+def refit(t: Trainer) -> dict[str, float]:
+    """Push the updated policy into vLLM (bucketed, in place) so the next rollout samples from it."""
+    stats = t.engine.sync_weights(t.models.policy, bucket_mb=t.config.rollout.refit_bucket_mb)
+    t.policy_version += 1
+    return {"refit_gb_per_s": stats.gb_per_s}
+
+
+def prime_step(t: Trainer, step: int) -> dict[str, float]:
+    cfg, clock, metrics = t.config, StageClock(), {}
+    set_step(step)
+    t0 = time.perf_counter()
+    assembled = collect_rollouts(t, step, clock)
+    if assembled.epoch_ended:
+        return {}
+    metrics.update(assembled.metrics())
+    batch = to_train_batch(t, assembled)
+    with timed(clock, "old_logp"):
+        metrics.update(old_logprobs(t, batch))
+    if cfg.prime.mode == "prime":
+        with timed(clock, "prm"):
+            fault_point("prm")
+            metrics.update(prm_stage(t.models, batch, cfg))
+    with timed(clock, "advantage"):
+        metrics.update(advantage_stage(batch, cfg))
+    with timed(clock, "policy"):
+        fault_point("policy")
+        metrics.update(policy_stage(t.models, batch, cfg, step=step))
+    with timed(clock, "refit"):
+        metrics.update(refit(t))
+    elapsed = time.perf_counter() - t0
+    n_tokens = float(batch.seq_tokens.sum())
+    metrics.update({
+        "response_len": float(batch.response_len.float().mean()),
+        "train_acc": float(batch.outcome.mean()),
+        "tokens": n_tokens,
+        "tokens_per_s": n_tokens / elapsed,
+        "tokens_per_s_per_gpu": n_tokens / elapsed / t.run.layout.world_size,
+        "time/step": elapsed,
+        **{f"time/{k}": v for k, v in clock.seconds.items()},
+    })
+    return metrics
+
+
+def save_checkpoint(t: Trainer, step: int) -> None:
+    models, optims, scheds = t.models.checkpoint_parts()
+    t.checkpoints.save(step, models=models, optimizers=optims, schedulers=scheds,
+                       trainer_state={"step": step, "loader": t.loader.state_dict()})
+
+
+def resume(t: Trainer) -> int:
+    """Restore the latest (or the requested) checkpoint; returns the last completed step (0 = fresh)."""
+    path = t.checkpoints.resolve(t.config.run.resume)
+    if path is None:
+        return 0
+    models, optims, scheds = t.models.checkpoint_parts()
+    state = t.checkpoints.load(path, models=models, optimizers=optims, schedulers=scheds)
+    t.loader.load_state_dict(state["loader"])
+    step = int(state["step"])
+    t.run.logger.truncate_after(step)
+    refit(t)  # vLLM starts from the SFT weights: give it the restored policy
+    t.run.console.print(f"resumed from {path} (step {step})")
+    return step
+
+
+def build_trainer(config: Config) -> Trainer:
+    from transformers import AutoTokenizer
+
+    run = start_run(config)
+    sft_path = starting_model(run)
+    models = build_prime_models(config, sft_path)
+    r = config.rollout
+    engine = RolloutEngine(sft_path, tp_size=r.tp, dtype=r.dtype, max_model_len=r.max_model_len,
+                           seed=config.train.seed, kv_cache_gib=r.kv_cache_gib,
+                           gpu_memory_utilization=r.gpu_memory_utilization, enable_sleep=r.sleep_between_steps)
+    tokenizer = AutoTokenizer.from_pretrained(str(sft_path))
+    return Trainer(run=run, models=models, engine=engine, rollout=RolloutStage(engine, tokenizer, config),
+                   loader=prompt_loader(config), checkpoints=CheckpointManager(run.dir, keep_last=config.train.keep_last),
+                   tokenizer=tokenizer)
+
+
+def train(config: Config) -> list[dict[str, float]]:
+    t = build_trainer(config)
+    cfg, console, logger = t.config, t.run.console, t.run.logger
+    history = []
+    start = resume(t)
+    for step in range(start + 1, cfg.train.steps + 1):
+        metrics = prime_step(t, step)
+        if not metrics:
+            console.print(f"step {step}: the prompt data ran out (epoch ended); stopping")
+            break
+        logger.log(step, metrics)
+        console.step_summary(step, metrics)
+        history.append({"step": step, **metrics})
+        if cfg.train.checkpoint_every and (step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps):
+            save_checkpoint(t, step)
+    finish(t, history)
+    return history
+
+
+def finish(t: Trainer, history: list[dict[str, float]]) -> None:
+    from .plots import plot_curves
+
+    t.run.logger.close()
+    if t.run.layout.is_rank0 and t.run.logger.path.is_file():
+        plot_curves(t.run.logger.path, t.run.dir / "curves.png")
+        t.run.console.final_table(history)
+        t.run.console.print(f"run directory: {t.run.dir} (metrics.jsonl, curves.png, checkpoints/, TensorBoard)")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="primeflow train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML config (default: the embedded tiny CPU run)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set ppo.clip=0.2 (repeatable)")
+    parser.add_argument("--resume", help="auto | none | a checkpoint dir | a step (same as --set run.resume=...)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    overrides = list(args.set) + ([f"run.resume={args.resume}"] if args.resume else [])
+    config = load_config(args.config, overrides)
+    try:
+        history = train(config)
+    finally:
+        from .verifiers import close_verifiers
+
+        close_verifiers()
+        parallel.shutdown()
+    return 0 if history or config.train.steps == 0 else 1
+
