@@ -19,6 +19,8 @@ def seconds(value: float | None) -> str:
 def nbytes(value: float | None) -> str:
     if value is None:
         return "—"
+    if abs(value) < 0.5:
+        return "0 B"
     if abs(value) >= 2**30:
         return f"{value / 2**30:.2f} GiB"
     if abs(value) >= 2**20:

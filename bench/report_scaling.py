@@ -71,8 +71,19 @@ def _time(point: dict[str, Any] | None) -> str:
     return fmt.seconds(point["seconds"]) + (f" ({fmt.seconds(cpu)} CPU)" if cpu is not None else "")
 
 
+def _speedup(eager: dict[str, Any] | None, ours: dict[str, Any] | None) -> str:
+    """eager/primeflow time, wall and (when recorded) process CPU seconds; on a loaded machine the CPU ratio
+    is the steadier one (neighbours steal wall time, not this process's instructions)."""
+    if not eager or not ours:
+        return "—"
+    text = fmt.ratio(eager["seconds"] / ours["seconds"])
+    if eager.get("cpu_seconds") and ours.get("cpu_seconds"):
+        text += f" ({fmt.ratio(eager['cpu_seconds'] / ours['cpu_seconds'])} CPU)"
+    return text
+
+
 def _sweep_table(cells: dict[tuple[int, int], dict[str, dict]], gemm_flops: float | None, bwd: bool) -> str:
-    header = ["N", "V", "eager time (wall, CPU)", "primeflow time (wall, CPU)", "primeflow speedup",
+    header = ["N", "V", "eager time (wall, CPU)", "primeflow time (wall, CPU)", "primeflow speedup (wall, CPU)",
               "primeflow GFLOP/s", "% of measured fp32 GEMM", "eager peak" + (" beyond grads" if bwd else ""),
               "primeflow peak" + (" beyond grads" if bwd else ""), "memory primeflow/eager",
               "fp32 [N,V] size", "load (1 min)"]
@@ -82,7 +93,7 @@ def _sweep_table(cells: dict[tuple[int, int], dict[str, dict]], gemm_flops: floa
         speed = ours["flops"] / ours["seconds"] if ours else None
         body.append([
             str(n), str(v), _time(eager), _time(ours),
-            fmt.ratio(eager["seconds"] / ours["seconds"]) if eager and ours else "—",
+            _speedup(eager, ours),
             f"{speed / 1e9:.3g}" if speed else "—",
             fmt.percent(speed * 1e-9 / gemm_flops) if speed and gemm_flops else "—",
             fmt.nbytes(memory(eager)) if eager else "—", fmt.nbytes(memory(ours)) if ours else "—",

@@ -151,7 +151,7 @@ def test_scaling_slopes_tables_and_plots(tmp_path, rng):
     eager = next(p for p in points if p["provider"] == "eager" and p["N"] == 2048)
     ours = next(p for p in points if p["provider"] == "primeflow" and p["N"] == 2048)
     row = _row(text, "2048", "32768")
-    assert row[4] == _g(eager["seconds"] / ours["seconds"]) + "x"
+    assert row[4] == f"{_g(eager['seconds'] / ours['seconds'])}x (1x CPU)"  # both recorded 0.5 CPU s
     assert row[9] == _g(ours["peak_extra_bytes"] / eager["peak_extra_bytes"]) + "x"
     assert "Skipped 1 point(s): wall-clock budget spent" in text
     assert (tmp_path / "plots" / "scal_linear_token_logprobs_forward.png").read_bytes()[:8] == PNG
