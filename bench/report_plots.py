@@ -27,7 +27,8 @@ def _save(fig, path: Path) -> bool:
 def scaling_figure(sweeps: dict[str, dict[tuple[int, int], dict[str, dict]]], title: str, path: Path,
                    beyond_gradients: bool) -> bool:
     """2 x 2: peak extra memory and time against N (N sweep) and V (V sweep), log-log, one line per
-    provider, plus the size of one fp32 [N, V] tensor for scale."""
+    provider, plus the size of one fp32 [N, V] tensor for scale; time as wall and (dashed) process CPU
+    seconds, the latter summed over threads and steadier on a loaded machine."""
     if not any(sweeps.values()):
         return False
     fig, axes = plt.subplots(2, 2, figsize=(10, 7.5))
@@ -48,12 +49,15 @@ def scaling_figure(sweeps: dict[str, dict[tuple[int, int], dict[str, dict]]], ti
                    for _, p in pts]
             axes[0][col].plot(xs, mem, "o-", color=COLORS.get(provider), label=provider)
             axes[1][col].plot(xs, [p["seconds"] for _, p in pts], "o-", color=COLORS.get(provider),
-                              label=provider)
+                              label=f"{provider} wall")
+            if all("cpu_seconds" in p for _, p in pts):
+                axes[1][col].plot(xs, [p["cpu_seconds"] for _, p in pts], "x--", color=COLORS.get(provider),
+                                  alpha=0.7, label=f"{provider} process CPU")
         axes[0][col].plot(xs_all, [k[0] * k[1] * 4 / 2**20 for k in keys], "--", color="black", alpha=0.5,
                           label="one fp32 [N,V]")
         fixed = f"V={keys[0][1]}" if sweep == "N" else f"N={keys[0][0]}"
         what = "peak extra memory beyond grads (MiB)" if beyond_gradients else "peak extra memory (MiB)"
-        for row, ylabel in ((0, what), (1, "time (s)")):
+        for row, ylabel in ((0, what), (1, "seconds")):
             ax = axes[row][col]
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
