@@ -211,3 +211,13 @@ def test_cli_oracle_on_a_user_data_dir(data_dir, tmp_path):
     )
     summary = json.loads((out / "results.json").read_text())
     assert summary["models"][0]["metrics"]["aime24"] == {"avg@1": 1.0, "pass@1": 1.0, "n_problems": 2}
+
+
+def test_backend_prompt_error_names_the_problem(data_dir):
+    class TooLong:
+        def generate(self, prompts, n, temperature, top_p, max_tokens, seed):
+            raise ValueError("prompt 1 has 900 tokens but at most 500 fit")
+
+    records = load_benchmark("aime24", data_dir)
+    with pytest.raises(ValueError, match=r"^aime24: prompt 1 has 900 tokens .* \(prompt 1 is problem 'aime24/1'\)"):
+        evaluate_records(TooLong(), "aime24", records, PromptBuilder(None), SamplingSettings())

@@ -6,7 +6,9 @@ Examples::
     primeflow eval --model runs/prime/checkpoints/step_240 --benchmarks math500,aime24,amc23,minerva,olympiadbench
     # avg@16 at temperature 0.3, top_p 0.95 (PRIME Table 12), SFT vs PRIME side by side
     primeflow eval --model sft=/models/Eurus-2-7B-SFT --compare runs/prime --samples 16 --temperature 0.3 \\
-        --top-p 0.95 --tp 4 --out results/avg16
+        --top-p 0.95 --out results/avg16
+    # tensor parallel: one process per vLLM TP rank under torchrun (rank 0 writes the results)
+    torchrun --nproc-per-node 4 -m primeflow eval --tp 4 --model runs/prime --samples 16 --temperature 0.3
     # check a data directory: every reference must score 100% through the verifier
     primeflow eval --backend oracle --benchmarks math --data-dir my_data/
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
 from collections.abc import Sequence
 
@@ -70,8 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
         "checkout's data/ or ../shared/data)",
     )
     p.add_argument("--out", default="primeflow-eval", help="output directory (default ./primeflow-eval)")
-    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree of the vLLM engine")
-    p.add_argument("--dtype", default="auto", help="vLLM dtype (default: the checkpoint's)")
+    p.add_argument(
+        "--tp",
+        type=int,
+        default=1,
+        help="tensor-parallel degree of the vLLM engine (> 1: launch with torchrun, one process per rank)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="vLLM dtype (default: the checkpoint's)",
+    )
     p.add_argument("--max-model-len", type=int, default=None, help="vLLM context length (default: checkpoint's)")
     p.add_argument(
         "--system-prompt",
@@ -102,6 +115,20 @@ def _make_backend(kind: str, spec: ModelSpec | None, records, builder, args) -> 
     return VLLMBackend(spec.path, tp_size=args.tp, dtype=args.dtype, max_model_len=args.max_model_len, seed=args.seed)
 
 
+def _init_world(tp: int) -> int:
+    """Under torchrun (or with --tp > 1), join the world so that RolloutEngine can shard vLLM; returns the
+    rank (0 without torchrun). Every rank evaluates everything; only rank 0 writes."""
+    if tp < 1:
+        raise ValueError(f"--tp must be >= 1, got {tp}")
+    if tp == 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0
+    if "RANK" not in os.environ:
+        raise ValueError(f"--tp {tp} needs one process per rank: torchrun --nproc-per-node {tp} -m primeflow eval ...")
+    from ..parallel import init_distributed
+
+    return init_distributed().rank
+
+
 def run(args: argparse.Namespace) -> int:
     benchmarks = parse_benchmark_names(args.benchmarks)
     settings = SamplingSettings(args.samples, args.temperature, args.top_p, args.max_tokens, args.seed)
@@ -115,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         if model_args:
             raise ValueError(f"--backend {args.backend} answers from the references; it takes no --model")
         specs = [None]
+    rank = _init_world(args.tp) if args.backend == "vllm" else 0
     models: list[ModelResult] = []
     for spec in specs:
         tokenizer = None
@@ -132,16 +160,21 @@ def run(args: argparse.Namespace) -> int:
                 backend, name, data[name], builder, settings, math_timeout_s=args.math_timeout, workers=args.workers
             )
             row.results.append(res)
-            print(
-                f"[eval] {label} {name}: {settings.metric} = {100 * res.metrics[settings.metric]:.1f}% "
-                f"({int(res.metrics['n_problems'])} problems, generate {res.seconds['generate']:.1f}s, "
-                f"score {res.seconds['score']:.1f}s)",
-                file=sys.stderr,
-                flush=True,
-            )
+            if rank == 0:
+                print(
+                    f"[eval] {label} {name}: {settings.metric} = {100 * res.metrics[settings.metric]:.1f}% "
+                    f"({int(res.metrics['n_problems'])} problems, generate {res.seconds['generate']:.1f}s, "
+                    f"score {res.seconds['score']:.1f}s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
         models.append(row)
+        if hasattr(backend, "close"):
+            backend.close()
         del backend
         gc.collect()  # release one engine before the next model's is built
+    if rank != 0:
+        return 0
     paths = write_outputs(args.out, models, benchmarks, settings, extra={"backend": args.backend})
     print(markdown_table(models, benchmarks, settings))
     print(f"[eval] wrote {paths['table']} and {paths['summary']}", file=sys.stderr)

@@ -8,6 +8,7 @@ and only a program passing all of them counts (the usual pass@k definition), the
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -123,9 +124,18 @@ def evaluate_records(
         raise ValueError(f"{benchmark}: no problems to evaluate")
     t0 = time.perf_counter()
     prompts = [render(r) for r in records]
-    out = backend.generate(
-        prompts, settings.samples, settings.temperature, settings.top_p, settings.max_tokens, settings.seed
-    )
+    try:
+        out = backend.generate(
+            prompts, settings.samples, settings.temperature, settings.top_p, settings.max_tokens, settings.seed
+        )
+    except ValueError as e:  # e.g. a prompt too long for the context: say which problem it is
+        m = re.search(r"prompt (\d+)", str(e))
+        where = (
+            f" (prompt {m.group(1)} is problem {records[int(m.group(1))].id!r})"
+            if m and int(m.group(1)) < len(records)
+            else ""
+        )
+        raise ValueError(f"{benchmark}: {e}{where}") from e
     completions = _check_completions(out, len(prompts), settings.samples, benchmark)
     t1 = time.perf_counter()
     scores = score_completions(records, prompts, completions, math_timeout_s=math_timeout_s, workers=workers)
