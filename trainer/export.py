@@ -18,7 +18,9 @@ from .checkpointing import CheckpointError, export_hf, saved_layout
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="primeflow export", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", required=True, help="run directory (holds checkpoints/)")
+    # --run-dir: the spelling used under torchrun, whose own parser rejects `--run` as an ambiguous
+    # abbreviation of its --run-path option even after the script name.
+    ap.add_argument("--run", "--run-dir", dest="run", required=True, help="run directory (holds checkpoints/)")
     ap.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     ap.add_argument("--out", default=None, help="output directory (default: RUN/export/step_<N>); "
                                                 "each model goes to OUT/<name>/")
@@ -36,7 +38,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         n = manifest["layout"]["tp"] * manifest["layout"]["pp"]
         if n > 1 and "RANK" not in os.environ:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
-                   "-m", "primeflow.trainer.export", *(sys.argv[1:] if argv is None else argv)]
+                   "-m", "primeflow.trainer.export", "--run-dir", args.run,
+                   *(["--step", str(args.step)] if args.step is not None else []),
+                   *(["--out", args.out] if args.out is not None else []),
+                   *(["--models", args.models] if args.models else []), *(["--force"] if args.force else [])]
             print(f"primeflow export: checkpoint has tp*pp={n}; running: {' '.join(cmd)}", file=sys.stderr)
             return subprocess.run(cmd).returncode
         written = export_hf(args.run, args.step, args.out, models=models, overwrite=args.force)

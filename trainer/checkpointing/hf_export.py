@@ -63,7 +63,7 @@ def export_hf(run_dir: str | os.PathLike, step: int | str | None = None, out: st
             raise CheckpointError(
                 f"{path}: saved with tp={saved['tp']} pp={saved['pp']}; exporting needs tp*pp = "
                 f"{saved['tp'] * saved['pp']} processes: `torchrun --nproc-per-node {saved['tp'] * saved['pp']} "
-                f"-m primeflow.trainer.export --run {run_dir} ...` (`primeflow export` does this itself)")
+                f"-m primeflow.trainer.export --run-dir {run_dir} ...` (`primeflow export` does this itself)")
         init_distributed(tp=saved["tp"], pp=saved["pp"])
     lay = current_layout()
     try:

@@ -1,0 +1,104 @@
+"""Checkpoint round trip under torchrun (gloo), run by test_checkpoint_multiproc.py:
+
+    torchrun --nproc-per-node 2 tests/checkpoint/mp_checkpoint.py --tp 2 1 --ckpt HF_DIR --run-dir RUN --out RES.json
+
+For each TP size T in --tp (one torchrun job for all, to pay the start-up once), in RUN/tp<T>/:
+a Megatron policy + PRM at TP=T (DP = 2/T), two AdamW steps, save (per-rank RNG streams differ), then fresh
+randomly initialised models/optimizers load it: parameters, optimizer states, scheduler states, RNG streams
+and trainer_state must be bitwise equal on every rank, and one more training step must give bitwise the
+same result as the uninterrupted models. The live models are also exported to HF (`--live-export`/tp<T>) for the
+calling test to compare with `primeflow export`. Finally a load at another layout must fail on every rank
+with the layout error. Any failed check raises (torchrun exits non-zero); rank 0 writes RES.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder only (see tests/models/mp_parity.py)
+import helpers as h  # noqa: E402
+from primeflow.models import export_hf_checkpoint  # noqa: E402
+from primeflow.trainer.checkpointing import CheckpointError, CheckpointManager  # noqa: E402
+from primeflow.trainer.parallel import init_distributed, shutdown  # noqa: E402
+
+
+def run_layout(args, tp: int) -> dict:
+    """The whole check at TP=tp; returns what the calling test inspects."""
+    lay = init_distributed(tp=tp, backend="gloo")
+    run_dir, live = args.run / f"tp{tp}", args.live_export / f"tp{tp}"
+    seed = args.seed
+
+    models, opts, scheds = h.build_set(args.ckpt, init_seed=seed)
+    vocab = models["policy"].model_config.vocab_size
+    for i in range(2):  # same data on every rank: DP replicas stay identical (no gradient all-reduce here)
+        h.train_step(models, opts, scheds, seed=seed + i, vocab=vocab)
+    # Each rank's streams differ, so restoring another rank's file would be caught.
+    random.seed(seed + 1000 * lay.rank)
+    np.random.seed((seed + 1000 * lay.rank) % 2**32)
+    torch.manual_seed(seed + 1000 * lay.rank)
+    gen = torch.Generator().manual_seed(seed + 7 + lay.rank)
+    state = {"rank": lay.rank, "cursor": 17 + lay.rank, "buffer": [[1, 2], [3]]}
+    mgr = CheckpointManager(run_dir)
+    mgr.save(2, models=models, optimizers=opts, schedulers=scheds, trainer_state=state, generators={"data": gen})
+    for role, model in models.items():
+        export_hf_checkpoint(model, live / role)
+    before = h.snapshot(models, opts, scheds)
+    streams = h.draw_streams(gen)
+    h.train_step(models, opts, scheds, seed=seed + 100, vocab=vocab)
+    continued = h.snapshot(models, opts, scheds)
+
+    h.perturb_streams(gen)
+    fresh, fresh_opts, fresh_scheds = h.build_set(args.ckpt, init_seed=seed + 1 + lay.rank, load=False)
+    gen2 = torch.Generator()
+    got_state = mgr.load(2, models=fresh, optimizers=fresh_opts, schedulers=fresh_scheds,
+                         generators={"data": gen2})
+    assert got_state == state, (got_state, state)
+    n = h.assert_snapshots_equal(h.snapshot(fresh, fresh_opts, fresh_scheds), before)
+    got_streams = h.draw_streams(gen2)
+    assert got_streams == streams, f"rank {lay.rank}: RNG streams differ after load"
+    h.train_step(fresh, fresh_opts, fresh_scheds, seed=seed + 100, vocab=vocab)
+    h.assert_snapshots_equal(h.snapshot(fresh, fresh_opts, fresh_scheds), continued)
+
+    # Another layout (TP 2 <-> 1): every rank must get the same clear error (no rank left hanging).
+    init_distributed(tp=1 if tp == 2 else 2, backend="gloo")
+    try:
+        mgr.load(2, models=fresh, optimizers=fresh_opts, schedulers=fresh_scheds, generators={"data": gen2})
+        layout_error = None
+    except CheckpointError as exc:
+        layout_error = str(exc)
+    errors: list = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, layout_error)
+    assert all(e is not None and "resharding a checkpoint is not supported" in e for e in errors), errors
+
+    return {"layout": {"tp": lay.tp, "dp": lay.dp}, "tensors_compared": n, "streams": streams,
+            "layout_error": errors[0], "files": sorted(p.name for p in (run_dir / "checkpoints" / "step_2").iterdir())}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tp", type=int, nargs="+", required=True)
+    ap.add_argument("--ckpt", type=Path, required=True)
+    ap.add_argument("--run-dir", dest="run", type=Path, required=True)
+    ap.add_argument("--live-export", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    results = {}
+    for tp in args.tp:
+        results[f"tp{tp}"] = run_layout(args, tp)
+    if dist.get_rank() == 0:
+        args.out.write_text(json.dumps(results, indent=1))
+    shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
