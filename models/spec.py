@@ -86,17 +86,22 @@ class SDPAttention(MegatronModule):
                      params: PackedSeqParams) -> torch.Tensor:
         cu = params.cu_seqlens_q_padded if params.cu_seqlens_q_padded is not None else params.cu_seqlens_q
         t, n, d = query.shape
-        out_tnd = torch.zeros_like(query)
         bounds = cu.tolist()
+        # Pieces: [lead padding] + one per packed sequence + [tail padding]. torch.split's backward writes all
+        # pieces' gradients with one cat; slicing per sequence would allocate a full [t, n, d] zero gradient
+        # per sequence in backward (O(sequences * t): it dominated SFT steps with 64 packed rows).
+        sizes = [bounds[0]] + [hi - lo for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)] + [t - bounds[-1]]
+        is_seq = [False] + [True] * (len(bounds) - 1) + [False]
+        outs = []
         # One SDPA call per packed sequence: O(sum len^2) work and memory, no [t, t] block mask.
-        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-            if hi <= lo:
+        for q, k, v, seq in zip(query.split(sizes), key.split(sizes), value.split(sizes), is_seq, strict=True):
+            if not seq or q.shape[0] == 0:
+                outs.append(torch.zeros_like(q))
                 continue
-            q = query[lo:hi].transpose(0, 1).unsqueeze(0)
-            k = key[lo:hi].transpose(0, 1).unsqueeze(0)
-            v = value[lo:hi].transpose(0, 1).unsqueeze(0)
-            out_tnd[lo:hi] = self._attend(q, k, v, None)[0].transpose(0, 1)
-        return out_tnd.reshape(t, n * d)
+            o = self._attend(q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0),
+                             v.transpose(0, 1).unsqueeze(0), None)
+            outs.append(o[0].transpose(0, 1))
+        return torch.cat(outs).reshape(t, n * d)
 
 
 class FlashVarlenAttention(SDPAttention):
