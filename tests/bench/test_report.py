@@ -8,30 +8,13 @@ crossing step. Missing optional sections and unreadable files must not break the
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import random
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def _bench(module: str):
-    """Import bench.<module> from the checkout (the repo root is not on sys.path under importlib mode and
-    must not be: its kernels/ folder would shadow HF's `kernels`)."""
-    package = sys.modules.get("bench")
-    if package is None or Path(getattr(package, "__file__", "") or "").resolve() != ROOT / "bench" / "__init__.py":
-        spec = importlib.util.spec_from_file_location("bench", ROOT / "bench" / "__init__.py",
-                                                      submodule_search_locations=[str(ROOT / "bench")])
-        package = importlib.util.module_from_spec(spec)
-        sys.modules["bench"] = package
-        spec.loader.exec_module(package)
-    return importlib.import_module(f"bench.{module}")
 
 
 def _tables(markdown: str) -> list[list[str]]:
@@ -65,8 +48,8 @@ def rng(seed) -> random.Random:
     return random.Random(seed)
 
 
-def test_kernel_table_ratios_throughput_and_limit(tmp_path, rng):
-    report = _bench("report")
+def test_kernel_table_ratios_throughput_and_limit(tmp_path, rng, bench_module):
+    report = bench_module("report")
     n, v = rng.randrange(1000, 5000), rng.randrange(10_000, 200_000)
     t = {"eager": rng.uniform(1, 5), "compile": rng.uniform(0.5, 2), "primeflow": rng.uniform(0.1, 1)}
     mem = {"eager": rng.randrange(10**8, 10**9), "compile": rng.randrange(10**6, 10**8),
@@ -98,9 +81,9 @@ def test_kernel_table_ratios_throughput_and_limit(tmp_path, rng):
     assert "](../plots/" in text  # linked relative to the report
 
 
-def test_paired_rows_gpu_limit_and_flops(tmp_path, rng):
+def test_paired_rows_gpu_limit_and_flops(tmp_path, rng, bench_module):
     """Paired extra_info becomes one row per provider; a bf16 CUDA row is rated against 989 TFLOP/s."""
-    report = _bench("report")
+    report = bench_module("report")
     n, h, v = 4096, 3584, 152064
     wall = {"compile": rng.uniform(0.05, 0.2), "primeflow": rng.uniform(0.02, 0.1)}
     info = {f"{p}_wall_s": s for p, s in wall.items()} | {f"{p}_cpu_s": s for p, s in wall.items()}
@@ -123,11 +106,11 @@ def test_paired_rows_gpu_limit_and_flops(tmp_path, rng):
     assert "vendor figure for H100" in text
 
 
-def test_scaling_slopes_tables_and_plots(tmp_path, rng):
+def test_scaling_slopes_tables_and_plots(tmp_path, rng, bench_module):
     """Eager's peak grows as 8 B per logit element (two fp32 [N, V] tensors), ours as c0 + b*N: the fitted
     per-element slopes and the per-point ratio must come out of the report."""
-    scaling = _bench("report_scaling")
-    report = _bench("report")
+    scaling = bench_module("report_scaling")
+    report = bench_module("report")
     b_row, c0 = rng.randrange(8, 64), rng.randrange(2**20, 2**24)
     points = []
     for sweep, shapes in (("N", [(n, 32768) for n in (256, 512, 1024, 2048)]),
@@ -157,8 +140,8 @@ def test_scaling_slopes_tables_and_plots(tmp_path, rng):
     assert (tmp_path / "plots" / "scal_linear_token_logprobs_forward.png").read_bytes()[:8] == PNG
 
 
-def test_step_breakdown_and_learning_efficiency(tmp_path, rng):
-    report = _bench("report")
+def test_step_breakdown_and_learning_efficiency(tmp_path, rng, bench_module):
+    report = bench_module("report")
     stages = ["time/rollout", "time/verify", "time/old_logprobs", "time/prm", "time/advantage", "time/update",
               "time/refit"]
     modes = {m: {s: rng.uniform(0.1, 10) for s in stages} | {"tokens": rng.randrange(10**4, 10**5)}
@@ -191,8 +174,8 @@ def test_step_breakdown_and_learning_efficiency(tmp_path, rng):
     assert (tmp_path / "plots" / "learning_efficiency.png").read_bytes()[:8] == PNG
 
 
-def test_optional_sections_missing_and_bad_files(tmp_path):
-    report = _bench("report")
+def test_optional_sections_missing_and_bad_files(tmp_path, bench_module):
+    report = bench_module("report")
     (tmp_path / "broken.json").write_text("{not json")
     _write(tmp_path / "refit_like.json", {"weights_gb": 1.5, "seconds": 2.0})
     text = report.build_report(tmp_path, tmp_path / "REPORT.md")
@@ -204,8 +187,8 @@ def test_optional_sections_missing_and_bad_files(tmp_path):
     assert "| weights_gb | 1.5 |" in text
 
 
-def test_cli_rejects_missing_results_dir(tmp_path, capsys):
-    report = _bench("report")
+def test_cli_rejects_missing_results_dir(tmp_path, capsys, bench_module):
+    report = bench_module("report")
     with pytest.raises(SystemExit):
         report.main(["--results", str(tmp_path / "nope"), "--out", str(tmp_path / "R.md")])
     assert "is not a directory" in capsys.readouterr().err
