@@ -42,7 +42,8 @@ def run_child(script: str, args: list[str], *, nproc: int = 1, timeout_s: float 
     env = {k: v for k, v in os.environ.items() if k != "VLLM_CPU_KVCACHE_SPACE"}  # the engine sizes its cache
     env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
-    assert proc.returncode == 0, f"{script} failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-8000:]}"
+    assert proc.returncode == 0, (f"{script} failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                                  f"{proc.stderr[-8000:]}")
     return json.loads(out.read_text())
 
 

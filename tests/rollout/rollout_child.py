@@ -98,7 +98,7 @@ def main() -> None:
     res["prompts"] = prompts
     res["eos_token_ids"] = list(engine.eos_token_ids)
     n = 4
-    sampling = SamplingConfig(temperature=1.0, max_tokens=48, seed=args.seed)
+    sampling = SamplingConfig(temperature=1.0, max_tokens=32, seed=args.seed)
 
     trainer = policy(ckpts["base"])
     batch = engine.generate(prompts, n, sampling)
@@ -169,7 +169,7 @@ def main() -> None:
     engine = RolloutEngine(ckpts["base"], max_model_len=MAX_MODEL_LEN, seed=args.seed, dtype="bfloat16")
     trainer16 = policy(ckpts["perturbed_1"], dtype="bfloat16")
     engine.sync_weights(trainer16)
-    batch = engine.generate(prompts, n, sampling)
+    batch = engine.generate(prompts, 2, sampling)
     res["bf16"] = {"mismatch": mismatch(trainer16, batch), "mismatch_vs_fp32_trainer": mismatch(trainer, batch)}
     args.out.write_text(json.dumps(res))
 

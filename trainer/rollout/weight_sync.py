@@ -151,7 +151,6 @@ def global_plan(model, bucket_bytes: int) -> list[Bucket]:
     """Every stage's buckets in stage order (metadata exchanged over the PP group when PP > 1); this stage's
     buckets carry their units."""
     from megatron.core import parallel_state as ps
-
     from primeflow.trainer.parallel import pp_group
 
     pp = ps.get_pipeline_model_parallel_world_size()
@@ -267,7 +266,6 @@ def stream_hf_tensors(model, plan: list[Bucket], stats: dict[str, int]) -> Itera
     the TP and PP groups: every rank must consume the iterator to the end). Adds bytes / tensors / buckets
     fed to `stats`."""
     from megatron.core import parallel_state as ps
-
     from primeflow.trainer.parallel import pp_group, tp_group
 
     cfg = model.model_config
