@@ -1,0 +1,114 @@
+"""curves.png from metrics.jsonl (valid, non-blank PNG; missing keys and empty runs are fine) and the rank-0
+console (step line, final table, progress bars on a terminal, silence elsewhere)."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+from primeflow.trainer import console as console_mod
+from primeflow.trainer.console import RunConsole
+from primeflow.trainer.plots import plot_curves
+from rich.console import Console
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _write(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def _full_records(seed: int, n: int = 8) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"step": s, "outcome_acc": rng.random(), "filter_kept_frac": rng.random(), "prm_loss": rng.random(),
+             "prm_acc": rng.random(), "response_len": rng.uniform(5, 50), "time/rollout": rng.random(),
+             "time/verify": rng.random(), "time/prm": rng.random(), "time/policy": rng.random()}
+            for s in range(1, n + 1)]
+
+
+def _png_pixels(path):
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and len(data) > 1000
+    return imread(str(path))
+
+
+@pytest.mark.parametrize("variant", ["full", "outcome_only", "times_partial", "empty"])
+def test_curves_png(tmp_path, seed, variant):
+    records = _full_records(seed)
+    if variant == "outcome_only":  # an outcome-only RLOO run: no PRM keys, no stage times
+        records = [{"step": r["step"], "outcome_acc": r["outcome_acc"]} for r in records]
+    elif variant == "times_partial":  # a stage that appears later, a null value, a step with no times
+        records[3]["time/refit"] = 0.5
+        records[4]["prm_loss"] = None
+        records[5] = {"step": records[5]["step"], "outcome_acc": 0.5}
+    elif variant == "empty":
+        records = []
+    out = plot_curves(_write(tmp_path / "metrics.jsonl", records), tmp_path / "plots" / "curves.png")
+    assert out == tmp_path / "plots" / "curves.png"
+    pixels = _png_pixels(out)
+    assert pixels.shape[0] >= 600 and pixels.shape[1] >= 900
+    assert float(np.std(pixels[..., :3])) > 0.01  # not a blank canvas
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_curves_show_the_data(tmp_path, seed):
+    """Two runs that differ only in outcome accuracy give different pictures (the data is drawn)."""
+    a = _full_records(seed)
+    b = [dict(r, outcome_acc=1.0 - r["outcome_acc"]) for r in a]
+    pa = _png_pixels(plot_curves(_write(tmp_path / "a.jsonl", a), tmp_path / "a.png"))
+    pb = _png_pixels(plot_curves(_write(tmp_path / "b.jsonl", b), tmp_path / "b.png"))
+    assert pa.shape == pb.shape and not np.array_equal(pa, pb)
+
+
+def _console(terminal: bool = False) -> tuple[RunConsole, io.StringIO]:
+    buf = io.StringIO()
+    rich_console = Console(file=buf, width=200, force_terminal=terminal, color_system=None)
+    return RunConsole(total_steps=20, enabled=True, console=rich_console), buf
+
+
+def test_step_line_and_final_table():
+    con, buf = _console()
+    metrics = {"outcome_acc": 0.4375, "filter_kept_frac": 0.5, "prm_loss": 0.6931, "prm_acc": float("nan"),
+               "pg_loss": -0.0123, "response_len": 17.25, "tokens_per_s": 812.4, "time/rollout": 2.0,
+               "time/prm": 0.5}
+    con.step_summary(3, metrics)
+    line = buf.getvalue()
+    assert line == ("step 3/20 | acc 0.438 | kept 0.50 | prm_loss 0.6931 | prm_acc - | pg_loss -0.0123 | "
+                    "len 17.2 | tok/s 812 | 2.5s\n")
+    buf.truncate(0)
+    buf.seek(0)
+    con.final_table([{"step": 1, **metrics}, {"step": 2, "outcome_acc": 0.75}])
+    table = buf.getvalue()
+    rows = [r for r in table.splitlines() if r.strip().startswith(("│", "|"))]
+    assert len(rows) == 2, table
+    assert "0.438" in rows[0] and "2.5" in rows[0] and "0.750" in rows[1]
+    assert "prm_loss" in table and "clip" not in table  # only columns some step has
+
+
+def test_progress_bar_on_a_terminal_and_plain_elsewhere():
+    con, buf = _console(terminal=True)
+    with con.stage("rollout", total=4) as bar:
+        for _ in range(4):
+            bar.advance()
+    assert "rollout" in buf.getvalue()
+    plain, plain_buf = _console(terminal=False)
+    with plain.stage("rollout", total=4) as bar:
+        bar.advance(4)
+    assert plain_buf.getvalue() == ""
+
+
+def test_silent_on_other_ranks(monkeypatch, capsys):
+    monkeypatch.setattr(console_mod, "_rank", lambda: 1)
+    con = RunConsole(total_steps=3)
+    assert not con.enabled
+    with con.stage("prm", total=2) as bar:
+        bar.advance()
+    con.step_summary(1, {"outcome_acc": 1.0})
+    con.final_table([{"step": 1, "outcome_acc": 1.0}])
+    con.print("x")
+    assert capsys.readouterr() == ("", "")
