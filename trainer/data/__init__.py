@@ -14,8 +14,21 @@
   surplus prompts; the trainer provides generation + verification as a callback returning ``GroupResults``.
 """
 
-from .arithmetic import ArithmeticProblem, arithmetic_problems, arithmetic_response, arithmetic_sft_pairs, arithmetic_task
-from .assembly import AssembledBatch, BatchAssembler, FilterStarvationError, GenerateAndScore, GroupResults, assemble_step
+from .arithmetic import (
+    ArithmeticProblem,
+    arithmetic_problems,
+    arithmetic_response,
+    arithmetic_sft_pairs,
+    arithmetic_task,
+)
+from .assembly import (
+    AssembledBatch,
+    BatchAssembler,
+    FilterStarvationError,
+    GenerateAndScore,
+    GroupResults,
+    assemble_step,
+)
 from .encode import drop_long_prompts, encode_prompts, encode_sft_pair, prompt_ids
 from .filtering import BOUND_TOL, filter_groups, group_means
 from .loader import PromptLoader, epoch_permutation

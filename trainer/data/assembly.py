@@ -99,10 +99,11 @@ class AssembledBatch:
 def _check_results(res: Any, n_prompts: int, group_size: int) -> tuple[list[float], list[Any], list[bool] | None]:
     if not isinstance(res, GroupResults):
         raise TypeError(f"generate_and_score must return a GroupResults, got {type(res).__name__}")
-    flat = _flat_scores(res.scores, group_size)
-    if len(flat) != n_prompts * group_size:
-        raise ValueError(f"generate_and_score returned {len(flat)} scores for {n_prompts} prompts; expected "
+    n_scores = res.scores.numel() if isinstance(res.scores, torch.Tensor) else len(res.scores)
+    if n_scores != n_prompts * group_size:
+        raise ValueError(f"generate_and_score returned {n_scores} scores for {n_prompts} prompts; expected "
                          f"{n_prompts} x group_size {group_size} = {n_prompts * group_size}")
+    flat = _flat_scores(res.scores, group_size)
     payload = list(res.payload) if res.payload is not None else [None] * n_prompts
     if len(payload) != n_prompts:
         raise ValueError(f"generate_and_score returned {len(payload)} payload items for {n_prompts} prompts")

@@ -28,7 +28,8 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
 
 def prompt_ids(tokenizer: Any, record: PromptRecord) -> list[int]:
     """The prompt's token ids: chat template with ``add_generation_prompt=True``."""
-    return _ids(tokenizer, _render(tokenizer, record.messages, add_generation_prompt=True, what=f"prompt {record.uid!r}"))
+    text = _render(tokenizer, record.messages, add_generation_prompt=True, what=f"prompt {record.uid!r}")
+    return _ids(tokenizer, text)
 
 
 def encode_prompts(tokenizer: Any, records: Sequence[PromptRecord], *, max_prompt_len: int) -> list[list[int]]:

@@ -9,7 +9,8 @@ Behaviour (prime_spec.md 6.3 / 10.2, following PRIME's BufferedDataLoader):
 - ``requeue(records)`` appends prompts to the refill buffer. ``fetch(from_buffer=True)`` puts up to
   ``max_from_buffer`` buffered prompts (default ``batch_size``, as PRIME's ``get_from_buffer``) in front of
   the fresh batch. The buffer survives epoch ends; buffered prompts are only handed out together with a
-  fresh batch, so an epoch end never swallows them (PRIME loses them there).
+  fresh batch, so a fetch that finds the epoch exhausted leaves them buffered (PRIME's loop has already
+  taken them out of its buffer at that point and loses them).
 - ``state_dict()`` is plain JSON-able data (seed, epoch, position, buffer uids, a dataset fingerprint);
   ``load_state_dict`` restores it exactly, so a resumed run fetches the same prompt sequence.
 """
