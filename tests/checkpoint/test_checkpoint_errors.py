@@ -102,8 +102,10 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="keep_last must be a positive integer or None"):
         CheckpointManager(tmp_path, keep_last=0)
     mgr = CheckpointManager(tmp_path)
-    with pytest.raises(TypeError, match="trainer_state must be JSON-serializable"):
+    with pytest.raises(CheckpointError, match="trainer_state must be JSON-serializable"):
         mgr.save(1, models=models, optimizers=opts, schedulers=scheds, trainer_state={"t": torch.zeros(1)})
+    with pytest.raises(CheckpointError, match="trainer_state must be a dict, got list"):
+        mgr.save(1, models=models, optimizers=opts, schedulers=scheds, trainer_state=[1])
     with pytest.raises(ValueError, match="step must be a non-negative int"):
         mgr.save(-1, models=models, optimizers=opts, schedulers=scheds, trainer_state={})
     with pytest.raises(ValueError, match=r"models key 'pol/icy' is not allowed"):

@@ -284,12 +284,17 @@ class CheckpointManager:
                             ("generators", generators or {})):
             _check_names(kind, named)
         lay = current_layout()
-        try:
-            state_bytes = (json.dumps(trainer_state, indent=1, sort_keys=True, allow_nan=True) + "\n").encode()
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"trainer_state must be JSON-serializable: {exc}") from exc
-        if not isinstance(trainer_state, dict):
-            raise TypeError(f"trainer_state must be a dict, got {type(trainer_state).__name__}")
+
+        def encode_state() -> bytes:
+            if not isinstance(trainer_state, dict):
+                raise TypeError(f"trainer_state must be a dict, got {type(trainer_state).__name__}")
+            try:
+                return (json.dumps(trainer_state, indent=1, sort_keys=True, allow_nan=True) + "\n").encode()
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"trainer_state must be JSON-serializable: {exc}") from exc
+
+        # Collective even though it is local: a rank whose state fails must not leave the others waiting.
+        state_bytes = _agreed(f"checkpoint step {step}", encode_state)
 
         tmp_name = _agreed(f"checkpoint step {step}: preparing {self.dir}",
                            lambda: str(self._prepare(step)) if lay.is_rank0 else None)
