@@ -1,9 +1,10 @@
-"""End to end with a real engine: `python -m primeflow eval` on tiny checkpoints through vLLM (CPU), 10 AMC
-problems, two models side by side (a run directory resolved to its latest checkpoint, and an HF directory).
+"""End to end with a real engine: `primeflow eval` on tiny checkpoints through vLLM (CPU), 10 AMC problems,
+two models side by side (a run directory resolved to its latest checkpoint, and an HF directory); then
+``run_validation`` over the trainer's RolloutEngine as periodic validation would call it.
 
-vLLM runs in a child process (as the CLI does for a user), so its distributed state never leaks into other
-tests. Independent checks: the prompts are the tokenizer's chat template applied to PRIME's message, and
-the greedy completions equal transformers' greedy decoding of the same prompts (the completions belong to
+vLLM runs in one child process (vllm_child.py), so its distributed state never leaks into other tests.
+Independent checks: the prompts are the tokenizer's chat template applied to PRIME's message, and the greedy
+completions equal transformers' greedy decoding of the same prompts (the completions belong to
 the right problems and model).
 """
 
@@ -14,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +26,7 @@ from primeflow.trainer.evaluation.prompts import MATH_SUFFIX
 pytestmark = pytest.mark.vllm
 MAX_TOKENS = 8
 LIMIT = 10
+VAL_LIMIT = 3  # problems in the periodic-validation phase
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +61,26 @@ def evaluated(tmp_path_factory):
         "--dtype",
         "float32",
     ]
+    request = {"eval_argv": argv, "model": str(latest), "data_dir": str(data_dir), "limit": VAL_LIMIT}
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "primeflow", "eval", *argv], capture_output=True, text=True, timeout=600, env=env
+        [sys.executable, str(Path(__file__).with_name("vllm_child.py"))],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return {"out": out, "stdout": proc.stdout, "models": {"myrun": latest, "sft": other}, "data_dir": data_dir}
+    child = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert child["rc"] == 0, proc.stderr[-4000:]
+    return {
+        "out": out,
+        "stdout": proc.stdout,
+        "models": {"myrun": latest, "sft": other},
+        "data_dir": data_dir,
+        "child": child,
+    }
 
 
 def test_writes_table_and_json(evaluated):
@@ -115,3 +132,26 @@ def test_prompts_and_greedy_completions_match_transformers(evaluated, label):
         # tokenizer makes random models emit those); transformers decodes it as U+FFFD. Same tokens otherwise.
         assert [c.rstrip("\ufffd") for c in p["completions"]] == [expected.rstrip("\ufffd")], r.id
     assert re.search(r"Accuracy \(%\), pass@1, greedy, max_tokens 8", (evaluated["out"] / "results.md").read_text())
+
+
+def test_run_validation_on_a_rollout_engine(evaluated):
+    child = evaluated["child"]
+    metrics = child["metrics"]
+    keys = {
+        "val/amc23/avg@4",
+        "val/amc23/pass@1",
+        "val/amc23/pass@2",
+        "val/amc23/pass@4",
+        "val/avg/avg@4",
+        "val/time/generate",
+        "val/time/score",
+    }
+    assert set(metrics) == keys
+    assert metrics["val/avg/avg@4"] == metrics["val/amc23/avg@4"] == metrics["val/amc23/pass@1"]
+    assert 0.0 <= metrics["val/amc23/pass@1"] <= metrics["val/amc23/pass@2"] <= metrics["val/amc23/pass@4"] <= 1.0
+    same_a, same_b, other = child["runs"]
+    assert len(same_a) == VAL_LIMIT and all(len(c) == 4 for c in same_a)
+    assert same_a == same_b  # per-row seeds: the same seed reproduces every sample
+    assert same_a != other  # a different seed samples differently (random weights, temperature 1, 8 tokens)
+    # the 4 samples of a problem are not copies of one sample (each row has its own seed)
+    assert all(len(set(c)) > 1 for c in same_a)
