@@ -158,25 +158,41 @@ def test_backend_output_shape_is_checked(data_dir):
         evaluate_records(Short(), "aime24", load_benchmark("aime24", data_dir), PromptBuilder(None), SETTINGS)
 
 
-def _hf(path: Path) -> Path:
+def _hf(path: Path, weights: bool = True) -> Path:
     path.mkdir(parents=True)
     (path / "config.json").write_text("{}")
+    if weights:
+        (path / "model.safetensors").write_bytes(b"")
     return path
 
 
 def test_model_dir_resolution(tmp_path):
     hf = _hf(tmp_path / "plain_model")
-    _hf(tmp_path / "run" / "checkpoints" / "step_9" / "policy_hf")
-    latest = _hf(tmp_path / "run" / "checkpoints" / "step_10" / "policy_hf")
+    run = tmp_path / "run"
+    _hf(run / "checkpoints" / "step_9" / "policy_hf")
+    latest = _hf(run / "checkpoints" / "step_10" / "policy_hf")
     assert resolve_hf_dir(hf) == hf
-    assert resolve_hf_dir(tmp_path / "run") == latest  # 10 > 9 numerically, not as strings
-    assert resolve_hf_dir(tmp_path / "run" / "checkpoints" / "step_9") == latest.parents[1] / "step_9" / "policy_hf"
-    spec = parse_model_arg(str(tmp_path / "run"))
-    assert (spec.label, spec.step) == ("run", 10)
+    assert resolve_hf_dir(run) == latest  # 10 > 9 numerically, not as strings
+    assert resolve_hf_dir(run / "checkpoints" / "step_9") == run / "checkpoints" / "step_9" / "policy_hf"
+    assert (parse_model_arg(str(run)).label, parse_model_arg(str(run)).step) == ("run", 10)
     spec = parse_model_arg(f"sft={hf}")
     assert (spec.label, spec.step, spec.path) == ("sft", None, hf)
-    with pytest.raises(FileNotFoundError, match="policy_hf/config.json"):
-        resolve_hf_dir(tmp_path)
+
+    # `primeflow export` layout: RUN/export/step_N/policy; a newer export wins over older checkpoints
+    exported = _hf(run / "export" / "step_12" / "policy")
+    assert resolve_hf_dir(run) == exported
+    assert resolve_hf_dir(run / "export" / "step_12") == exported
+    assert (parse_model_arg(str(run / "export" / "step_12")).label, parse_model_arg(str(run)).step) == ("run", 12)
+
+    # a training checkpoint holds Megatron shards (and config-only HF side files): say how to export it
+    shards = run / "checkpoints" / "step_20"
+    _hf(shards / "hf" / "policy", weights=False)
+    with pytest.raises(FileNotFoundError, match=r"primeflow export --run-dir .*run --step 20"):
+        resolve_hf_dir(shards)
+    with pytest.raises(FileNotFoundError, match="not a model"):
+        resolve_hf_dir(shards / "hf" / "policy")  # config.json alone is not a model
+    with pytest.raises(FileNotFoundError, match="export/step_N/policy/"):
+        resolve_hf_dir(tmp_path / "plain_model" / "..")
 
 
 def test_cli_errors(data_dir, tmp_path, capsys):

@@ -8,7 +8,8 @@ Examples::
     primeflow eval --model sft=/models/Eurus-2-7B-SFT --compare runs/prime --samples 16 --temperature 0.3 \\
         --top-p 0.95 --out results/avg16
     # tensor parallel: one process per vLLM TP rank under torchrun (rank 0 writes the results)
-    torchrun --nproc-per-node 4 -m primeflow eval --tp 4 --model runs/prime --samples 16 --temperature 0.3
+    torchrun --nproc-per-node 4 -m primeflow eval --tp 4 --model runs/prime --samples 16 --temperature 0.3 \\
+        --top-p 0.95
     # check a data directory: every reference must score 100% through the verifier
     primeflow eval --backend oracle --benchmarks math --data-dir my_data/
 
@@ -151,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
 
             tokenizer = AutoTokenizer.from_pretrained(str(spec.path))
         builder = PromptBuilder(tokenizer, args.system_prompt)
+        if tokenizer is not None and not builder.uses_chat_template and rank == 0:
+            print(f"[eval] warning: {spec.path} has no chat template; prompts use ChatML markers", file=sys.stderr)
         all_records = [r for recs in data.values() for r in recs]
         backend = _make_backend(args.backend, spec, all_records, builder, args)
         label = spec.label if spec is not None else args.backend
