@@ -176,11 +176,21 @@ def render_unknown(source: Source) -> str:
 
 
 def cpu_limit_source(sources: list[Source]) -> tuple[dict[str, Any], str] | None:
-    """The best measured CPU limits among the files (for results that did not measure their own)."""
+    """The best measured CPU limits among the files, each figure from the file that measured it best (a
+    limit describes the machine at a quiet moment; used for results that did not measure their own)."""
     found = [(s.data["hardware"], s.name) for s in sources
              if isinstance(s.data, dict) and isinstance(s.data.get("hardware"), dict)
              and s.data["hardware"].get("device", "cpu") == "cpu"]
-    return max(found, key=lambda f: f[0].get("mem_GBps", 0)) if found else None
+    if not found:
+        return None
+    limits: dict[str, Any] = {"device": "cpu"}
+    names = []
+    for key in ("mem_GBps", "fp32_GFLOPs"):
+        best = max(found, key=lambda f: f[0].get(key, 0))
+        limits[key] = best[0].get(key)
+        limits.update(cpu=best[0].get("cpu"), threads=best[0].get("threads"))
+        names.append(best[1])
+    return limits, ", ".join(dict.fromkeys(names))
 
 
 def build_report(results: Path, out: Path) -> str:

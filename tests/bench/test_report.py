@@ -192,3 +192,20 @@ def test_cli_rejects_missing_results_dir(tmp_path, capsys, bench_module):
     with pytest.raises(SystemExit):
         report.main(["--results", str(tmp_path / "nope"), "--out", str(tmp_path / "R.md")])
     assert "is not a directory" in capsys.readouterr().err
+
+
+def test_results_without_limits_use_the_best_measured_cpu_limits(tmp_path, rng, bench_module):
+    """Each figure comes from the hardware file that measured it best, and the table says which files."""
+    report = bench_module("report")
+    mem = sorted(rng.uniform(2, 30) for _ in range(2))
+    gemm = sorted(rng.uniform(20, 300) for _ in range(2))
+    _write(tmp_path / "hw_a.json", {"kind": "hardware", "hardware": {"mem_GBps": mem[1], "fp32_GFLOPs": gemm[0]}})
+    _write(tmp_path / "hw_b.json", {"kind": "hardware", "hardware": {"mem_GBps": mem[0], "fp32_GFLOPs": gemm[1]}})
+    n, v, seconds = 512, 1000, rng.uniform(0.01, 0.1)
+    group = f"forward fp32 N={n} V={v}"
+    benches = [_bench_entry(f"test_forward[fp32-{p}]", group, seconds * (2 if p == "eager" else 1),
+                            {"provider": p}, "bench_token_logprobs") for p in ("eager", "primeflow")]
+    _write(tmp_path / "old.json", {"benchmarks": benches})
+    text = report.build_report(tmp_path, tmp_path / "REPORT.md")
+    assert _row(text, "**primeflow**", group)[5] == f"{100 * n * v * 4 / seconds / (mem[1] * 1e9):.1f} %"
+    assert "Limits: measured by `hw_a.json, hw_b.json` (another run on this machine)" in text
