@@ -116,6 +116,7 @@ def test_simple_jsonl_ids_numbers_and_blank_lines(tmp_path):
     assert isinstance(recs[0], PromptRecord)
     with pytest.raises(dataclasses.FrozenInstanceError):
         recs[0].uid = "x"
+    assert len({*recs, *load_prompts(path).records}) == 4  # hashable (by uid), equal records collapse
 
 
 # -- malformed rows -----------------------------------------------------------------------------------------

@@ -12,6 +12,22 @@
 - ``filter_groups(scores, group_size, low=0.2, high=0.8)``: the inclusive, float-safe accuracy filter.
 - ``assemble_step`` / ``BatchAssembler``: PRIME's fill-until-full batch assembly with requeue of the
   surplus prompts; the trainer provides generation + verification as a callback returning ``GroupResults``.
+
+Usage::
+
+    records = load_prompts("train.parquet", on_error="skip").records      # or arithmetic_task(4096, seed=0)
+    records = [apply_prime_suffix(r) for r in records]                   # no-op on Eurus rows
+    loader = PromptLoader(records, batch_size=256, seed=0)
+
+    def generate_and_score(prompts):                                      # K samples per prompt, verified
+        ids = encode_prompts(tokenizer, prompts, max_prompt_len=1024)
+        ...
+        return GroupResults(scores=flat_scores, payload=per_prompt_groups, truncated=flat_truncated)
+
+    batch = assemble_step(loader, generate_and_score, prompts_per_step=256, group_size=4)
+    if batch.epoch_ended: ...            # partial batch discarded; the loader is already in the next epoch
+    else: train on batch.payload (exactly 256 groups); log batch.metrics()
+    checkpoint["loader"] = loader.state_dict()                            # plain JSON; load_state_dict on resume
 """
 
 from .arithmetic import (

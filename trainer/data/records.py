@@ -54,6 +54,9 @@ class PromptRecord:
     ground_truth: str
     data_source: str
 
+    def __hash__(self) -> int:  # by uid: the messages list is not hashable, and uids are unique per dataset
+        return hash(self.uid)
+
 
 @dataclass
 class LoadedPrompts:
