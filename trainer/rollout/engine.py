@@ -20,6 +20,10 @@ Environment: `VLLM_ENABLE_V1_MULTIPROCESSING=0` (in-process engine core) is set 
 imported; exporting it before anything imports vLLM is the robust choice. On CPU the KV cache size comes
 from `kv_cache_gib` (a VLLM_CPU_KVCACHE_SPACE in the environment overrides it: vLLM's legacy setting).
 
+Shutting an engine down (close(), or dropping the last reference) tears down vLLM's groups but NOT the
+trainer's world: vLLM's own shutdown destroys torch.distributed's default group, which the engine prevents
+(`_keep_trainer_world`). A new engine can be built in the same process afterwards.
+
 Side effects of building a vLLM engine, undone here: vLLM seeds the global torch / numpy / random RNGs and
 the CPU worker replaces `torch.set_num_threads` with a no-op (and vLLM may drop torch to 1 intra-op thread
 "for serving"); all of it is restored after construction and after each generate call, so the trainer's
@@ -90,11 +94,40 @@ def _preserve_torch_state() -> Iterator[None]:
             torch.set_num_threads(threads)
 
 
+def _keep_trainer_world() -> None:
+    """vLLM's engine shutdown (close(), or garbage collection of the engine) ends with
+    `cleanup_dist_env_and_memory`, which destroys torch.distributed's DEFAULT process group -- the trainer's
+    world, owned by primeflow.trainer.parallel. Wrap it (idempotent, process-wide) so that vLLM still tears
+    down its own groups but leaves the default group alone; trainer.parallel.shutdown() ends the world."""
+    import vllm.v1.engine.core as core
+
+    original = core.cleanup_dist_env_and_memory
+    if getattr(original, "_primeflow_keeps_world", False):
+        return
+
+    def cleanup(*args, **kwargs):
+        real = dist.destroy_process_group
+
+        def destroy(group=None):
+            if group is None or group == dist.GroupMember.WORLD:
+                return None
+            return real(group)
+
+        dist.destroy_process_group = destroy
+        try:
+            return original(*args, **kwargs)
+        finally:
+            dist.destroy_process_group = real
+
+    cleanup._primeflow_keeps_world = True
+    core.cleanup_dist_env_and_memory = cleanup
+
+
 def _eos_ids(model_path: Path, tokenizer) -> tuple[int, ...]:
     """Ids that end a response without being asked: the tokenizer's EOS plus generation_config's
     eos_token_id (vLLM applies both)."""
     ids = set()
-    if getattr(tokenizer, "eos_token_id", None) is not None:
+    if tokenizer is not None and getattr(tokenizer, "eos_token_id", None) is not None:
         ids.add(int(tokenizer.eos_token_id))
     gen = model_path / "generation_config.json"
     if gen.is_file():
@@ -184,9 +217,14 @@ class RolloutEngine:
 
         from vllm import LLM
 
+        if self.distributed:
+            _keep_trainer_world()
         with _preserve_process_state():
             self.llm = LLM(**kwargs)
-        self.tokenizer = self.llm.get_tokenizer()
+        try:
+            self.tokenizer = self.llm.get_tokenizer()
+        except (ValueError, RuntimeError, AttributeError):  # vllm_kwargs={"skip_tokenizer_init": True}
+            self.tokenizer = None
         self.eos_token_ids = _eos_ids(self.model_path, self.tokenizer)
         self.vocab_size = int(self.llm.llm_engine.model_config.get_vocab_size())
         self._tp_cpu_group = None
@@ -356,3 +394,15 @@ class RolloutEngine:
     @property
     def asleep(self) -> bool:
         return self._asleep
+
+    def close(self) -> None:
+        """Shut the vLLM engine down and free it (idempotent). The trainer's torch.distributed world stays up
+        (vLLM's own shutdown would destroy it; see _keep_trainer_world). Collective when tp_size > 1 or the
+        engine shared a world: every rank closes its engine together, like it built it."""
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        llm.llm_engine.engine_core.shutdown()
+        self.llm = None
+        del llm
+        gc.collect()

@@ -195,8 +195,10 @@ def check_plan(plan: list[Bucket], expected: dict[str, tuple[int, ...]]) -> None
 
 
 def expected_tensors(model_path) -> dict[str, tuple[int, ...]]:
-    """HF tensor names and shapes of the checkpoint at `model_path` (headers only), minus entries vLLM
-    ignores (RoPE buffers; lm_head of a tied-embedding model)."""
+    """HF tensor names and shapes of the checkpoint at `model_path` (safetensors headers only), minus entries
+    vLLM ignores (RoPE buffers; lm_head of a tied-embedding model). A directory with only config.json (an
+    engine built with vllm_kwargs={"load_format": "dummy"}, as the refit benchmark does) gets the set that
+    config implies (primeflow.models.hf_checkpoint.hf_tensor_shapes)."""
     import json
     from pathlib import Path
 
@@ -205,7 +207,10 @@ def expected_tensors(model_path) -> dict[str, tuple[int, ...]]:
     path = Path(model_path)
     files = sorted(path.glob("*.safetensors"))
     if not files:
-        raise ValueError(f"model_path={str(path)!r}: no *.safetensors files")
+        from primeflow.models import ModelConfig
+        from primeflow.models.hf_checkpoint import hf_tensor_shapes
+
+        return dict(hf_tensor_shapes(ModelConfig.from_hf(path)))
     out: dict[str, tuple[int, ...]] = {}
     for f in files:
         with safe_open(str(f), framework="pt") as h:
