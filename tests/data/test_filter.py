@@ -87,6 +87,7 @@ def test_means_are_exactly_rounded():
     ((torch.zeros(2, 3), 4), {}, "must be \\[P, group_size=4\\]"),
     ((torch.zeros(2, 2, 2), 2), {}, "must be a 1-D tensor"),
     (([1, 0], 2), {"low": 0.9, "high": 0.1}, "low <= high"),
+    (([[1, 0], [0, 0]], 2), {}, "scores\\[0\\] is a list; pass a flat list"),
 ])
 def test_bad_inputs(args, kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -13,6 +13,7 @@ values in [0, 1] (<= 6e-8).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -30,7 +31,12 @@ def _flat_scores(scores: Sequence[float] | torch.Tensor, group_size: int) -> lis
             raise ValueError(f"scores must be a 1-D tensor [B] (or [P, K]), got shape {tuple(scores.shape)}")
         flat = scores.detach().to("cpu", torch.float64).reshape(-1).tolist()
     else:
-        flat = [float(s) for s in scores]
+        flat = []
+        for i, s in enumerate(scores):
+            if not isinstance(s, numbers.Real) and not (isinstance(s, torch.Tensor) and s.numel() == 1):
+                raise ValueError(f"scores[{i}] is a {type(s).__name__}; pass a flat list of B floats "
+                                 "(or a [B] / [P, K] tensor)")
+            flat.append(float(s))
     if len(flat) % group_size:
         raise ValueError(f"len(scores)={len(flat)} is not a multiple of group_size={group_size} "
                          "(groups of K responses must be contiguous)")
