@@ -29,8 +29,20 @@ def build_set(ckpt: Path, *, init_seed: int, load: bool = True, roles=("policy",
 
 
 def train_step(models, opts, scheds, *, seed: int, vocab: int, batch=2, seq=12) -> None:
-    """One deterministic update of every model (fixed data from `seed`; dropout is off in these models)."""
+    """One deterministic update of every model (fixed data from `seed`; dropout is off in these models).
+    With PP > 1 a stage cannot run the model alone, so gradients are seeded random tensors instead (the
+    checkpoint only cares that parameters and AdamW moments are non-trivial and deterministic)."""
+    from megatron.core import parallel_state
+
     g = torch.Generator().manual_seed(seed)
+    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+        for role, model in models.items():
+            opts[role].zero_grad(set_to_none=True)
+            for p in model.parameters():
+                p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
+            opts[role].step()
+            scheds[role].step()
+        return
     ids = torch.randint(0, vocab, (batch, seq), generator=g)
     pos = torch.arange(seq).expand(batch, seq)
     for role, model in models.items():

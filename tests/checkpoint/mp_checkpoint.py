@@ -1,12 +1,13 @@
 """Checkpoint round trip under torchrun (gloo), run by test_checkpoint_multiproc.py:
 
-    torchrun --nproc-per-node 2 tests/checkpoint/mp_checkpoint.py --tp 2 1 --ckpt HF_DIR --run-dir RUN --out RES.json
+    torchrun --nproc-per-node 2 tests/checkpoint/mp_checkpoint.py --layouts 2x1 1x1 1x2 --ckpt HF_DIR \
+        --run-dir RUN --live-export LIVE --out RES.json
 
-For each TP size T in --tp (one torchrun job for all, to pay the start-up once), in RUN/tp<T>/:
-a Megatron policy + PRM at TP=T (DP = 2/T), two AdamW steps, save (per-rank RNG streams differ), then fresh
+For each layout TxP in --layouts (one torchrun job for all, to pay the start-up once), in RUN/tp<T>pp<P>/:
+a Megatron policy + PRM at TP=T, PP=P (DP = 2/(T*P)), two AdamW steps, save (per-rank RNG streams differ), then fresh
 randomly initialised models/optimizers load it: parameters, optimizer states, scheduler states, RNG streams
 and trainer_state must be bitwise equal on every rank, and one more training step must give bitwise the
-same result as the uninterrupted models. The live models are also exported to HF (`--live-export`/tp<T>) for the
+same result as the uninterrupted models. The live models are also exported to HF (`LIVE/tp<T>pp<P>`) for the
 calling test to compare with `primeflow export`. Finally a load at another layout must fail on every rank
 with the layout error. Any failed check raises (torchrun exits non-zero); rank 0 writes RES.json.
 """
@@ -26,14 +27,22 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder only (see tests/models/mp_parity.py)
 import helpers as h  # noqa: E402
 from primeflow.models import export_hf_checkpoint  # noqa: E402
-from primeflow.trainer.checkpointing import CheckpointError, CheckpointManager  # noqa: E402
+from primeflow.trainer.checkpointing import CheckpointError, CheckpointManager, export_hf  # noqa: E402
 from primeflow.trainer.parallel import init_distributed, shutdown  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
 
-def run_layout(args, tp: int) -> dict:
-    """The whole check at TP=tp; returns what the calling test inspects."""
-    lay = init_distributed(tp=tp, backend="gloo")
-    run_dir, live = args.run / f"tp{tp}", args.live_export / f"tp{tp}"
+def _hf_tensors(path: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for f in sorted(path.glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
+
+
+def run_layout(args, tp: int, pp: int) -> dict:
+    """The whole check at TP=tp, PP=pp; returns what the calling test inspects."""
+    lay = init_distributed(tp=tp, pp=pp, backend="gloo")
+    run_dir, live = args.run / f"tp{tp}pp{pp}", args.live_export / f"tp{tp}pp{pp}"
     seed = args.seed
 
     models, opts, scheds = h.build_set(args.ckpt, init_seed=seed)
@@ -67,8 +76,19 @@ def run_layout(args, tp: int) -> dict:
     h.train_step(fresh, fresh_opts, fresh_scheds, seed=seed + 100, vocab=vocab)
     h.assert_snapshots_equal(h.snapshot(fresh, fresh_opts, fresh_scheds), continued)
 
+    # export_hf of the saved checkpoint (collective, this layout) == exporting the live models, bitwise.
+    exported = export_hf(run_dir, 2, args.run / f"exported_tp{tp}pp{pp}")
+    export_equal = None
+    if lay.rank == 0:
+        for role in ("policy", "prm"):
+            got, ref = _hf_tensors(exported[role]), _hf_tensors(live / role)
+            assert got.keys() == ref.keys() and len(got) > 10, (sorted(got), sorted(ref))
+            for name in got:
+                assert torch.equal(got[name], ref[name]), f"export of {role}: {name} differs"
+        export_equal = len(got)
+
     # Another layout (TP 2 <-> 1): every rank must get the same clear error (no rank left hanging).
-    init_distributed(tp=1 if tp == 2 else 2, backend="gloo")
+    init_distributed(tp=1 if tp == 2 else 2, pp=1, backend="gloo")
     try:
         mgr.load(2, models=fresh, optimizers=fresh_opts, schedulers=fresh_scheds, generators={"data": gen2})
         layout_error = None
@@ -78,13 +98,14 @@ def run_layout(args, tp: int) -> dict:
     dist.all_gather_object(errors, layout_error)
     assert all(e is not None and "resharding a checkpoint is not supported" in e for e in errors), errors
 
-    return {"layout": {"tp": lay.tp, "dp": lay.dp}, "tensors_compared": n, "streams": streams,
+    return {"layout": {"tp": lay.tp, "pp": lay.pp, "dp": lay.dp}, "tensors_compared": n, "streams": streams,
+            "export_tensors_equal": export_equal,
             "layout_error": errors[0], "files": sorted(p.name for p in (run_dir / "checkpoints" / "step_2").iterdir())}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--tp", type=int, nargs="+", required=True)
+    ap.add_argument("--layouts", nargs="+", required=True, help="TxP items, e.g. 2x1 1x1 1x2")
     ap.add_argument("--ckpt", type=Path, required=True)
     ap.add_argument("--run-dir", dest="run", type=Path, required=True)
     ap.add_argument("--live-export", type=Path, required=True)
@@ -92,8 +113,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     results = {}
-    for tp in args.tp:
-        results[f"tp{tp}"] = run_layout(args, tp)
+    for item in args.layouts:
+        tp, pp = map(int, item.split("x"))
+        results[f"tp{tp}pp{pp}"] = run_layout(args, tp, pp)
     if dist.get_rank() == 0:
         args.out.write_text(json.dumps(results, indent=1))
     shutdown()
