@@ -17,7 +17,11 @@ from .checkpointing import CheckpointError, export_hf, saved_layout
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="primeflow export", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="primeflow export",
+        description="Export a run checkpoint's policy and PRM as HF checkpoints (safetensors, config, tokenizer). "
+                    "A checkpoint saved with TP x PP = n > 1 is exported by n processes: started as one process, "
+                    "this command re-launches itself under torchrun.")
     # --run-dir: the spelling used under torchrun, whose own parser rejects `--run` as an ambiguous
     # abbreviation of its --run-path option even after the script name.
     ap.add_argument("--run", "--run-dir", dest="run", required=True, help="run directory (holds checkpoints/)")
