@@ -103,3 +103,12 @@ def test_benchmark_names():
 def test_read_records_missing_path_names_it(tmp_path):
     with pytest.raises(BenchmarkDataError, match=f"^{tmp_path / 'gone.jsonl'}: benchmark file not found"):
         read_records(tmp_path / "gone.jsonl", "aime24", "math")
+
+
+def test_load_benchmarks_subset_in_order(tmp_path):
+    _write(tmp_path / "eval" / "aime24.jsonl", ROWS)
+    _write(tmp_path / "eval" / "amc23.jsonl", [{"id": "b/0", "problem": "3+3?", "answer": "6"}])
+    from primeflow.trainer.evaluation import load_benchmarks
+
+    got = load_benchmarks("amc23,aime24", tmp_path, limit=1)
+    assert [(r.benchmark, r.id) for r in got] == [("amc23", "b/0"), ("aime24", "a/0")]

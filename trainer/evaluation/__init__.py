@@ -3,7 +3,8 @@
 - ``main(argv) -> int``: the CLI (see ``cli.py`` for options and examples).
 - ``run_validation(backend, records, *, render, samples=1, temperature=0.0, top_p=1.0, max_tokens=1024,
   seed=0, prefix="val") -> dict[str, float]``: flat metrics such as ``val/math500/avg@1``.
-- ``load_benchmark(name, data_dir=None, *, limit=None) -> list[EvalRecord]``, ``BENCHMARKS`` (the registry).
+- ``load_benchmark(name, data_dir=None, *, limit=None) -> list[EvalRecord]``, ``load_benchmarks(names, ...)``
+  (several, e.g. a validation subset), ``BENCHMARKS`` (the registry).
 - ``PromptBuilder(tokenizer, system_prompt="prime")``: PRIME's prompts through the model's chat template.
 - Backends: ``GenerationBackend`` (protocol), ``VLLMBackend`` (real, imported lazily), ``oracle_backend`` /
   ``wrong_oracle_backend`` (scripted, for tests and for checking a data directory).
@@ -22,6 +23,7 @@ from .benchmarks import (
     BenchmarkDataError,
     EvalRecord,
     load_benchmark,
+    load_benchmarks,
     parse_benchmark_names,
     read_records,
     resolve_data_dir,
@@ -63,6 +65,7 @@ __all__ = [
     "default_ks",
     "evaluate_records",
     "load_benchmark",
+    "load_benchmarks",
     "main",
     "markdown_table",
     "parse_benchmark_names",

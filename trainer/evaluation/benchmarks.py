@@ -182,3 +182,11 @@ def load_benchmark(name: str, data_dir: str | Path | None = None, *, limit: int 
     bench = BENCHMARKS[parse_benchmark_names([name])[0]]
     records = read_records(benchmark_file(bench.name, data_dir), bench.name, bench.kind)
     return records[:limit] if limit is not None else records
+
+
+def load_benchmarks(
+    names: str | Sequence[str], data_dir: str | Path | None = None, *, limit: int | None = None
+) -> list[EvalRecord]:
+    """The problems of several benchmarks in order (the first ``limit`` of each): the periodic-validation
+    subset, e.g. ``load_benchmarks("math500,aime24", limit=50)``."""
+    return [r for name in parse_benchmark_names(names) for r in load_benchmark(name, data_dir, limit=limit)]

@@ -101,7 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(checks data and scoring, needs no model)",
     )
     p.add_argument("--math-timeout", type=float, default=5.0, help="verifier time limit per sample, seconds")
-    p.add_argument("--workers", type=int, default=2, help="verifier worker processes")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=max(1, min(8, (os.cpu_count() or 2) // 2)),
+        help="verifier worker processes (default: half the cores, at most 8)",
+    )
     return p
 
 
