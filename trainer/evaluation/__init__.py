@@ -6,14 +6,13 @@
 - ``load_benchmark(name, data_dir=None, *, limit=None) -> list[EvalRecord]``, ``load_benchmarks(names, ...)``
   (several, e.g. a validation subset), ``BENCHMARKS`` (the registry).
 - ``PromptBuilder(tokenizer, system_prompt="prime")``: PRIME's prompts through the model's chat template.
-- Backends: ``GenerationBackend`` (protocol), ``VLLMBackend`` (real, imported lazily), ``oracle_backend`` /
+- Backends: ``GenerationBackend`` (protocol), ``RolloutEngineBackend(engine)`` (wraps the trainer's live
+  RolloutEngine), ``VLLMBackend(model_dir, ...)`` (builds one on an HF checkpoint), ``oracle_backend`` /
   ``wrong_oracle_backend`` (scripted, for tests and for checking a data directory).
 - ``pass_at_k(n, c, k)``, ``benchmark_metrics(correct)``: the estimators.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 from .backends import GenerationBackend, ScriptedBackend, oracle_backend, wrong_oracle_backend
 from .benchmarks import (
@@ -34,18 +33,7 @@ from .model_dir import parse_model_arg, resolve_hf_dir
 from .prompts import PromptBuilder
 from .report import ModelResult, markdown_table, write_outputs
 from .runner import BenchmarkResult, SamplingSettings, evaluate_records, run_validation
-
-if TYPE_CHECKING:
-    from .vllm_backend import VLLMBackend
-
-
-def __getattr__(name: str):
-    if name == "VLLMBackend":  # imports vLLM only when asked for
-        from .vllm_backend import VLLMBackend
-
-        return VLLMBackend
-    raise AttributeError(name)
-
+from .vllm_backend import RolloutEngineBackend, VLLMBackend  # vLLM itself is imported only when one is built
 
 __all__ = [
     "BENCHMARKS",
@@ -57,6 +45,7 @@ __all__ = [
     "GenerationBackend",
     "ModelResult",
     "PromptBuilder",
+    "RolloutEngineBackend",
     "SamplingSettings",
     "ScriptedBackend",
     "VLLMBackend",
