@@ -26,6 +26,7 @@ from primeflow.trainer.evaluation.prompts import MATH_SUFFIX
 pytestmark = pytest.mark.vllm
 MAX_TOKENS = 8
 LIMIT = 10
+GREEDY_CHECKS = 4  # problems decoded again with transformers (its CPU generate is the slow part)
 VAL_LIMIT = 3  # problems in the periodic-validation phase
 
 
@@ -120,17 +121,17 @@ def test_prompts_and_greedy_completions_match_transformers(evaluated, label):
     assert [p["id"] for p in problems] == [r.id for r in records]
     tok = AutoTokenizer.from_pretrained(str(ckpt))
     model = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32).eval()
-    for r, p in zip(records, problems, strict=True):
+    for i, (r, p) in enumerate(zip(records, problems, strict=True)):
         messages = [{"role": "user", "content": r.problem + MATH_SUFFIX}]
         assert p["prompt"] == tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         assert p["reference"] == r.answer
+        if i >= GREEDY_CHECKS:
+            continue
         ids = torch.tensor([tok.encode(p["prompt"], add_special_tokens=False)])
         with torch.no_grad():
             gen = model.generate(ids, max_new_tokens=MAX_TOKENS, do_sample=False, pad_token_id=tok.eos_token_id)
         expected = tok.decode(gen[0, ids.shape[1] :], skip_special_tokens=True)
-        # vLLM's incremental detokenizer holds back a trailing incomplete UTF-8 sequence (this byte-level
-        # tokenizer makes random models emit those); transformers decodes it as U+FFFD. Same tokens otherwise.
-        assert [c.rstrip("\ufffd") for c in p["completions"]] == [expected.rstrip("\ufffd")], r.id
+        assert p["completions"] == [expected], r.id  # both decoded by the HF tokenizer: same tokens
     assert re.search(r"Accuracy \(%\), pass@1, greedy, max_tokens 8", (evaluated["out"] / "results.md").read_text())
 
 
