@@ -40,7 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _, manifest = saved_layout(args.run, args.step)
         n = manifest["layout"]["tp"] * manifest["layout"]["pp"]
-        if n > 1 and "RANK" not in os.environ:
+        # Not inside a multi-process job (WORLD_SIZE unset or 1; a RANK=0 alone may be left in the environment
+        # by a single-process init_distributed): start one with n processes.
+        if n > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
                    "-m", "primeflow.trainer.export", "--run-dir", args.run,
                    *(["--step", str(args.step)] if args.step is not None else []),
