@@ -275,7 +275,8 @@ class CheckpointManager:
         """Write checkpoint `step` (collective); returns `checkpoints/step_<step>`.
 
         models / optimizers / schedulers: this rank's shard objects by name (e.g. "policy", "prm").
-        trainer_state: JSON-serializable dict of this rank's loop state (tuples come back as lists).
+        trainer_state: JSON-serializable dict of this rank's loop state (it comes back through JSON: tuples
+        as lists, non-string dict keys as strings; floats exactly).
         rng: save this rank's RNG streams; generators: extra named torch.Generators to save with them.
         An existing step_<step> (a resume from an older checkpoint) is replaced."""
         if not isinstance(step, int) or isinstance(step, bool) or step < 0:
@@ -289,7 +290,7 @@ class CheckpointManager:
             if not isinstance(trainer_state, dict):
                 raise TypeError(f"trainer_state must be a dict, got {type(trainer_state).__name__}")
             try:
-                return (json.dumps(trainer_state, indent=1, sort_keys=True, allow_nan=True) + "\n").encode()
+                return (json.dumps(trainer_state, indent=1, allow_nan=True) + "\n").encode()
             except (TypeError, ValueError) as exc:
                 raise TypeError(f"trainer_state must be JSON-serializable: {exc}") from exc
 
