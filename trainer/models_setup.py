@@ -38,7 +38,7 @@ def make_optimizer(model: torch.nn.Module, cfg: OptimConfig
                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """AdamW with a linear warmup then a constant LR (PRIME's schedule: constant, 0 warmup)."""
     optim = torch.optim.AdamW(trainable(model), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
-                              eps=1e-8, foreach=False)
+                              eps=1e-8)
     warmup = max(0, cfg.warmup_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
     return optim, sched

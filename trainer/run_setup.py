@@ -48,7 +48,7 @@ def start_run(config: Config) -> Run:
         tmp.write_text(dump_yaml(config))
         os.replace(tmp, run_dir / "config.yaml")
     parallel.barrier()
-    console = RunConsole(total_steps=config.train.steps, enabled=layout.is_rank0 and config.logging.progress)
+    console = RunConsole(total_steps=config.train.steps, enabled=layout.is_rank0)
     wandb = {"project": config.logging.wandb_project, "dir": str(run_dir)} if config.logging.wandb_project else None
     logger = MetricsLogger(run_dir, tensorboard=config.logging.tensorboard, wandb=wandb)
     return Run(config, run_dir, layout, console, logger)

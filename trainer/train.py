@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 from . import parallel
@@ -30,6 +30,7 @@ from .stages.logprobs import batch_logprobs
 from .stages.policy import policy_stage
 from .stages.prm import prm_stage
 from .stages.rollout import RolloutStage, StageClock
+from .stages.validation import validation_stage
 from .testing_faults import fault_point, set_step
 
 
@@ -50,9 +51,14 @@ class Trainer:
 
 
 @contextmanager
-def timed(clock: StageClock, name: str):
+def timed(t: Trainer, clock: StageClock, name: str):
+    """Time a stage (metrics `time/<name>`) and show it as a live bar on rank 0 when logging.progress."""
     t0 = time.perf_counter()
-    yield
+    if t.config.logging.progress:
+        with t.run.console.stage(name):
+            yield
+    else:
+        yield
     clock.add(name, time.perf_counter() - t0)
 
 
@@ -60,9 +66,10 @@ def collect_rollouts(t: Trainer, step: int, clock: StageClock) -> AssembledBatch
     """Rollout + verify + filter/refill: fetch prompts until prompts_per_step groups pass the filter."""
     t.rollout.begin_step(step, clock, policy_version=t.policy_version)
     cfg = t.config
-    return assemble_step(t.loader, t.rollout, prompts_per_step=cfg.data.prompts_per_step, group_size=cfg.rollout.n,
-                         low=cfg.filter.low, high=cfg.filter.high, filter_accuracy=cfg.filter.enabled,
-                         max_fetches=cfg.filter.max_fetches)
+    with t.run.console.stage("rollout + verify + filter") if cfg.logging.progress else nullcontext():
+        return assemble_step(t.loader, t.rollout, prompts_per_step=cfg.data.prompts_per_step,
+                             group_size=cfg.rollout.n, low=cfg.filter.low, high=cfg.filter.high,
+                             filter_accuracy=cfg.filter.enabled, max_fetches=cfg.filter.max_fetches)
 
 
 def to_train_batch(t: Trainer, assembled: AssembledBatch) -> TrainBatch:
@@ -101,18 +108,18 @@ def prime_step(t: Trainer, step: int) -> dict[str, float]:
         return {}
     metrics.update(assembled.metrics())
     batch = to_train_batch(t, assembled)
-    with timed(clock, "old_logp"):
+    with timed(t, clock, "old_logp"):
         metrics.update(old_logprobs(t, batch))
     if cfg.prime.mode == "prime":
-        with timed(clock, "prm"):
+        with timed(t, clock, "prm"):
             fault_point("prm")
             metrics.update(prm_stage(t.models, batch, cfg))
-    with timed(clock, "advantage"):
+    with timed(t, clock, "advantage"):
         metrics.update(advantage_stage(batch, cfg))
-    with timed(clock, "policy"):
+    with timed(t, clock, "policy"):
         fault_point("policy")
         metrics.update(policy_stage(t.models, batch, cfg, step=step))
-    with timed(clock, "refit"):
+    with timed(t, clock, "refit"):
         metrics.update(refit(t))
     elapsed = time.perf_counter() - t0
     n_tokens = float(batch.seq_tokens.sum())
@@ -184,6 +191,7 @@ def train(config: Config) -> list[dict[str, float]]:
         if not metrics:
             console.print(f"step {step}: the prompt data ran out (epoch ended); stopping")
             break
+        metrics.update(validation_stage(t.engine, t.tokenizer, cfg, step))
         logger.log(step, metrics)
         console.step_summary(step, metrics)
         history.append({"step": step, **metrics})

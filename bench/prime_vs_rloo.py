@@ -1,0 +1,103 @@
+"""PRIME vs outcome-only RLOO on the built-in arithmetic task (CPU): per-stage step times and learning
+curves over several seeds with the same budget, written as the report's step_breakdown and
+learning_efficiency JSON (schemas in bench/report_sections.py).
+
+    python -m bench.prime_vs_rloo [--steps 40] [--seeds 0 1 2] [--out bench/results]
+
+Both modes start from the same SFT'd tiny model (built once with `primeflow sft`), run the same config
+except `prime.mode`, and log `outcome_acc` (mean verifier score of the step's rollouts, before filtering:
+the paper's "training reward", Fig. 3). On a GPU node, point --model at a real SFT checkpoint and pass
+--set overrides (e.g. --set parallel.tp=2) — the command is recorded in the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE_SETTINGS = ["train.checkpoint_every=0", "logging.progress=false", "logging.tensorboard=false"]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")  # one vLLM + trainer process per core; OpenMP spinning costs more
+    return env
+
+
+def sft_model(work: Path, steps: int) -> Path:
+    from primeflow.models import make_tiny_checkpoint
+
+    out = work / f"sft_{steps}"
+    if (out / "config.json").is_file():
+        return out
+    base = make_tiny_checkpoint(work / "base", seed=0)
+    subprocess.run([sys.executable, "-m", "primeflow", "sft", "--model", str(base), "--out", str(out), "--steps",
+                    str(steps)], check=True, env=_env())
+    return out
+
+
+def run(mode: str, seed: int, model: Path, steps: int, work: Path, extra: list[str]) -> list[dict]:
+    run_dir = work / f"{mode}_seed{seed}"
+    sets = [f"model.path={model}", f"run.dir={run_dir}", f"train.steps={steps}", f"train.seed={seed}",
+            f"prime.mode={mode}", "run.resume=none", *BASE_SETTINGS, *extra]
+    cmd = [sys.executable, "-m", "primeflow", "train", *[a for s in sets for a in ("--set", s)]]
+    subprocess.run(cmd, check=True, env=_env(), stdout=subprocess.DEVNULL)
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--sft-steps", type=int, default=400)
+    parser.add_argument("--model", help="SFT checkpoint to start from (default: build the tiny one)")
+    parser.add_argument("--work", default="/tmp/primeflow-prime-vs-rloo")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--set", action="append", default=[], help="extra trainer overrides")
+    args = parser.parse_args(argv)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    model = Path(args.model) if args.model else sft_model(work, args.sft_steps)
+    command = "python -m bench.prime_vs_rloo " + " ".join(argv if argv is not None else sys.argv[1:])
+    curves: dict[str, dict[str, list]] = {"prime": {}, "rloo": {}}
+    stage_times: dict[str, dict[str, float]] = {}
+    t0 = time.time()
+    for seed in args.seeds:
+        for mode in ("prime", "rloo"):
+            rows = run(mode, seed, model, args.steps, work, args.set)
+            wall, curve = 0.0, []
+            for r in rows:
+                wall += r["time/step"]
+                curve.append([r["step"], round(wall, 3), r["outcome_acc"]])
+            curves[mode][str(seed)] = curve
+            sums = stage_times.setdefault(mode, {})
+            for r in rows[1:]:  # step 1 includes one-off warm-up (first vLLM batch, allocator growth)
+                for k, v in r.items():
+                    if k.startswith("time/") or k == "tokens":
+                        sums[k] = sums.get(k, 0.0) + v
+                sums["steps"] = sums.get("steps", 0) + 1
+            print(f"{mode} seed {seed}: acc {curve[0][2]:.3f} -> {curve[-1][2]:.3f} ({time.time() - t0:.0f} s)",
+                  flush=True)
+    modes = {m: {k: (v / s["steps"] if k != "steps" else v) for k, v in s.items()} for m, s in stage_times.items()}
+    from bench.hardware import environment
+
+    config = {"model": str(model), "steps": args.steps, "overrides": args.set, "sft_steps": args.sft_steps,
+              "task": "arithmetic 2-digit addition", "prompts_per_step": 8, "K": 4}
+    out = Path(args.out)
+    (out / "step_breakdown_cpu_tiny.json").write_text(json.dumps(
+        {"kind": "step_breakdown", "command": command, "environment": environment(), "config": config, "gpus": 1,
+         "modes": modes}, indent=1) + "\n")
+    (out / "learning_efficiency_cpu_tiny.json").write_text(json.dumps(
+        {"kind": "learning_efficiency", "command": command, "config": config, "seeds": args.seeds,
+         "baseline": "rloo", "curves": curves}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""End-to-end PRIME runs through the real CLI (real vLLM on CPU, real Megatron over gloo), each in its own
+process(es):
+
+- one process (TP=1): metrics.jsonl carries the contract's keys, TensorBoard events, curves.png, checkpoints,
+  the PRM loss starts at ln 2;
+- SIGKILL during the PRM update and during the policy update, then `--resume auto`: the metrics of every
+  step equal the uninterrupted run's exactly (deterministic CPU mode);
+- torchrun with 2 processes: DP=2, and TP=2 (trainer and vLLM TP=2);
+- "2 nodes": two torchrun launches on localhost with --nnodes 2 equal the 1-node DP=2 run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+TIMEOUT_S = 900
+# Metrics that measure wall time are not expected to repeat; everything else must, bit for bit.
+NONDETERMINISTIC = ("time/", "tokens_per_s", "refit_gb_per_s")
+CONTRACT_KEYS = ("step", "outcome_acc", "filter_kept_frac", "prm_loss", "prm_acc", "pg_loss", "pg_clipfrac",
+                 "logprob_mismatch", "response_len", "tokens_per_s", "time/rollout", "time/verify", "time/old_logp",
+                 "time/prm", "time/advantage", "time/policy", "time/refit")
+
+
+def _env(**extra) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                           "MASTER_PORT", "TRITON_INTERPRET", "PRIMEFLOW_FAULT")}
+    env.update(OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def sft_model(tmp_path_factory) -> Path:
+    """A tiny model SFT'd briefly on the arithmetic task (through `primeflow sft`), so rollouts mix right
+    and wrong answers and the accuracy filter has groups to keep."""
+    from primeflow.models import make_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("e2e_model")
+    base = make_tiny_checkpoint(root / "base", seed=0)
+    out = root / "sft"
+    proc = subprocess.run([sys.executable, "-m", "primeflow", "sft", "--model", str(base), "--out", str(out),
+                           "--steps", "350", "--batch-size", "64"], capture_output=True, text=True,
+                          timeout=TIMEOUT_S, env=_env())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def _args(model: Path, run_dir: Path, steps: int, *extra: str) -> list[str]:
+    sets = [f"model.path={model}", f"run.dir={run_dir}", f"train.steps={steps}", "train.checkpoint_every=1",
+            "train.keep_last=5", "data.prompts_per_step=4", "filter.max_fetches=20", "ppo.mini_batch_size=8",
+            "prm.mini_batch_size=8", "ppo.optim.lr=1e-5", "prm.optim.lr=1e-5", "logging.progress=false", *extra]
+    return ["train", *[a for s in sets for a in ("--set", s)]]
+
+
+def _train(model: Path, run_dir: Path, steps: int, *extra: str, fault: str | None = None, nproc: int = 1,
+           nnodes: int = 1) -> subprocess.CompletedProcess:
+    env = _env(**({"PRIMEFLOW_FAULT": fault} if fault else {}))
+    args = _args(model, run_dir, steps, *extra)
+    if nproc == 1 and nnodes == 1:
+        return subprocess.run([sys.executable, "-m", "primeflow", *args], capture_output=True, text=True,
+                              timeout=TIMEOUT_S, env=env)
+    port = _free_port()
+    launches = []
+    for node in range(nnodes):
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--node-rank={node}",
+               f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1", f"--master-port={port}",
+               "-m", "primeflow", *args]
+        launches.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    outs = [p.communicate(timeout=TIMEOUT_S) for p in launches]
+    rc = max(abs(p.returncode) for p in launches)
+    return subprocess.CompletedProcess(launches[0].args, rc, "".join(o for o, _ in outs), "".join(e for _, e in outs))
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _deterministic(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith(NONDETERMINISTIC)} for r in rows]
+
+
+def _ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, proc.stdout[-4000:] + "\n---\n" + proc.stderr[-6000:]
+
+
+@pytest.fixture(scope="module")
+def reference_run(sft_model, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run_ref")
+    _ok(_train(sft_model, run_dir, 3))
+    return run_dir
+
+
+def test_single_process_run_writes_the_contract(reference_run):
+    rows = _metrics(reference_run)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for key in CONTRACT_KEYS:
+        assert all(key in r and math.isfinite(r[key]) for r in rows), key
+    # PRM == ref at step 0: the first PRM mini-batch's CE is exactly ln 2; later mini-batches of step 1 moved
+    assert abs(rows[0]["prm_loss"] - math.log(2)) < 0.01
+    assert all(0 < r["filter_kept_frac"] <= 1 and 0 <= r["outcome_acc"] <= 1 for r in rows)
+    assert all(r["logprob_mismatch"] < 1e-3 for r in rows), [r["logprob_mismatch"] for r in rows]
+    assert (reference_run / "config.yaml").is_file() and (reference_run / "curves.png").stat().st_size > 1000
+    assert list(reference_run.glob("events.out.tfevents.*")) or list(reference_run.glob("**/events.out.tfevents.*"))
+    assert sorted(p.name for p in (reference_run / "checkpoints").iterdir() if p.name.startswith("step_")) == [
+        "step_1", "step_2", "step_3"]
+
+
+@pytest.mark.parametrize("fault", ["prm@2", "policy@3"])
+def test_sigkill_mid_step_then_resume_reproduces_the_uninterrupted_run(sft_model, reference_run, tmp_path, fault):
+    run_dir = tmp_path / "run"
+    killed = _train(sft_model, run_dir, 3, fault=fault)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    done_before = int(fault.split("@")[1]) - 1
+    assert [r["step"] for r in _metrics(run_dir)] == list(range(1, done_before + 1))
+    _ok(_train(sft_model, run_dir, 3, "run.resume=auto"))
+    assert _deterministic(_metrics(run_dir)) == _deterministic(_metrics(reference_run))
+
+
+@pytest.mark.multiproc
+def test_dp2_under_torchrun_and_two_nodes_equal_one_node(sft_model, tmp_path):
+    one_node, two_nodes = tmp_path / "dp2", tmp_path / "2node"
+    _ok(_train(sft_model, one_node, 2, nproc=2))
+    _ok(_train(sft_model, two_nodes, 2, nproc=1, nnodes=2))
+    a, b = _metrics(one_node), _metrics(two_nodes)
+    assert [r["step"] for r in a] == [1, 2]
+    assert _deterministic(a) == _deterministic(b)
+
+
+@pytest.mark.multiproc
+def test_tp2_trainer_and_vllm_under_torchrun(sft_model, tmp_path):
+    run_dir = tmp_path / "tp2"
+    _ok(_train(sft_model, run_dir, 2, "parallel.tp=2", "rollout.tp=2", nproc=2))
+    rows = _metrics(run_dir)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(r["logprob_mismatch"] < 1e-3 for r in rows)
+
+
+def test_bad_config_and_missing_model_fail_clearly_and_touch_nothing(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "primeflow", "train", "--set", f"run.dir={run_dir}", "--set",
+                           "prm.update=sometimes"], capture_output=True, text=True, timeout=300, env=_env())
+    assert proc.returncode != 0 and "prm.update: 'sometimes' is not allowed" in proc.stderr
+    assert not run_dir.exists()
+    proc = subprocess.run([sys.executable, "-m", "primeflow", "train", "--set", f"run.dir={run_dir}", "--set",
+                           f"model.path={tmp_path / 'nope'}"], capture_output=True, text=True, timeout=300,
+                          env=_env())
+    assert proc.returncode != 0 and "is not an HF checkpoint directory" in proc.stderr
