@@ -39,7 +39,11 @@ def run_child(script: str, args: list[str], *, nproc: int = 1, timeout_s: float 
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                str(HERE / script), *args]
-    env = {k: v for k, v in os.environ.items() if k != "VLLM_CPU_KVCACHE_SPACE"}  # the engine sizes its cache
+    # The engine sizes its own KV cache; a world left in this process's environment by an in-pytest gloo test
+    # (MASTER_PORT, RANK, ...) must not be inherited: the child would try to listen on that port again.
+    dropped = {"VLLM_CPU_KVCACHE_SPACE", "MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE",
+               "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID"}
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     assert proc.returncode == 0, (f"{script} failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n"

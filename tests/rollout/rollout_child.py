@@ -32,6 +32,7 @@ from pathlib import Path
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
 from primeflow.models import ModelConfig, build_model, load_hf_checkpoint, sequence_logprobs  # noqa: E402
 from primeflow.trainer.parallel import init_distributed  # noqa: E402
 from primeflow.trainer.rollout import (  # noqa: E402
@@ -164,13 +165,21 @@ def main() -> None:
     res["woken_greedy"] = batch_dict(engine.generate(prompts, 1, greedy))
 
     # bf16: a second engine (the first is dropped) synced from a bf16 trainer holding perturbed_1.
-    del engine
+    engine.close()
+    engine.close()  # idempotent
+    res["world_after_close"] = {"initialized": dist.is_initialized()}
+    if dist.is_initialized():
+        t = torch.ones(3)
+        dist.all_reduce(t)  # the default group still works
+        res["world_after_close"]["all_reduce"] = t.tolist()
     gc.collect()
     engine = RolloutEngine(ckpts["base"], max_model_len=MAX_MODEL_LEN, seed=args.seed, dtype="bfloat16")
     trainer16 = policy(ckpts["perturbed_1"], dtype="bfloat16")
     engine.sync_weights(trainer16)
     batch = engine.generate(prompts, 2, sampling)
     res["bf16"] = {"mismatch": mismatch(trainer16, batch), "mismatch_vs_fp32_trainer": mismatch(trainer, batch)}
+    engine.close()
+    res["world_after_second_close"] = dist.is_initialized()
     args.out.write_text(json.dumps(res))
 
 

@@ -149,6 +149,14 @@ def test_engine_leaves_the_trainer_process_state_alone(single_process_run):
     assert res["generate_keeps_rng"] is True
 
 
+def test_closing_an_engine_keeps_the_trainer_world(single_process_run):
+    """vLLM's shutdown destroys torch.distributed's default group; the engine keeps it for the trainer (and a
+    second engine is then built in the same process: the bf16 phase)."""
+    res = single_process_run
+    assert res["world_after_close"] == {"initialized": True, "all_reduce": [1.0, 1.0, 1.0]}
+    assert res["world_after_second_close"] is True
+
+
 def test_bf16_mismatch_is_measured(single_process_run):
     res = single_process_run
     bf16, fp32 = res["bf16"]["mismatch"], res["after_sync"]["mismatch"]
