@@ -16,8 +16,9 @@ Consequences the trainer must respect:
   * Megatron's groups (trainer.parallel) and vLLM's groups are separate; trainer TP/PP/DP and vLLM TP are
     independent choices (the world size must be a multiple of both).
 
-Environment: `VLLM_ENABLE_V1_MULTIPROCESSING=0` (in-process engine core) is set here if unset, before vLLM is
-imported; exporting it before anything imports vLLM is the robust choice. On CPU the KV cache size comes
+Environment: `VLLM_ENABLE_V1_MULTIPROCESSING=0` (in-process engine core) is required and set here before the
+engine is built; exporting it before anything imports vLLM is the robust choice (vLLM caches its
+environment once an engine exists). On CPU the KV cache size comes
 from `kv_cache_gib` (a VLLM_CPU_KVCACHE_SPACE in the environment overrides it: vLLM's legacy setting).
 
 Shutting an engine down (close(), or dropping the last reference) tears down vLLM's groups but NOT the
@@ -197,7 +198,9 @@ class RolloutEngine:
         self._asleep = False
         self._seed_stream = torch.Generator().manual_seed(seed * 1_000_003 + self.replica_index)
 
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        # The weight sync hands vLLM a live iterator over this process's tensors: the engine core must run in
+        # this process (a spawned core would need them pickled). external_launcher forces the same.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         kwargs: dict[str, Any] = dict(
             model=str(self.model_path), tensor_parallel_size=tp_size, dtype=dtype, max_model_len=max_model_len,
             seed=seed, enforce_eager=(not self.on_gpu) if enforce_eager is None else enforce_eager,
