@@ -150,7 +150,9 @@ def resume(t: Trainer) -> int:
     state = t.checkpoints.load(path, models=models, optimizers=optims, schedulers=scheds)
     t.loader.load_state_dict(state["loader"])
     step = int(state["step"])
+    # resuming from an older checkpoint abandons the later steps: their metrics and checkpoints go
     t.run.logger.truncate_after(step)
+    t.checkpoints.discard_after(step)
     refit(t)  # vLLM starts from the SFT weights: give it the restored policy
     t.run.console.print(f"resumed from {path} (step {step})")
     return step
@@ -202,13 +204,14 @@ def train(config: Config) -> list[dict[str, float]]:
 
 
 def finish(t: Trainer, history: list[dict[str, float]]) -> None:
+    from .metrics_log import read_metrics
     from .plots import plot_curves
 
     t.run.logger.close()
     close_engine(t.engine)
     if t.run.layout.is_rank0 and t.run.logger.path.is_file():
         plot_curves(t.run.logger.path, t.run.dir / "curves.png")
-        t.run.console.final_table(history)
+        t.run.console.final_table(read_metrics(t.run.logger.path))  # whole run, also across resumes
         t.run.console.print(f"run directory: {t.run.dir} (metrics.jsonl, curves.png, checkpoints/, TensorBoard)")
 
 
