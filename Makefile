@@ -12,7 +12,7 @@ EXTRAS := $(if $(HAS_CUDA),gpu,cpu),dev
 INSTALL_INPUTS := setup.py pyproject.toml CMakeLists.txt $(wildcard kernels/csrc/*)
 STAMP := $(VENV)/.primeflow-installed
 
-.PHONY: install train test validate-kernels build-ext bench clean
+.PHONY: install train test validate-kernels build-ext bench bench-report report clean
 
 install: $(STAMP)
 
@@ -37,6 +37,23 @@ build-ext:
 
 bench: install
 	$(VENV)/bin/pytest bench --benchmark-only
+
+# The CPU performance report from scratch (bench/REPORT.md + bench/results/plots): measured CPU limits, every
+# kernel suite, the N/V scaling sweep, PRIME vs outcome-only RLOO (step breakdown + learning curves, 3 seeds).
+BENCH_RESULTS ?= bench/results
+BENCH_TAG ?= cpu_$(shell date -u +%Y%m%d)
+BENCH_SUITES := $(filter-out bench/bench_scaling.py,$(wildcard bench/bench_*.py))
+bench-report: install
+	$(PY) -m bench.hardware --out $(BENCH_RESULTS)/$(BENCH_TAG)_hardware.json
+	set -e; for suite in $(BENCH_SUITES); do name=$$(basename $$suite .py); \
+	  $(VENV)/bin/pytest $$suite --benchmark-only --benchmark-json $(BENCH_RESULTS)/$(BENCH_TAG)_$${name#bench_}.json; done
+	$(PY) -m bench.bench_scaling --out $(BENCH_RESULTS)/$(BENCH_TAG)_scaling.json
+	$(PY) -m bench.prime_vs_rloo --steps 30 --seeds 0 1 2 --out $(BENCH_RESULTS)
+	$(PY) -m bench.report --results $(BENCH_RESULTS) --out bench/REPORT.md
+
+# Re-render bench/REPORT.md from the committed results only.
+report: install
+	$(PY) -m bench.report --results $(BENCH_RESULTS) --out bench/REPORT.md
 
 clean:
 	rm -rf build *.egg-info $(VENV)
