@@ -83,6 +83,7 @@ class RunConsole:
     def print(self, message: str) -> None:
         if self.enabled:
             self._console.print(message, highlight=False, markup=False, soft_wrap=True)
+            self._console.file.flush()  # a step line must show up in `| tee` / log files as it happens
 
     def step_line(self, step: int, metrics: Mapping[str, Any]) -> str:
         """The one-line summary of a step (also what `step_summary` prints)."""

@@ -170,6 +170,7 @@ def build_trainer(config: Config) -> Trainer:
     from transformers import AutoTokenizer
 
     run = start_run(config)
+    loader = prompt_loader(config)  # bad data fails here, before any model or engine is built
     sft_path = starting_model(run)
     models = build_prime_models(config, sft_path)
     r = config.rollout
@@ -179,7 +180,7 @@ def build_trainer(config: Config) -> Trainer:
                            vllm_kwargs=cpu_vllm_kwargs())
     tokenizer = AutoTokenizer.from_pretrained(str(sft_path))
     return Trainer(run=run, models=models, engine=engine, rollout=RolloutStage(engine, tokenizer, config),
-                   loader=prompt_loader(config), tokenizer=tokenizer,
+                   loader=loader, tokenizer=tokenizer,
                    checkpoints=CheckpointManager(run.dir, keep_last=config.train.keep_last))
 
 

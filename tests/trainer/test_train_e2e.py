@@ -161,3 +161,17 @@ def test_bad_config_and_missing_model_fail_clearly_and_touch_nothing(tmp_path):
                            f"model.path={tmp_path / 'nope'}"], capture_output=True, text=True, timeout=300,
                           env=_env())
     assert proc.returncode != 0 and "is not an HF checkpoint directory" in proc.stderr
+
+
+def test_malformed_data_and_missing_checkpoint_fail_naming_them(sft_model, tmp_path):
+    data = tmp_path / "prompts.jsonl"
+    data.write_text('{"problem": "1+1=", "answer": "2"}\n{"problem": "2+2=", "answer": \n')
+    run_dir = tmp_path / "run"
+    bad_data = _args(sft_model, run_dir, 1, f"data.train_files=[{data}]")
+    proc = subprocess.run([sys.executable, "-m", "primeflow", *bad_data],
+                          capture_output=True, text=True, timeout=300, env=_env())
+    assert proc.returncode != 0 and f"{data}:2:" in proc.stderr, proc.stderr[-2000:]
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "metrics.jsonl").exists()
+    proc = subprocess.run([sys.executable, "-m", "primeflow", *_args(sft_model, run_dir, 1, "run.resume=7")],
+                          capture_output=True, text=True, timeout=600, env=_env())
+    assert proc.returncode != 0 and "step_7" in proc.stderr, proc.stderr[-2000:]
