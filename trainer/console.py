@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -66,7 +67,8 @@ class RunConsole:
         if self.enabled:
             from rich.console import Console
 
-            self._console = console or Console()
+            # Not a terminal (a log file, CI): rich would assume 80 columns and elide the final table's cells.
+            self._console = console or Console(width=None if sys.stdout.isatty() else 160)
 
     @contextmanager
     def stage(self, name: str, total: float | None = None) -> Iterator[_Bar]:

@@ -63,7 +63,8 @@ def plot_curves(metrics_jsonl: str | os.PathLike, out_png: str | os.PathLike) ->
     ax_len.set_title("mean response length (tokens)")
 
     keys = [k for k in STAGE_ORDER if any(r.get(k) is not None for r in records)]
-    keys += sorted({k for r in records for k in r if k.startswith("time/") and k not in keys})
+    # time/step is the total of the stages, not a stage: stacking it would count every second twice
+    keys += sorted({k for r in records for k in r if k.startswith("time/") and k not in keys and k != "time/step"})
     steps = [r["step"] for r in records if any(r.get(k) is not None for k in keys)]
     if keys and steps:
         by_step = {r["step"]: r for r in records}
