@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--sft-steps", type=int, default=400)
+    parser.add_argument("--sft-steps", type=int, default=350)
     parser.add_argument("--model", help="SFT checkpoint to start from (default: build the tiny one)")
     parser.add_argument("--work", default="/tmp/primeflow-prime-vs-rloo")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
