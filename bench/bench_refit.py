@@ -17,10 +17,12 @@ on CPU unless --dtype says otherwise.
 
 Measured per size: `sync_weights` with the default 256 MiB buckets (one warm-up call, then --repeats calls;
 min and median seconds, GB/s = bytes fed to vLLM / seconds), and, as the in-run baseline, a plain copy of
-the same tensors (`clone` of every parameter: the memory-bandwidth floor of any refit on this machine), and
+the same tensors (`copy_` into preallocated buffers = memory bandwidth; `clone` = with fresh allocations,
+whose page faults dominate on CPU), and
 the trainer side alone (`stream_only`: plan, TP gather, HF conversion, PP broadcast, consumed without vLLM;
 the rest of a refit is vLLM's in-place reload).
-Bucket sweep on --sweep-size: 1..1024 MiB. Generation on --gen-size: 16 prompts x 4 samples, 32-token
+Bucket sweep on --sweep-size: 1..1024 MiB, interleaved over --repeats rounds (min per size).
+Generation on --gen-size: 16 prompts x 4 samples, 32-token
 random prompts, 64 new tokens (no EOS: every row runs to max_tokens), tokens/s = new tokens / wall.
 Writes {"kind": "refit", ...} JSON atomically (bench/hardware.write_json_atomic) from rank 0.
 """
@@ -68,20 +70,32 @@ def write_config_dir(cfg, path: Path) -> Path:
 
 
 def copy_baseline(model, repeats: int) -> dict[str, float]:
-    """Seconds to clone every parameter (read + write of the model's bytes once): the refit floor."""
+    """Two floors for moving the model's bytes once on this machine: `copy_` into buffers allocated
+    beforehand (memory bandwidth: what an in-place reload into existing vLLM storage could reach) and
+    `clone` (fresh allocations each time: page faults included, as for any temporary a refit creates)."""
     import torch
 
+    def timed(fn) -> float:
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            out = fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - t0)
+            del out
+        return best
+
     params = [p.detach() for p in model.parameters()]
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        copies = [p.clone() for p in params]
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-        del copies
+    dst = [torch.empty_like(p) for p in params]
+    for d in dst:
+        d.fill_(0)  # touch the pages now
+    copy_s = timed(lambda: [d.copy_(p) for d, p in zip(dst, params, strict=True)])
+    dst.clear()
+    clone_s = timed(lambda: [p.clone() for p in params])
     nbytes = sum(p.numel() * p.element_size() for p in params)
-    return {"bytes": nbytes, "seconds_min": min(times), "gb_per_s": nbytes / min(times) / 1e9}
+    return {"bytes": nbytes, "copy_seconds": copy_s, "gb_per_s": nbytes / copy_s / 1e9, "clone_seconds": clone_s,
+            "clone_gb_per_s": nbytes / clone_s / 1e9}
 
 
 def time_stream_only(model, bucket_mb: float, repeats: int) -> dict[str, Any]:
@@ -105,6 +119,22 @@ def time_refits(engine, model, bucket_mb: float, repeats: int) -> dict[str, Any]
     return {"bucket_mb": bucket_mb, "bytes": stats[0].bytes, "buckets": stats[0].buckets,
             "tensors": stats[0].tensors, "seconds": secs, "seconds_min": min(secs),
             "seconds_median": statistics.median(secs), "gb_per_s": stats[0].bytes / min(secs) / 1e9}
+
+
+def bucket_sweep(engine, model, rounds: int) -> list[dict[str, Any]]:
+    """Refit time per bucket size, the sizes interleaved round by round so that a neighbour's load drifting
+    during the sweep does not favour the sizes measured first; min over rounds."""
+    runs: dict[float, list] = {mb: [] for mb in BUCKETS_MB}
+    for _ in range(rounds):
+        for mb in BUCKETS_MB:
+            runs[mb].append(engine.sync_weights(model, bucket_mb=mb))
+    out = []
+    for mb, stats in runs.items():
+        secs = [s.seconds for s in stats]
+        out.append({"bucket_mb": mb, "bytes": stats[0].bytes, "buckets": stats[0].buckets, "seconds": secs,
+                    "seconds_min": min(secs), "seconds_median": statistics.median(secs),
+                    "gb_per_s": stats[0].bytes / min(secs) / 1e9})
+    return out
 
 
 def time_generation(engine, repeats: int = 2) -> dict[str, Any]:
@@ -154,14 +184,16 @@ def bench_size(size: str, args, root: Path, rank: int) -> dict[str, Any]:
                            "refit": time_refits(engine, model, 256, args.repeats),
                            "stream_only": time_stream_only(model, 256, args.repeats)}
     out["refit"]["vs_copy_baseline"] = out["refit"]["gb_per_s"] / out["copy_baseline"]["gb_per_s"]
+    out["refit"]["vs_clone_baseline"] = out["refit"]["gb_per_s"] / out["copy_baseline"]["clone_gb_per_s"]
     if size == args.sweep_size:
-        out["bucket_sweep"] = [time_refits(engine, model, mb, max(2, args.repeats - 1)) for mb in BUCKETS_MB]
+        out["bucket_sweep"] = bucket_sweep(engine, model, args.repeats)
     if size == args.gen_size:
         out["generation"] = time_generation(engine)
     r = out["refit"]
     print(f"[rank {rank}] {size:5s} {r['bytes'] / 1e9:7.3f} GB  refit {r['seconds_min']:7.3f} s "
-          f"{r['gb_per_s']:6.2f} GB/s ({r['vs_copy_baseline']:.2f}x of a plain copy at "
-          f"{out['copy_baseline']['gb_per_s']:.2f} GB/s), {r['buckets']} buckets; trainer side alone "
+          f"{r['gb_per_s']:6.2f} GB/s ({r['vs_copy_baseline']:.2f}x of copy_ at "
+          f"{out['copy_baseline']['gb_per_s']:.2f} GB/s, clone "
+          f"{out['copy_baseline']['clone_gb_per_s']:.2f} GB/s), {r['buckets']} buckets; trainer side alone "
           f"{out['stream_only']['seconds_min']:.3f} s", flush=True)
     engine.close()  # keeps the torch.distributed world (vLLM's own shutdown would destroy it)
     del engine, model
