@@ -1,6 +1,17 @@
 """Public `prime_token_rewards`: ONE Triton launch for all models on CUDA / under TRITON_INTERPRET=1,
 the chunked PyTorch path (bounded memory, same fp32 pieces) on CPU. Scoring only: outputs carry no grad
-(train through `linear_token_logprobs` / `token_logprobs`)."""
+(train through `linear_token_logprobs` / `token_logprobs`).
+
+Per-sequence sums (`cu_seqlens`): sequences are given as contiguous row ranges, as in packed/varlen
+batches (flash-attn's and Megatron's PackedSeqParams' `cu_seqlens`), rather than as a per-token id:
+  * it states S and empty sequences without reading device memory (S = len - 1), where with ids a
+    trailing empty sequence is invisible and S needs a max() (a sync) or a second argument;
+  * contiguity holds by construction, and the deterministic in-launch reduction relies on it (a tile
+    touches a contiguous range of sequences; see kernel.py), where ids would need a sortedness check;
+  * the padded [B, T] layout rloo_advantages uses is cu_seqlens = arange(B + 1) * T with the [B, T] mask.
+The Triton path turns it into one int32 sequence id per row (torch.searchsorted, no sync) for the kernel,
+which writes per-tile partials; `_finish_seq_sums` adds them in a fixed order. The CPU path sums the
+masked rewards per sequence with torch.segment_reduce (sequential per sequence)."""
 
 from __future__ import annotations
 
@@ -11,7 +22,7 @@ from .._backend import Backend, triton_or_torch
 from ..linear_logprob import cpu as linear_cpu
 from ..linear_logprob.triton_op import _dot_fp32, tile_config
 from ..logprob import torch_op as logits_cpu
-from .kernel import prime_rewards_kernel
+from .kernel import prime_rewards_kernel, prime_rewards_seq_kernel
 from .types import ModelInput, PrimeLogprobs, check_prime_inputs
 
 
@@ -36,22 +47,78 @@ def _slot_args(model: ModelInput | None, like: torch.Tensor) -> tuple[list, int,
     return args, 2, _dot_fp32(hidden.dtype)
 
 
-def _triton(labels, prm, ref, policy, beta, mask) -> PrimeLogprobs:
+def _seq_ids(cu_seqlens: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """int64 [N]: the sequence of each row (empty sequences own no row), without a host sync."""
+    rows = torch.arange(n_rows, device=cu_seqlens.device, dtype=torch.int64)
+    return torch.searchsorted(cu_seqlens[1:].to(torch.int64).contiguous(), rows, right=True)
+
+
+def _segmented_total(values_T: torch.Tensor, keys_T: torch.Tensor) -> torch.Tensor:
+    """Inclusive segmented scan over runs of equal consecutive keys (Hillis-Steele doubling): the last element
+    of a run holds the run's total. ceil(log2 T) elementwise steps on a [T] vector, a fixed addition order
+    (deterministic on every device, unlike index_add_ / cumsum on CUDA), and tl.where-style selection so a
+    NaN never crosses into another run."""
+    out = values_T
+    d = 1
+    while d < out.shape[0]:
+        same = keys_T[d:] == keys_T[:-d]
+        out = torch.cat([out[:d], out[d:] + torch.where(same, out[:-d], torch.zeros_like(out[:-d]))])
+        d *= 2
+    return out
+
+
+def _finish_seq_sums(head_sum, head_cnt, start_sum, start_cnt, seq_N, cu_seqlens, block_n):
+    """(sum fp32 [S], count int64 [S]) = start[s] + the head[] partials of the tiles whose first row lies
+    in sequence s (tiles ceil(a/BLOCK_N) .. ceil(b/BLOCK_N) - 1 for rows [a, b): contiguous, and every tile
+    belongs to exactly one sequence)."""
+    n_tiles = head_sum.shape[0]
+    if n_tiles == 0:  # no rows: every sequence is empty
+        return start_sum, start_cnt.to(torch.int64)
+    tile_seq = seq_N[::block_n][:n_tiles]
+    tot_sum = _segmented_total(head_sum, tile_seq)
+    tot_cnt = _segmented_total(head_cnt.to(torch.int64), tile_seq)
+    cu = cu_seqlens.to(torch.int64)
+    t_lo = (cu[:-1] + block_n - 1) // block_n
+    t_hi = (cu[1:] + block_n - 1) // block_n
+    has = t_hi > t_lo
+    last = (t_hi - 1).clamp(min=0)
+    seq_sum = start_sum + torch.where(has, tot_sum[last], 0.0)
+    seq_cnt = start_cnt.to(torch.int64) + torch.where(has, tot_cnt[last], 0)
+    return seq_sum, seq_cnt
+
+
+def _triton(labels, prm, ref, policy, beta, mask, cu_seqlens) -> PrimeLogprobs:
     n_rows = labels.shape[0]
-    logp_3N = torch.zeros((3, n_rows), dtype=torch.float32, device=labels.device)
-    reward_N = torch.empty(n_rows, dtype=torch.float32, device=labels.device)
+    dev = labels.device
+    logp_3N = torch.zeros((3, n_rows), dtype=torch.float32, device=dev)
+    reward_N = torch.empty(n_rows, dtype=torch.float32, device=dev)
     mask_N = (mask != 0).to(torch.int8) if mask is not None else labels
-    cfg = tile_config(labels.device)
+    cfg = tile_config(dev)
     pol, pol_kind, pol_f32 = _slot_args(policy, labels)
     prm_a, prm_kind, prm_f32 = _slot_args(prm, labels)
     ref_a, ref_kind, ref_f32 = _slot_args(ref, labels)
+    models = [*pol, *prm_a, *ref_a, n_rows, float(beta)]
+    meta = dict(POL_KIND=pol_kind, PRM_KIND=prm_kind, REF_KIND=ref_kind, HAS_MASK=mask is not None,
+                BLOCK_N=cfg["BLOCK_N"], BLOCK_V=cfg["BLOCK_V"], BLOCK_H=cfg["BLOCK_H"],
+                POL_DOT_FP32=pol_f32, PRM_DOT_FP32=prm_f32, REF_DOT_FP32=ref_f32, num_warps=cfg["num_warps"])
+    n_tiles = triton.cdiv(n_rows, cfg["BLOCK_N"])
+    if cu_seqlens is None:
+        if n_rows:
+            prime_rewards_kernel[(n_tiles,)](labels, mask_N, logp_3N, reward_N, *models, **meta)
+        return PrimeLogprobs(logp_3N[0] if policy is not None else None, logp_3N[1], logp_3N[2], reward_N)
+    n_seqs = cu_seqlens.shape[0] - 1
+    seq_N = _seq_ids(cu_seqlens, n_rows)
+    head_sum = torch.zeros(n_tiles, dtype=torch.float32, device=dev)
+    head_cnt = torch.zeros(n_tiles, dtype=torch.int32, device=dev)
+    start_sum = torch.zeros(n_seqs, dtype=torch.float32, device=dev)
+    start_cnt = torch.zeros(n_seqs, dtype=torch.int32, device=dev)
     if n_rows:
-        prime_rewards_kernel[(triton.cdiv(n_rows, cfg["BLOCK_N"]),)](
-            labels, mask_N, logp_3N, reward_N, *pol, *prm_a, *ref_a, n_rows, float(beta),
-            POL_KIND=pol_kind, PRM_KIND=prm_kind, REF_KIND=ref_kind, HAS_MASK=mask is not None,
-            BLOCK_N=cfg["BLOCK_N"], BLOCK_V=cfg["BLOCK_V"], BLOCK_H=cfg["BLOCK_H"],
-            POL_DOT_FP32=pol_f32, PRM_DOT_FP32=prm_f32, REF_DOT_FP32=ref_f32, num_warps=cfg["num_warps"])
-    return PrimeLogprobs(logp_3N[0] if policy is not None else None, logp_3N[1], logp_3N[2], reward_N)
+        prime_rewards_seq_kernel[(n_tiles,)](labels, mask_N, logp_3N, reward_N, seq_N.to(torch.int32),
+                                             head_sum, head_cnt, start_sum, start_cnt, *models, **meta)
+    seq_sum, seq_cnt = _finish_seq_sums(head_sum, head_cnt, start_sum, start_cnt, seq_N, cu_seqlens,
+                                        cfg["BLOCK_N"])
+    return PrimeLogprobs(logp_3N[0] if policy is not None else None, logp_3N[1], logp_3N[2], reward_N,
+                         seq_sum, seq_cnt)
 
 
 def _cpu_pieces(model: ModelInput, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -63,7 +130,24 @@ def _cpu_pieces(model: ModelInput, labels: torch.Tensor) -> tuple[torch.Tensor, 
     return zt_N, m_N, ls_N
 
 
-def _cpu(labels, prm, ref, policy, beta, mask) -> PrimeLogprobs:
+def _cpu_seq_sums(reward_N: torch.Tensor, mask: torch.Tensor | None,
+                  cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum fp32 [S], count int64 [S]) of the (already masked) rewards: sequential per sequence."""
+    cu = cu_seqlens.to(torch.int64)
+    lengths = cu.diff()
+    if reward_N.numel():
+        seq_sum = torch.segment_reduce(reward_N, "sum", lengths=lengths, initial=0.0)
+    else:
+        seq_sum = torch.zeros(lengths.shape[0], dtype=torch.float32, device=reward_N.device)
+    if mask is not None:
+        valid = (mask != 0).to(torch.int64)
+    else:
+        valid = torch.ones(reward_N.shape[0], dtype=torch.int64, device=reward_N.device)
+    csum = torch.cat([valid.new_zeros(1), valid.cumsum(0)])
+    return seq_sum, csum[cu[1:]] - csum[cu[:-1]]
+
+
+def _cpu(labels, prm, ref, policy, beta, mask, cu_seqlens) -> PrimeLogprobs:
     zt_prm, m_prm, ls_prm = _cpu_pieces(prm, labels)
     zt_ref, m_ref, ls_ref = _cpu_pieces(ref, labels)
     reward_N = beta * (((zt_prm - m_prm) - (zt_ref - m_ref)) - (ls_prm - ls_ref))  # grouping: see kernel.py
@@ -73,18 +157,32 @@ def _cpu(labels, prm, ref, policy, beta, mask) -> PrimeLogprobs:
     if policy is not None:
         zt_pol, m_pol, ls_pol = _cpu_pieces(policy, labels)
         policy_logp = (zt_pol - m_pol) - ls_pol
-    return PrimeLogprobs(policy_logp, (zt_prm - m_prm) - ls_prm, (zt_ref - m_ref) - ls_ref, reward_N)
+    seq_sum = seq_cnt = None
+    if cu_seqlens is not None:
+        seq_sum, seq_cnt = _cpu_seq_sums(reward_N, mask, cu_seqlens)
+    return PrimeLogprobs(policy_logp, (zt_prm - m_prm) - ls_prm, (zt_ref - m_ref) - ls_ref, reward_N,
+                         seq_sum, seq_cnt)
 
 
 @torch.no_grad()
 def prime_token_rewards(labels: torch.Tensor, *, prm: ModelInput, ref: ModelInput,
                         policy: ModelInput | None = None, beta: float,
-                        mask: torch.Tensor | None = None) -> PrimeLogprobs:
+                        mask: torch.Tensor | None = None,
+                        cu_seqlens: torch.Tensor | None = None) -> PrimeLogprobs:
     """Per-token log-probs of policy (optional), PRM and reference (each logits [N, V] or (hidden, weight))
     and reward = beta*((z_prm - z_ref) - (lse_prm - lse_ref)) formed from fp32 pieces, 0 where mask is 0.
-    All outputs fp32 [N]. A NaN input propagates to the affected outputs (masked rewards are 0)."""
-    check_prime_inputs(labels, prm, ref, policy, beta, mask)
+    All outputs fp32 [N]. A NaN input propagates to the affected outputs (masked rewards are 0).
+
+    cu_seqlens (optional, int32/int64 [S+1], 0 = cu[0] <= ... <= cu[S] = N): rows cu[s]:cu[s+1] are
+    sequence s (e.g. arange(B + 1) * T for a flattened [B, T] batch). Then, in the same launch,
+    seq_reward_sum fp32 [S] = sum of the sequence's rewards over mask != 0 tokens and seq_valid_count
+    int64 [S] = its number of such tokens, so the RLOO baseline's m_i = seq_reward_sum / seq_valid_count
+    (before rloo_advantages' batch_norm, which divides every m_i by one scalar). Deterministic; a NaN reward
+    on a valid token makes its own sequence's sum NaN only. The per-token outputs are bitwise the same with
+    or without cu_seqlens; a sequence's sum is rounded differently depending on where its tile boundaries
+    fall (its offset in the batch), so, unlike the per-token outputs, it is not batch-invariant bitwise."""
+    check_prime_inputs(labels, prm, ref, policy, beta, mask, cu_seqlens)
     labels_N = labels.contiguous()
     if prime_token_rewards_backend(labels_N) is Backend.TRITON:
-        return _triton(labels_N, prm, ref, policy, beta, mask)
-    return _cpu(labels_N, prm, ref, policy, beta, mask)
+        return _triton(labels_N, prm, ref, policy, beta, mask, cu_seqlens)
+    return _cpu(labels_N, prm, ref, policy, beta, mask, cu_seqlens)

@@ -14,12 +14,20 @@ ModelInput = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 class PrimeLogprobs(NamedTuple):
-    """fp32 [N] each; policy_logp is None when no policy was given."""
+    """policy/prm/ref log-probs and reward: fp32 [N] each; policy_logp is None when no policy was given.
+
+    With `cu_seqlens` (S sequences), the per-sequence pieces of the RLOO baseline m_i = sum_t r_it / n_i
+    (prime_spec 7.3), over each sequence's valid (mask != 0) tokens: seq_reward_sum fp32 [S] (masked
+    rewards are 0, so this is the sum of `reward` over the sequence) and seq_valid_count int64 [S]
+    (0 for an empty or fully masked sequence). Both None without `cu_seqlens`.
+    """
 
     policy_logp: torch.Tensor | None
     prm_logp: torch.Tensor
     ref_logp: torch.Tensor
     reward: torch.Tensor
+    seq_reward_sum: torch.Tensor | None = None
+    seq_valid_count: torch.Tensor | None = None
 
 
 def model_vocab(name: str, model: ModelInput, n_rows: int) -> int:
@@ -49,8 +57,27 @@ def model_device(model: ModelInput) -> torch.device:
     return model.device if isinstance(model, torch.Tensor) else model[0].device
 
 
+def check_cu_seqlens(cu_seqlens: torch.Tensor, n_rows: int, device: torch.device) -> None:
+    """cu_seqlens: integer [S+1] on labels' device, 0 = cu[0] <= cu[1] <= ... <= cu[S] = N: sequence s is
+    rows [cu[s], cu[s+1]) (empty when equal). Reads the values (one sync on CUDA, like the labels check)."""
+    require(isinstance(cu_seqlens, torch.Tensor) and cu_seqlens.dim() == 1 and cu_seqlens.numel() >= 1,
+            f"cu_seqlens must be a 1-D integer tensor [S+1] (sequence s is rows cu_seqlens[s]:cu_seqlens[s+1]),"
+            f" got {getattr(cu_seqlens, 'shape', type(cu_seqlens).__name__)}")
+    require(cu_seqlens.dtype in (torch.int32, torch.int64),
+            f"cu_seqlens must be int32 or int64, got dtype {cu_seqlens.dtype}")
+    require(cu_seqlens.device == device, f"cu_seqlens is on {cu_seqlens.device} but labels are on {device}")
+    cu = cu_seqlens.to("cpu", torch.int64)
+    require(int(cu[0]) == 0 and int(cu[-1]) == n_rows,
+            f"cu_seqlens must start at 0 and end at N={n_rows} (the number of labels), "
+            f"got {int(cu[0])} ... {int(cu[-1])}")
+    steps = cu.diff()
+    require(bool((steps >= 0).all()),
+            f"cu_seqlens must be nondecreasing (sequence lengths >= 0), got a step of "
+            f"{int(steps.min()) if steps.numel() else 0}")
+
+
 def check_prime_inputs(labels: torch.Tensor, prm: ModelInput, ref: ModelInput, policy: ModelInput | None,
-                       beta: float, mask: torch.Tensor | None) -> None:
+                       beta: float, mask: torch.Tensor | None, cu_seqlens: torch.Tensor | None = None) -> None:
     require(isinstance(labels, torch.Tensor) and labels.dim() == 1,
             f"labels must be a 1-D int64 tensor [N], got {getattr(labels, 'shape', type(labels).__name__)}")
     n_rows = labels.shape[0]
@@ -68,3 +95,5 @@ def check_prime_inputs(labels: torch.Tensor, prm: ModelInput, ref: ModelInput, p
         require(isinstance(mask, torch.Tensor) and tuple(mask.shape) == (n_rows,),
                 f"mask must have shape [{n_rows}] (one entry per label), got {getattr(mask, 'shape', mask)}")
         require(mask.device == labels.device, f"mask is on {mask.device} but labels are on {labels.device}")
+    if cu_seqlens is not None:
+        check_cu_seqlens(cu_seqlens, n_rows, labels.device)
