@@ -296,6 +296,8 @@ class RolloutEngine:
         """
         from vllm import SamplingParams
 
+        if self.llm is None:
+            raise RuntimeError("generate called after close()")
         if self._asleep:
             raise RuntimeError("generate called while the engine is asleep: call wake_up() first")
         if not isinstance(sampling, SamplingConfig):
@@ -351,6 +353,8 @@ class RolloutEngine:
         """
         from .weight_sync import check_plan, global_plan, stream_hf_tensors, unwrap
 
+        if self.llm is None:
+            raise RuntimeError("sync_weights called after close()")
         if self._asleep:
             raise RuntimeError("sync_weights called while the engine is asleep: call wake_up() first")
         if not bucket_mb > 0:
