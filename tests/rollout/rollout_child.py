@@ -180,6 +180,7 @@ def main() -> None:
     res["bf16"] = {"mismatch": mismatch(trainer16, batch), "mismatch_vs_fp32_trainer": mismatch(trainer, batch)}
     engine.close()
     res["world_after_second_close"] = dist.is_initialized()
+    res["generate_after_close"] = error_of(lambda: engine.generate(prompts, 1, greedy))
     args.out.write_text(json.dumps(res))
 
 

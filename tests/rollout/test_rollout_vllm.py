@@ -155,6 +155,7 @@ def test_closing_an_engine_keeps_the_trainer_world(single_process_run):
     res = single_process_run
     assert res["world_after_close"] == {"initialized": True, "all_reduce": [1.0, 1.0, 1.0]}
     assert res["world_after_second_close"] is True
+    assert res["generate_after_close"]["type"] == "RuntimeError" and "close()" in res["generate_after_close"]["message"]
 
 
 def test_bf16_mismatch_is_measured(single_process_run):
