@@ -13,6 +13,35 @@ import pytest
 import torch
 
 
+def _decorate_kernels_for_the_interpreter() -> None:
+    """`triton.jit` picks interpreted or compiled mode once, when a kernel module is imported. Any test module
+    (bench, trainer, models, ...) may import primeflow.kernels first, so on a machine without CUDA every
+    kernel module is imported here, before collection, with TRITON_INTERPRET=1; the variable is then
+    removed again and `_triton_interpret_per_module` decides per test which path ops dispatch to. (Kernel
+    compilation for the static checks runs in subprocesses without the variable.)"""
+    if torch.cuda.is_available():
+        return
+    import importlib
+    import pkgutil
+
+    previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        import primeflow.kernels as package
+
+        for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            if info.name.rsplit(".", 1)[-1] in ("kernel", "_triton_utils"):
+                importlib.import_module(info.name)
+    finally:
+        if previous is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = previous
+
+
+_decorate_kernels_for_the_interpreter()
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
