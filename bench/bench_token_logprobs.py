@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import os
 
+import primeflow.kernels as K
 import pytest
 import torch
 from memory import peak_extra_bytes
-
-import primeflow.kernels as K
 
 N = int(os.environ.get("PRIMEFLOW_BENCH_N", 4096))
 V = int(os.environ.get("PRIMEFLOW_BENCH_V", 151936))

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import os
 
+import primeflow.kernels as K
 import pytest
 import torch
+from primeflow.kernels import Backend, reference
 from reference64 import token_logprobs64, token_logprobs_grad64
 from tolerances import P_RELATIVE_FLOOR, assert_close_to_truth, assert_not_worse_than_torch
-
-import primeflow.kernels as K
-from primeflow.kernels import Backend, reference
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # V=151936 is Qwen2's vocabulary (odd-sized after the 151646 real tokens); N*V stays under ~5M elements so
