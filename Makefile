@@ -39,14 +39,15 @@ bench: install
 	$(VENV)/bin/pytest bench --benchmark-only
 
 # The CPU performance report from scratch (bench/REPORT.md + bench/results/plots): measured CPU limits, every
-# kernel suite, the N/V scaling sweep, PRIME vs outcome-only RLOO (step breakdown + learning curves, 3 seeds).
+# kernel suite, weight-sync (refit) timings, the N/V scaling sweep, PRIME vs outcome-only RLOO (3 seeds).
 BENCH_RESULTS ?= bench/results
 BENCH_TAG ?= cpu_$(shell date -u +%Y%m%d)
-BENCH_SUITES := $(filter-out bench/bench_scaling.py,$(wildcard bench/bench_*.py))
+BENCH_SUITES := $(filter-out bench/bench_scaling.py bench/bench_refit.py,$(wildcard bench/bench_*.py))
 bench-report: install
 	$(PY) -m bench.hardware --out $(BENCH_RESULTS)/$(BENCH_TAG)_hardware.json
 	set -e; for suite in $(BENCH_SUITES); do name=$$(basename $$suite .py); \
 	  $(VENV)/bin/pytest $$suite --benchmark-only --benchmark-json $(BENCH_RESULTS)/$(BENCH_TAG)_$${name#bench_}.json; done
+	$(PY) -m bench.bench_refit --out $(BENCH_RESULTS)/$(BENCH_TAG)_refit.json
 	$(PY) -m bench.bench_scaling --out $(BENCH_RESULTS)/$(BENCH_TAG)_scaling.json
 	$(PY) -m bench.prime_vs_rloo --steps 30 --seeds 0 1 2 --out $(BENCH_RESULTS)
 	$(PY) -m bench.report --results $(BENCH_RESULTS) --out bench/REPORT.md
