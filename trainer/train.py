@@ -145,6 +145,10 @@ def resume(t: Trainer) -> int:
     """Restore the latest (or the requested) checkpoint; returns the last completed step (0 = fresh)."""
     path = t.checkpoints.resolve(t.config.run.resume)
     if path is None:
+        # a fresh start (resume=none, or no complete checkpoint yet) in a directory that may hold an older
+        # run: its metrics and checkpoints would otherwise mix with this run's
+        t.run.logger.truncate_after(0)
+        t.checkpoints.discard_after(0)
         return 0
     models, optims, scheds = t.models.checkpoint_parts()
     state = t.checkpoints.load(path, models=models, optimizers=optims, schedulers=scheds)
@@ -179,18 +183,21 @@ def train(config: Config) -> list[dict[str, float]]:
     t = build_trainer(config)
     cfg, console, logger = t.config, t.run.console, t.run.logger
     history = []
-    start = resume(t)
-    for step in range(start + 1, cfg.train.steps + 1):
-        metrics = prime_step(t, step)
-        if not metrics:
-            console.print(f"step {step}: the prompt data ran out (epoch ended); stopping")
-            break
-        metrics.update(validation_stage(t.engine, t.tokenizer, cfg, step))
-        logger.log(step, metrics)
-        console.step_summary(step, metrics)
-        history.append({"step": step, **metrics})
-        if cfg.train.checkpoint_every and (step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps):
-            save_checkpoint(t, step)
+    try:
+        start = resume(t)
+        for step in range(start + 1, cfg.train.steps + 1):
+            metrics = prime_step(t, step)
+            if not metrics:
+                console.print(f"step {step}: the prompt data ran out (epoch ended); stopping")
+                break
+            metrics.update(validation_stage(t.engine, t.tokenizer, cfg, step))
+            logger.log(step, metrics)
+            console.step_summary(step, metrics)
+            history.append({"step": step, **metrics})
+            if cfg.train.checkpoint_every and (step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps):
+                save_checkpoint(t, step)
+    finally:
+        close_engine(t.engine)  # also on errors: vLLM must shut down while the process groups exist
     finish(t, history)
     return history
 
@@ -200,7 +207,6 @@ def finish(t: Trainer, history: list[dict[str, float]]) -> None:
     from .plots import plot_curves
 
     t.run.logger.close()
-    close_engine(t.engine)
     if t.run.layout.is_rank0 and t.run.logger.path.is_file():
         plot_curves(t.run.logger.path, t.run.dir / "curves.png")
         t.run.console.final_table(read_metrics(t.run.logger.path))  # whole run, also across resumes

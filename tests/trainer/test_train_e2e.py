@@ -175,3 +175,14 @@ def test_malformed_data_and_missing_checkpoint_fail_naming_them(sft_model, tmp_p
     proc = subprocess.run([sys.executable, "-m", "primeflow", *_args(sft_model, run_dir, 1, "run.resume=7")],
                           capture_output=True, text=True, timeout=600, env=_env())
     assert proc.returncode != 0 and "step_7" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_fresh_start_in_a_used_run_dir_replaces_the_old_runs_records(sft_model, tmp_path):
+    """resume=none (or no checkpoint yet) in a directory holding an older run: the new run's metrics and
+    checkpoints replace the old ones instead of failing on, or mixing with, them."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 5, "outcome_acc": 0.9}) + "\n")
+    _ok(_train(sft_model, run_dir, 1, "run.resume=none"))
+    assert [r["step"] for r in _metrics(run_dir)] == [1]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("step_")) == ["step_1"]
