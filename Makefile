@@ -42,6 +42,8 @@ bench: install
 # kernel suite, weight-sync (refit) timings, the N/V scaling sweep, PRIME vs outcome-only RLOO (3 seeds).
 BENCH_RESULTS ?= bench/results
 BENCH_TAG ?= cpu_$(shell date -u +%Y%m%d)
+# Scratch space of the PRIME-vs-RLOO runs (SFT model, run dirs); emptied first so nothing is reused.
+BENCH_WORK ?= /tmp/primeflow-bench-work
 BENCH_SUITES := $(filter-out bench/bench_scaling.py bench/bench_refit.py,$(wildcard bench/bench_*.py))
 bench-report: install
 	$(PY) -m bench.hardware --out $(BENCH_RESULTS)/$(BENCH_TAG)_hardware.json
@@ -49,7 +51,8 @@ bench-report: install
 	  $(VENV)/bin/pytest $$suite --benchmark-only --benchmark-json $(BENCH_RESULTS)/$(BENCH_TAG)_$${name#bench_}.json; done
 	$(PY) -m bench.bench_refit --out $(BENCH_RESULTS)/$(BENCH_TAG)_refit.json
 	$(PY) -m bench.bench_scaling --out $(BENCH_RESULTS)/$(BENCH_TAG)_scaling.json
-	$(PY) -m bench.prime_vs_rloo --steps 30 --seeds 0 1 2 --out $(BENCH_RESULTS)
+	rm -rf $(BENCH_WORK)
+	$(PY) -m bench.prime_vs_rloo --steps 30 --seeds 0 1 2 --work $(BENCH_WORK) --out $(BENCH_RESULTS)
 	$(PY) -m bench.report --results $(BENCH_RESULTS) --out bench/REPORT.md
 
 # Re-render bench/REPORT.md from the committed results only.

@@ -2,7 +2,7 @@
 curves over several seeds with the same budget, written as the report's step_breakdown and
 learning_efficiency JSON (schemas in bench/report_sections.py).
 
-    python -m bench.prime_vs_rloo [--steps 40] [--seeds 0 1 2] [--out bench/results]
+    python -m bench.prime_vs_rloo [--steps 40] [--seeds 0 1 2] [--out bench/results] [--tag cpu_tiny]
 
 Both modes start from the same SFT'd tiny model (built once with `primeflow sft`), run the same config
 except `prime.mode`, and log `outcome_acc` (mean verifier score of the step's rollouts, before filtering:
@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_SETTINGS = ["train.checkpoint_every=0", "logging.progress=false", "logging.tensorboard=false"]
@@ -60,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="/tmp/primeflow-prime-vs-rloo")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--set", action="append", default=[], help="extra trainer overrides")
+    parser.add_argument("--tag", default="cpu_tiny", help="names the outputs step_breakdown_<tag>.json and "
+                        "learning_efficiency_<tag>.json")
     args = parser.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -67,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench.prime_vs_rloo " + " ".join(argv if argv is not None else sys.argv[1:])
     curves: dict[str, dict[str, list]] = {"prime": {}, "rloo": {}}
     stage_times: dict[str, dict[str, float]] = {}
+    peaks: dict[str, float] = {}
     t0 = time.time()
     for seed in args.seeds:
         for mode in ("prime", "rloo"):
@@ -77,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
                 curve.append([r["step"], round(wall, 3), r["outcome_acc"]])
             curves[mode][str(seed)] = curve
             sums = stage_times.setdefault(mode, {})
+            # trainer's lifetime peak RSS (vLLM + models + heap), max over ranks and seeds
+            peak = max(r.get("memory/peak_rss_gb", 0.0) for r in rows) * 1e9
+            peaks[mode] = max(peaks.get(mode, 0.0), peak)
             for r in rows[1:]:  # step 1 includes one-off warm-up (first vLLM batch, allocator growth)
                 for k, v in r.items():
                     if k.startswith("time/") or k == "tokens":
@@ -85,15 +93,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{mode} seed {seed}: acc {curve[0][2]:.3f} -> {curve[-1][2]:.3f} ({time.time() - t0:.0f} s)",
                   flush=True)
     modes = {m: {k: (v / s["steps"] if k != "steps" else v) for k, v in s.items()} for m, s in stage_times.items()}
+    for mode, peak in peaks.items():
+        if peak:
+            modes[mode]["peak_memory_bytes"] = peak
     from bench.hardware import environment
 
+    resolved = yaml.safe_load((work / f"prime_seed{args.seeds[0]}" / "config.yaml").read_text())
     config = {"model": str(model), "steps": args.steps, "overrides": args.set, "sft_steps": args.sft_steps,
-              "task": "arithmetic 2-digit addition", "prompts_per_step": 8, "K": 4}
+              "task": "arithmetic 2-digit addition", "prompts_per_step": resolved["data"]["prompts_per_step"],
+              "K": resolved["rollout"]["n"], "max_tokens": resolved["rollout"]["max_tokens"]}
     out = Path(args.out)
-    (out / "step_breakdown_cpu_tiny.json").write_text(json.dumps(
+    (out / f"step_breakdown_{args.tag}.json").write_text(json.dumps(
         {"kind": "step_breakdown", "command": command, "environment": environment(), "config": config, "gpus": 1,
          "modes": modes}, indent=1) + "\n")
-    (out / "learning_efficiency_cpu_tiny.json").write_text(json.dumps(
+    (out / f"learning_efficiency_{args.tag}.json").write_text(json.dumps(
         {"kind": "learning_efficiency", "command": command, "config": config, "seeds": args.seeds,
          "baseline": "rloo", "curves": curves}, indent=1) + "\n")
     return 0

@@ -22,6 +22,7 @@ from .batch import TrainBatch, build_train_batch
 from .checkpointing import CheckpointManager
 from .config import Config, ConfigError, load_config
 from .data import AssembledBatch, PromptLoader, assemble_step
+from .memory_stats import peak_memory_metrics
 from .models_setup import PrimeModels, build_prime_models
 from .rollout import RolloutEngine, logprob_mismatch
 from .run_setup import Run, prompt_loader, start_run, starting_model
@@ -131,6 +132,7 @@ def prime_step(t: Trainer, step: int) -> dict[str, float]:
         "tokens_per_s_per_gpu": n_tokens / elapsed / t.run.layout.world_size,
         "time/step": elapsed,
         **{f"time/{k}": v for k, v in clock.seconds.items()},
+        **peak_memory_metrics(),
     })
     return metrics
 
