@@ -23,6 +23,7 @@ from . import report_scaling
 from .hardware import environment, gpu_limits
 from .report_data import OURS, Row, Source, load_sources, machine, pytest_rows
 from .report_plots import kernel_figure
+from .report_refit import render_refit
 from .report_sections import render_learning_efficiency, render_step_breakdown
 
 FORMULAS = """\
@@ -226,6 +227,7 @@ def build_report(results: Path, out: Path) -> str:
          lambda s: render_pytest(s, plots_dir, rel, cpu_limits)),
         ("Scaling on CPU: time and memory vs N and V", by_kind["scaling"],
          lambda s: report_scaling.render(s, plots_dir, rel)),
+        ("Refit: Megatron -> colocated vLLM weight sync", by_kind["refit"], render_refit),
         ("PRIME step breakdown vs outcome-only RLOO", by_kind["step_breakdown"],
          lambda s: render_step_breakdown(s, plots_dir, rel)),
         ("Learning efficiency: PRIME vs outcome-only RLOO", by_kind["learning_efficiency"],

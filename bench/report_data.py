@@ -3,7 +3,8 @@
 A results file is one of (detected from its content, never from its name):
   - pytest-benchmark output (`benchmarks` list): one Row per benchmark, or one per provider for the paired
     benchmarks whose extra_info holds `<provider>_wall_s`;
-  - `{"kind": "scaling", ...}` (bench/bench_scaling.py), `{"kind": "hardware", ...}` (bench/hardware.py);
+  - `{"kind": "scaling", ...}` (bench/bench_scaling.py), `{"kind": "hardware", ...}` (bench/hardware.py),
+    `{"kind": "refit", ...}` (bench/bench_refit.py);
   - step breakdown / learning efficiency (schemas in report_sections.py; kind or file-name prefix);
   - anything else: listed with its scalar fields.
 
@@ -38,7 +39,7 @@ class Source:
     """One results file."""
 
     path: Path
-    kind: str  # pytest-benchmark | scaling | hardware | step_breakdown | learning_efficiency | unknown
+    kind: str  # pytest-benchmark | scaling | hardware | refit | step_breakdown | learning_efficiency | unknown
     data: Any
     command: str | None = None
     command_note: str = ""
@@ -75,7 +76,7 @@ def detect_kind(path: Path, data: Any) -> str:
         if isinstance(data.get("benchmarks"), list):
             return "pytest-benchmark"
         kind = data.get("kind")
-        if kind in ("scaling", "hardware", "step_breakdown", "learning_efficiency"):
+        if kind in ("scaling", "hardware", "refit", "step_breakdown", "learning_efficiency"):
             return kind
         if "modes" in data:
             return "step_breakdown"

@@ -115,17 +115,20 @@ def stage_figure(stages: list[str], modes: dict[str, dict[str, float]], title: s
 
 
 def curves_figure(curves: dict[str, dict[str, Any]], title: str, path: Path) -> bool:
-    """Accuracy vs step and vs wall time per mode: mean over seeds with a min-max band.
-    curves: {mode: {"step": [...], "wall": [...], "mean": [...], "lo": [...], "hi": [...]}}."""
+    """Accuracy vs step and vs wall time per mode: mean over seeds with a min-max band, and the trailing-window
+    mean when given. curves: {mode: {"step": [...], "wall": [...], "mean": [...], "lo": [...], "hi": [...],
+    "smooth": [...] (optional)}}."""
     if not curves:
         return False
     fig, (ax_s, ax_w) = plt.subplots(1, 2, figsize=(11, 4))
     for mode, c in curves.items():
         color = COLORS.get(mode)
-        ax_s.plot(c["step"], c["mean"], "-", color=color, label=mode)
-        ax_s.fill_between(c["step"], c["lo"], c["hi"], color=color, alpha=0.2)
-        ax_w.plot(c["wall"], c["mean"], "-", color=color, label=mode)
-        ax_w.fill_between(c["wall"], c["lo"], c["hi"], color=color, alpha=0.2)
+        smooth = c.get("smooth")
+        for ax, x in ((ax_s, c["step"]), (ax_w, c["wall"])):
+            ax.plot(x, c["mean"], "-", color=color, label=mode, alpha=0.45 if smooth else 1.0, linewidth=1)
+            ax.fill_between(x, c["lo"], c["hi"], color=color, alpha=0.15)
+            if smooth:
+                ax.plot(x, smooth, "-", color=color, linewidth=2.2, label=f"{mode}, trailing mean")
     for ax, xlabel in ((ax_s, "step"), (ax_w, "wall time (s, mean over seeds)")):
         ax.set_xlabel(xlabel)
         ax.set_ylabel("training accuracy")

@@ -150,14 +150,16 @@ def test_step_breakdown_and_learning_efficiency(tmp_path, rng, bench_module):
     _write(tmp_path / "step_breakdown_cpu.json",
            {"kind": "step_breakdown", "command": "primeflow bench step", "gpus": 2, "config": {"K": 4},
             "modes": modes})
-    step_at = rng.randrange(3, 8)  # PRIME reaches RLOO's final accuracy here
-    rloo_final = 0.5
+    step_at = rng.randrange(3, 8)  # PRIME's accuracy jumps above RLOO's final accuracy here
     curves = {"prime": {}, "rloo": {}}
     for seed in (0, 1, 2):
-        curves["rloo"][str(seed)] = [[s, 10.0 * s, rloo_final * s / 10] for s in range(1, 11)]
-        curves["prime"][str(seed)] = [[s, 12.0 * s, 0.6 if s >= step_at else 0.1] for s in range(1, 11)]
+        curves["rloo"][str(seed)] = [[s, 10.0 * s, 0.05 * s] for s in range(1, 11)]
+        curves["prime"][str(seed)] = [[s, 12.0 * s, 0.6 + 0.02 * seed if s >= step_at else 0.1] for s in range(1, 11)]
     _write(tmp_path / "learning_efficiency.json",
            {"command": "primeflow bench learning", "seeds": [0, 1, 2], "curves": curves})
+    # The same curves judged step by step (window 1): the pre-smoothing definition.
+    _write(tmp_path / "learning_efficiency_w1.json",
+           {"command": "primeflow bench learning w1", "seeds": [0, 1, 2], "curves": curves, "window": 1})
     text = report.build_report(tmp_path, tmp_path / "REPORT.md")
 
     total = {m: sum(v for k, v in modes[m].items() if k.startswith("time/")) for m in modes}
@@ -166,10 +168,20 @@ def test_step_breakdown_and_learning_efficiency(tmp_path, rng, bench_module):
     assert _row(text, "prm")[2] == "—"
     per_gpu = _row(text, "tokens/s/GPU")
     assert per_gpu[1] == f"{modes['prime']['tokens'] / total['prime'] / 2:.1f}"
-    prime = _row(text, "prime", "10")
-    assert prime[4] == str(step_at)
-    assert prime[5] == f"{100 * step_at / 10:.1f} %"
-    assert _row(text, "rloo", "10")[4] == "10"  # the baseline reaches its own final accuracy at its end
+    default, w1 = (text.split(f"### `{name}`", 1)[1].split("\n### ", 1)[0]
+                   for name in ("learning_efficiency.json", "learning_efficiency_w1.json"))
+    # Default window: 20 % of 10 steps = 2. RLOO's final accuracy is mean(0.45, 0.50) = 0.475 on every seed;
+    # PRIME's per-seed finals are 0.60, 0.62, 0.64 (sd 0.02). PRIME's 2-step trailing mean is (0.1 + 0.62) / 2
+    # = 0.36 at step_at and 0.62 from step_at + 1: it reaches 0.475 one step after the jump.
+    prime, rloo = _row(default, "prime", "10"), _row(default, "rloo", "10")
+    assert prime[2] == "0.620 ± 0.020" and rloo[2] == "0.475 ± 0.000"
+    assert prime[4] == str(step_at + 1)
+    assert prime[5] == f"{100 * (step_at + 1) / 10:.1f} %"
+    assert rloo[4] == "10"  # the baseline reaches its own final accuracy at its last step
+    # Window 1: RLOO's final is its last step's 0.5, first reached by PRIME at the jump itself.
+    prime_w1 = _row(w1, "prime", "10")
+    assert prime_w1[2] == "0.620 ± 0.020" and _row(w1, "rloo", "10")[2] == "0.500 ± 0.000"
+    assert prime_w1[4] == str(step_at)
     assert (tmp_path / "plots" / "step_breakdown_cpu.png").read_bytes()[:8] == PNG
     assert (tmp_path / "plots" / "learning_efficiency.png").read_bytes()[:8] == PNG
 
@@ -209,3 +221,30 @@ def test_results_without_limits_use_the_best_measured_cpu_limits(tmp_path, rng, 
     text = report.build_report(tmp_path, tmp_path / "REPORT.md")
     assert _row(text, "**primeflow**", group)[5] == f"{100 * n * v * 4 / seconds / (mem[1] * 1e9):.1f} %"
     assert "Limits: measured by `hw_a.json, hw_b.json` (another run on this machine)" in text
+
+
+def test_refit_table_bucket_sweep_and_generation(tmp_path, rng, bench_module):
+    report = bench_module("report")
+    refit_gbps, copy_gbps = rng.uniform(0.1, 2.0), rng.uniform(5.0, 20.0)
+    sweep = [{"bucket_mb": mb, "buckets": rng.randrange(1, 200), "seconds_min": rng.uniform(1.0, 3.0),
+              "gb_per_s": rng.uniform(0.5, 2.0)} for mb in (1, 16, 256)]
+    result = {"size": "0.5B", "engine_init_s": 9.0, "first_refit_s": 4.5,
+              "copy_baseline": {"bytes": 2 * 10**9, "gb_per_s": copy_gbps},
+              "refit": {"bytes": 2 * 10**9, "buckets": 7, "bucket_mb": 256, "seconds_min": 1.5,
+                        "seconds_median": 2.0, "gb_per_s": refit_gbps},
+              "stream_only": {"seconds_min": 0.125}, "bucket_sweep": sweep,
+              "generation": {"prompts": 16, "n": 4, "new_tokens": 4096, "tokens_per_s": 5053.4}}
+    _write(tmp_path / "cpu_refit.json", {"kind": "refit", "command": "python -m bench.bench_refit",
+                                         "layout": {"world": 2, "trainer_tp": 2, "trainer_pp": 1,
+                                                    "trainer_dp": 1, "vllm_tp": 1},
+                                         "dtype": "float32", "results": [result]})
+    text = report.build_report(tmp_path, tmp_path / "REPORT.md")
+    section = text.split("## Refit", 1)[1].split("\n## ", 1)[0]
+    assert "trainer TP 2 x PP 1 x DP 1, vLLM TP 1" in section
+    row = _row(section, "0.5B", "7 x 256 MiB")
+    assert row[5:8] == [f"{refit_gbps:.2f}", f"{copy_gbps:.2f}", f"{100 * refit_gbps / copy_gbps:.1f} %"]
+    best = min(s["seconds_min"] for s in sweep)
+    for s in sweep:
+        assert _row(section, f"{s['bucket_mb']} MiB")[4] == _g(s["seconds_min"] / best) + "x"
+    assert _row(section, "16 x 4")[3] == "5053"
+    assert "cpu_refit.json" not in text.split("## Unrecognised results files", 1)[1]
