@@ -198,6 +198,9 @@ def build_report(results: Path, out: Path) -> str:
     """Render the report for `results` into `out` (plots under results/plots) and return the markdown."""
     plots_dir = results / "plots"
     rel = os.path.relpath(plots_dir, out.parent)
+    # Every plot is re-rendered from the JSON below: drop the old ones so a removed result leaves no orphan.
+    for stale in plots_dir.glob("*.png"):
+        stale.unlink()
     sources, warnings = load_sources(results)
     env = environment()
     lines = ["# primeflow benchmark report", "",
