@@ -1,9 +1,13 @@
-"""Gradient reduction across data-parallel ranks and global-norm clipping across tensor-parallel shards.
+"""Gradient reduction across data-parallel ranks and global-norm clipping across tensor- and
+pipeline-parallel shards.
 
 Losses are scaled with global counts (sum over micro-batches and DP ranks = the batch loss), so the DP
 reduction is a SUM, not a mean. The grad norm is the norm of the *full* (unsharded) gradient: squares of
 TP-sharded parameters are summed over the TP group, replicated parameters (norms, biases of row-parallel
-layers) are counted once.
+layers) are counted once, and with PP > 1 each stage's total is summed over the pipeline group. Tied
+input/output embeddings with PP > 1 live on the first and the last stage (Megatron marks the last stage's
+copy `shared`): their gradients are summed over the embedding group (as Megatron's finalize_model_grads
+does) so both copies take the same step, and the copy is left out of the norm.
 """
 
 from __future__ import annotations
@@ -39,11 +43,21 @@ def reduce_across_dp(params: list[torch.nn.Parameter]) -> None:
         offset += n
 
 
+def sync_tied_embedding_grads(params: list[torch.nn.Parameter]) -> None:
+    """PP > 1 with tied embeddings: sum the first stage's embedding gradient and the last stage's copy's
+    (Megatron sets `shared_embedding` on both). Collective over the embedding group (first + last stage)."""
+    if parallel.layout().pp == 1:
+        return
+    for p in params:
+        if getattr(p, "shared_embedding", False) and p.grad is not None:
+            dist.all_reduce(p.grad, group=parallel.embedding_group())
+
+
 def global_grad_norm(params: list[torch.nn.Parameter]) -> float:
     sharded = torch.zeros((), dtype=torch.float64)
     replicated = torch.zeros((), dtype=torch.float64)
     for p in params:
-        if p.grad is None:
+        if p.grad is None or getattr(p, "shared", False):  # `shared`: a PP stage's copy of a tied weight
             continue
         sq = p.grad.detach().double().pow(2).sum()
         if getattr(p, "tensor_model_parallel", False):
@@ -52,7 +66,10 @@ def global_grad_norm(params: list[torch.nn.Parameter]) -> float:
             replicated += sq
     if parallel.layout().tp > 1:
         dist.all_reduce(sharded, group=parallel.tp_group())
-    return float((sharded + replicated).sqrt())
+    total = sharded + replicated
+    if parallel.layout().pp > 1:
+        dist.all_reduce(total, group=parallel.pp_group())
+    return float(total.sqrt())
 
 
 def clip_grads(params: list[torch.nn.Parameter], max_norm: float) -> float:

@@ -118,6 +118,24 @@ def pp_group():
     return parallel_state.get_pipeline_model_parallel_group()
 
 
+def embedding_group():
+    """First + last pipeline stage (tied input/output embeddings with PP > 1 keep one copy on each)."""
+    from megatron.core import parallel_state
+
+    return parallel_state.get_embedding_group()
+
+
+def broadcast_from_last_stage(tensor: torch.Tensor) -> torch.Tensor:
+    """In place: every stage of this rank's pipeline gets the last stage's `tensor` (model outputs, losses
+    and metrics exist only on the last stage; the batch state must be identical on all ranks). No-op at
+    PP=1."""
+    from megatron.core import parallel_state
+
+    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+        dist.broadcast(tensor, src=parallel_state.get_pipeline_model_parallel_last_rank(), group=pp_group())
+    return tensor
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

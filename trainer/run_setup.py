@@ -29,10 +29,6 @@ class Run:
 
 
 def start_run(config: Config) -> Run:
-    if config.parallel.pp > 1:
-        raise ValueError("parallel.pp: the PRIME trainer's training passes run with pp=1 in this version "
-                         "(the models and the log-prob forward support PP; the training schedule does not yet); "
-                         "allowed: 1")
     backend = None if config.parallel.backend == "auto" else config.parallel.backend
     layout = parallel.init_distributed(tp=config.parallel.tp, pp=config.parallel.pp, backend=backend,
                                        timeout_s=config.parallel.collective_timeout_s)

@@ -1,7 +1,7 @@
 """`primeflow sft`: supervised warm-start, cross-entropy on prompt -> response pairs with the prompt masked.
 
 Runs on the same Megatron models, packing and gradient machinery as the PRIME trainer (and therefore under
-torchrun with TP/DP the same way). The embedded default run uses it to turn a random tiny model into a
+torchrun with TP/PP/DP the same way). The embedded default run uses it to turn a random tiny model into a
 starting policy that lands in the accuracy band PRIME's filter keeps.
 """
 
@@ -18,8 +18,8 @@ from . import parallel
 from .batch import TrainBatch, build_train_batch
 from .config import OptimConfig, SFTConfig
 from .models_setup import load_model, make_optimizer
-from .stages.logprobs import forward_rows, micro_batch_plan
-from .stages.optim_step import minibatch_step
+from .stages.logprobs import micro_batch_plan
+from .stages.optim_step import MicroLoss, minibatch_step
 
 
 def tokenize_pairs(tokenizer, pairs: list[tuple[list[dict], str]]) -> tuple[list[list[int]], list[list[int]]]:
@@ -40,6 +40,17 @@ def sft_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int)
                              group_size=1, eos_ids=set(), pad_id=pad_id)
 
 
+def sft_micro_loss(batch: TrainBatch) -> MicroLoss:
+    """Token-mean NLL of the responses over the whole batch: each micro-batch's share is its summed NLL
+    divided by the batch's response-token count."""
+    n_tokens = float(batch.response_mask.sum())
+
+    def share(rows: list[int], logp: torch.Tensor) -> torch.Tensor:
+        return -(logp * batch.response_mask[rows]).sum() / n_tokens
+
+    return MicroLoss(batch, share)
+
+
 def run_sft(base: str | Path, out: str | Path, pairs: list[tuple[list[dict], str]], cfg: SFTConfig, *,
             seed: int = 0, micro_batch_tokens: int = 4096, log=print) -> Path:
     """Train `base` (HF dir) on `pairs` for cfg.steps steps of cfg.batch_size examples; export HF to `out`.
@@ -57,14 +68,8 @@ def run_sft(base: str | Path, out: str | Path, pairs: list[tuple[list[dict], str
     for step in range(1, cfg.steps + 1):
         pick = [order.randrange(len(pairs)) for _ in range(cfg.batch_size)]
         batch = sft_batch([prompts[i] for i in pick], [responses[i] for i in pick], tokenizer.pad_token_id)
-        n_tokens = float(batch.response_mask.sum())
-
-        def micro_loss(rows: list[int], batch: TrainBatch = batch, n_tokens: float = n_tokens) -> torch.Tensor:
-            logp = forward_rows(model, batch, rows)
-            return -(logp * batch.response_mask[rows]).sum() / n_tokens  # token-mean NLL over the batch
-
         plan = micro_batch_plan(batch, list(range(batch.rows)), micro_batch_tokens)
-        stats = minibatch_step(model, optim, plan, micro_loss, grad_clip=1.0)
+        stats = minibatch_step(model, optim, plan, sft_micro_loss(batch), grad_clip=1.0)
         sched.step()
         if step == 1 or step % 25 == 0 or step == cfg.steps:
             log(f"sft step {step}/{cfg.steps}  nll/token {stats['loss']:.4f}  ({time.perf_counter() - t0:.0f} s)")
@@ -100,8 +105,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--examples", type=int, default=SFTConfig.examples)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tp", type=int, default=1)
+    parser.add_argument("--pp", type=int, default=1)
     args = parser.parse_args(argv)
-    layout = parallel.init_distributed(tp=args.tp)
+    layout = parallel.init_distributed(tp=args.tp, pp=args.pp)
     pairs = sft_pairs(args.data, n=args.examples, seed=args.seed)
     if layout.is_rank0:
         print(f"SFT on {len(pairs)} examples from {args.data}")

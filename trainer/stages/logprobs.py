@@ -2,7 +2,9 @@
 
 Each DP rank computes its share of rows; the results are combined with one SUM all-reduce over the DP
 group (every row is owned by exactly one rank, the others contribute exact zeros), so every rank ends with
-the full [B, R] tensor.
+the full [B, R] tensor. With PP > 1 the micro-batches run through Megatron's pipeline schedule and only the
+last stage has log-probs: it broadcasts the [B, R] result to the other stages of its pipeline, so
+advantages, rewards and metrics are identical on every rank.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch.distributed as dist
 
 from .. import packing, parallel
 from ..batch import TrainBatch, response_columns
+from .pipeline import run_pipeline
 
 
 def micro_batch_plan(batch: TrainBatch, rows: list[int], budget: int) -> list[list[int]]:
@@ -21,7 +24,8 @@ def micro_batch_plan(batch: TrainBatch, rows: list[int], budget: int) -> list[li
 
 def forward_rows(model: torch.nn.Module, batch: TrainBatch, rows: list[int], *, temperature: float = 1.0
                  ) -> torch.Tensor:
-    """fp32 [len(rows), R] response log-probs of `rows` in one packed pass (differentiable under grad mode)."""
+    """fp32 [len(rows), R] response log-probs of `rows` in one packed pass (differentiable under grad mode).
+    PP=1 only (with PP>1 micro-batches go through stages.pipeline.run_pipeline)."""
     from primeflow.models import sequence_logprobs
 
     idx = torch.tensor(rows, dtype=torch.int64)
@@ -33,9 +37,11 @@ def forward_rows(model: torch.nn.Module, batch: TrainBatch, rows: list[int], *, 
 
 
 def all_rows_sum(local_BR: torch.Tensor) -> torch.Tensor:
+    """In place: the SUM over DP ranks (each row owned by one rank), then (PP > 1) the last stage's result on
+    every stage of the pipeline. Every rank of the world ends with the same tensor."""
     if parallel.layout().dp > 1:
         dist.all_reduce(local_BR, group=parallel.dp_group())
-    return local_BR
+    return parallel.broadcast_from_last_stage(local_BR)
 
 
 @torch.no_grad()
@@ -45,10 +51,16 @@ def batch_logprobs(model: torch.nn.Module, batch: TrainBatch, *, budget: int, te
     was_training = model.training
     model.eval()
     out = torch.zeros(batch.response_mask.shape, dtype=torch.float32)
+    plan = micro_batch_plan(batch, list(range(batch.rows)), budget)
     try:
-        for rows in micro_batch_plan(batch, list(range(batch.rows)), budget):
-            out[rows] = forward_rows(model, batch, rows, temperature=temperature)
+        if parallel.layout().pp == 1:
+            for rows in plan:
+                out[rows] = forward_rows(model, batch, rows, temperature=temperature)
+        else:
+            def record(rows: list[int], logp: torch.Tensor) -> None:
+                out[rows] = logp
+
+            run_pipeline(model, batch, plan, record, temperature=temperature, forward_only=True)
     finally:
         model.train(was_training)
     return all_rows_sum(out)
-

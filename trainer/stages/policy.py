@@ -10,7 +10,7 @@ from primeflow.kernels import ppo_clip_loss
 from ..batch import TrainBatch
 from ..config import Config
 from ..models_setup import PrimeModels
-from .logprobs import all_rows_sum, forward_rows, micro_batch_plan
+from .logprobs import all_rows_sum, micro_batch_plan
 from .optim_step import MicroLoss, chunks, minibatch_step
 
 
@@ -23,20 +23,22 @@ def _normaliser(batch: TrainBatch, rows: list[int], agg: str) -> float:
 def ppo_micro_loss(policy: torch.nn.Module, batch: TrainBatch, config: Config, minibatch_rows: list[int],
                    clip_counter: torch.Tensor | None = None) -> MicroLoss:
     """The micro-batch loss share for a mini-batch: ppo_clip_loss on the micro-batch times
-    (micro-batch count / mini-batch count) of the aggregation's unit, so shares sum to the mini-batch loss."""
+    (micro-batch count / mini-batch count) of the aggregation's unit, so shares sum to the mini-batch loss.
+    `policy` is the model the shares are taken from (log-probs at the rollout temperature; accumulate_grads
+    runs it). `clip_counter` collects clipped-token counts (on the last pipeline stage)."""
+    del policy  # the model is given to accumulate_grads; kept for the call sites' readability
     ppo = config.ppo
     old, adv, mask = batch.extra["old_logp"], batch.extra["advantages"], batch.response_mask
     total = max(_normaliser(batch, minibatch_rows, ppo.agg), 1.0)
 
-    def micro_loss(micro: list[int]) -> torch.Tensor:
-        logp = forward_rows(policy, batch, micro, temperature=config.rollout.temperature)
+    def share(micro: list[int], logp: torch.Tensor) -> torch.Tensor:
         loss, stats = ppo_clip_loss(logp, old[micro], adv[micro], mask[micro], clip=ppo.clip, agg=ppo.agg,
                                     return_stats=True)
         if clip_counter is not None:
             clip_counter.add_(float(stats.clipfrac) * float(mask[micro].sum()))
         return loss * (_normaliser(batch, micro, ppo.agg) / total)
 
-    return micro_loss
+    return MicroLoss(batch, share, temperature=config.rollout.temperature)
 
 
 def policy_stage(models: PrimeModels, batch: TrainBatch, config: Config, *, step: int) -> dict[str, float]:
@@ -53,7 +55,7 @@ def policy_stage(models: PrimeModels, batch: TrainBatch, config: Config, *, step
             losses.append(stats["loss"])
             norms.append(stats["grad_norm"])
     models.policy_sched.step()
-    clipped = all_rows_sum(clipped)  # per-rank clip counts, summed over DP
+    clipped = all_rows_sum(clipped)  # per-rank clip counts, summed over DP (from the last PP stage)
     return {
         "pg_loss": sum(losses) / len(losses),
         "pg_clipfrac": float(clipped[0]) / max(float(batch.response_mask.sum()) * ppo.epochs, 1.0),

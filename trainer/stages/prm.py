@@ -15,8 +15,8 @@ from primeflow.kernels import prm_ce_loss, prm_pairwise_accuracy
 from ..batch import TrainBatch
 from ..config import Config
 from ..models_setup import PrimeModels
-from .logprobs import all_rows_sum, batch_logprobs, forward_rows, micro_batch_plan
-from .optim_step import chunks, minibatch_step
+from .logprobs import all_rows_sum, batch_logprobs, micro_batch_plan
+from .optim_step import MicroLoss, chunks, minibatch_step
 
 
 def reference_logprobs(models: PrimeModels, batch: TrainBatch, config: Config) -> torch.Tensor:
@@ -26,21 +26,31 @@ def reference_logprobs(models: PrimeModels, batch: TrainBatch, config: Config) -
     return batch_logprobs(models.ref, batch, budget=config.train.micro_batch_tokens)
 
 
+def prm_micro_loss(batch: TrainBatch, ref_BR: torch.Tensor, config: Config, minibatch_rows: list[int],
+                   record_BR: torch.Tensor | None = None) -> MicroLoss:
+    """The PRM CE loss share of a micro-batch (CE is a mean over the mini-batch's responses); writes the
+    micro-batch's PRM log-probs into `record_BR` (on the last pipeline stage)."""
+    mask, beta, n_rows = batch.response_mask, config.prime.beta, len(minibatch_rows)
+
+    def share(micro: list[int], prm_logp: torch.Tensor) -> torch.Tensor:
+        if record_BR is not None:
+            record_BR[micro] = prm_logp.detach()
+        loss = prm_ce_loss(prm_logp, ref_BR[micro], mask[micro], batch.outcome[micro], beta=beta)
+        return loss * (len(micro) / n_rows)
+
+    return MicroLoss(batch, share)
+
+
 def _update(models: PrimeModels, batch: TrainBatch, ref_BR: torch.Tensor, config: Config,
             record_BR: torch.Tensor | None) -> list[float]:
-    """PRM optimizer steps over the batch; writes this rank's pre-step PRM log-probs into `record_BR`."""
-    mask, beta = batch.response_mask, config.prime.beta
+    """PRM optimizer steps over the batch; writes this rank's pre-step PRM log-probs into `record_BR` (on the
+    last pipeline stage; all_rows_sum then gives them to every rank)."""
     losses = []
     for rows in chunks(list(range(batch.rows)), config.prm.mini_batch_size):
-        def micro_loss(micro: list[int], n_rows: int = len(rows)) -> torch.Tensor:
-            prm_logp = forward_rows(models.prm, batch, micro)
-            if record_BR is not None:
-                record_BR[micro] = prm_logp.detach()
-            loss = prm_ce_loss(prm_logp, ref_BR[micro], mask[micro], batch.outcome[micro], beta=beta)
-            return loss * (len(micro) / n_rows)  # CE is a mean over responses of the mini-batch
-
         plan = micro_batch_plan(batch, rows, config.train.micro_batch_tokens)
-        stats = minibatch_step(models.prm, models.prm_optim, plan, micro_loss, grad_clip=config.prm.optim.grad_clip)
+        stats = minibatch_step(models.prm, models.prm_optim, plan,
+                               prm_micro_loss(batch, ref_BR, config, rows, record_BR),
+                               grad_clip=config.prm.optim.grad_clip)
         losses.append(stats["loss"])
     models.prm_sched.step()
     return losses
