@@ -23,13 +23,12 @@ import time
 import primeflow.kernels as K
 import pytest
 import torch
-from memory import peak_extra_bytes
+from device import DEVICE, peak_extra_memory, synchronized
 
 FULL = os.environ.get("PRIMEFLOW_BENCH_FULL") == "1"
 N = int(os.environ.get("PRIMEFLOW_BENCH_N", 4096 if FULL else 1024))
 H = int(os.environ.get("PRIMEFLOW_BENCH_H", 896))
 V = int(os.environ.get("PRIMEFLOW_BENCH_V", 151936 if FULL else 32768))
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float32
 ROUNDS = int(os.environ.get("PRIMEFLOW_BENCH_ROUNDS", 2 if FULL else 3))
 
@@ -69,16 +68,9 @@ def _forward_backward(fn, hidden, weight, labels):
 
 
 def _record(benchmark, provider: str, kind: str, call, hidden, weight) -> None:
+    call = synchronized(call)
     call()  # warm-up (compiles once for torch.compile)
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        call()
-        torch.cuda.synchronize()
-        extra = torch.cuda.max_memory_allocated() - base
-    else:
-        _, extra = peak_extra_bytes(call)
+    _, extra = peak_extra_memory(call)
     start = time.perf_counter()
     benchmark.pedantic(call, rounds=ROUNDS, iterations=1, warmup_rounds=0)
     seconds = benchmark.stats.stats.min if benchmark.stats else time.perf_counter() - start
@@ -130,7 +122,7 @@ def test_paired_vs_compile(benchmark, inputs, kind):
             return call
         return lambda: _forward_backward(fn, hidden, weight, labels)
 
-    calls = {"compile": make(compiled), "primeflow": make(primeflow)}
+    calls = {"compile": synchronized(make(compiled)), "primeflow": synchronized(make(primeflow))}
     wall = {name: [] for name in calls}
     cpu = {name: [] for name in calls}
     for call in calls.values():

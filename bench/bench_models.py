@@ -11,8 +11,8 @@ Batch: B=4 rows x T=256 tokens (PRIMEFLOW_BENCH_B / _T). Providers:
   unfused - model(...) logits [B, T, V] -> fp32 log_softmax -> gather (what a plain Megatron/HF head does)
 extra_info: tokens/s, peak extra host memory of one step (bench/memory.py) and, on the fused case (run
 second), the time and memory ratios against the unfused case of the same model in this process.
-GPU: the same command on a CUDA machine runs bf16 on the GPU (memory is then host RSS only; use
-torch.cuda.max_memory_allocated in a follow-up if needed).
+GPU: the same command on a CUDA machine runs bf16 on the GPU (memory is then torch's allocator peak:
+bench/device.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import time
 import pytest
 import torch
 import torch.distributed as dist
-from memory import peak_extra_bytes
+from device import peak_extra_memory
 
 FULL = os.environ.get("PRIMEFLOW_BENCH_FULL") == "1"
 B = int(os.environ.get("PRIMEFLOW_BENCH_B", 4))
@@ -90,7 +90,7 @@ def test_forward_backward(benchmark, world, shape, provider):
     pos = torch.arange(T, device=DEVICE).expand(B, T)
     fused = provider == "fused"
     _step(model, ids, pos, labels, fused)  # warm-up (allocator, first-call paths)
-    _, peak = peak_extra_bytes(lambda: _step(model, ids, pos, labels, fused))
+    _, peak = peak_extra_memory(lambda: _step(model, ids, pos, labels, fused))
     t0 = time.perf_counter()
     benchmark.pedantic(_step, args=(model, ids, pos, labels, fused), rounds=ROUNDS, iterations=1)
     median = benchmark.stats.stats.median if benchmark.stats else (time.perf_counter() - t0) / ROUNDS

@@ -18,7 +18,7 @@ import os
 import primeflow.kernels as K
 import pytest
 import torch
-from memory import peak_extra_bytes
+from device import peak_extra_memory, synchronized
 from primeflow.kernels import reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -35,23 +35,13 @@ def _providers(ref_fn, ours_fn):
     return providers
 
 
-def _sync(fn):
-    def run(*args, **kwargs):
-        out = fn(*args, **kwargs)
-        if DEVICE == "cuda":
-            torch.cuda.synchronize()
-        return out
-
-    return run
-
-
 def _ragged_mask(generator, b, t):
     lengths = torch.randint(t // 4, t + 1, (b,), generator=generator)
     return (torch.arange(t)[None, :] < lengths[:, None]).to(DEVICE)
 
 
 def _record(benchmark, group, provider, path, bytes_read, fn):
-    _, extra = peak_extra_bytes(fn) if DEVICE == "cpu" else (None, -1)
+    _, extra = peak_extra_memory(fn)
     benchmark.group = group
     benchmark.extra_info.update(
         provider=provider,
@@ -61,7 +51,7 @@ def _record(benchmark, group, provider, path, bytes_read, fn):
         peak_extra_bytes=extra,
         threads=torch.get_num_threads(),
     )
-    benchmark.pedantic(_sync(fn), rounds=20, iterations=1, warmup_rounds=2)
+    benchmark.pedantic(synchronized(fn), rounds=20, iterations=1, warmup_rounds=2)
 
 
 RLOO_PROVIDERS = _providers(reference.rloo_advantages, K.rloo_advantages)

@@ -1,9 +1,11 @@
-"""token_logprobs on CPU: primeflow's C++ op vs torch eager vs torch.compile, forward and forward+backward.
+"""token_logprobs: primeflow (C++ op on CPU, Triton on CUDA) vs torch eager vs torch.compile, forward and
+forward+backward.
 
 Run (from the repo root, after `make install`):
     .venv/bin/pytest bench/bench_token_logprobs.py --benchmark-only --benchmark-json bench/results/<name>.json
 Shape: N=4096 rows, V=151936 (Qwen2's vocabulary); PRIMEFLOW_BENCH_N / PRIMEFLOW_BENCH_V override it.
-Each case also records the peak extra host memory of one call (bench/memory.py) in extra_info.
+Inputs live on CUDA when it is available (timed calls synchronize), else on the CPU. Each case also records
+the peak extra memory of one call in extra_info (host RSS on CPU, allocator peak on CUDA: bench/device.py).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import primeflow.kernels as K
 import pytest
 import torch
-from memory import peak_extra_bytes
+from device import DEVICE, peak_extra_memory, synchronized
 
 N = int(os.environ.get("PRIMEFLOW_BENCH_N", 4096))
 V = int(os.environ.get("PRIMEFLOW_BENCH_V", 151936))
@@ -38,21 +40,21 @@ PROVIDERS = {"eager": eager, "compile": compiled, "primeflow": primeflow}
 @pytest.fixture(scope="module", params=list(DTYPES))
 def inputs(request):
     generator = torch.Generator().manual_seed(0)
-    logits = torch.randn(N, V, generator=generator).mul_(4).to(DTYPES[request.param])
-    labels = torch.randint(0, V, (N,), generator=generator)
+    logits = torch.randn(N, V, generator=generator).mul_(4).to(DEVICE, DTYPES[request.param])
+    labels = torch.randint(0, V, (N,), generator=generator).to(DEVICE)
     return request.param, logits, labels
 
 
 @pytest.mark.parametrize("provider", list(PROVIDERS))
 def test_forward(benchmark, inputs, provider):
     dtype_name, logits, labels = inputs
-    fn = PROVIDERS[provider]
+    fn = synchronized(PROVIDERS[provider])
     with torch.no_grad():
         fn(logits, labels)  # warm-up (compiles once for torch.compile)
-        _, extra = peak_extra_bytes(lambda: fn(logits, labels))
+        _, extra = peak_extra_memory(lambda: fn(logits, labels))
         benchmark.group = f"forward {dtype_name} N={N} V={V}"
-        benchmark.extra_info.update(provider=provider, peak_extra_bytes=extra, bytes_read=logits.numel() *
-                                    logits.element_size(), threads=torch.get_num_threads(),
+        benchmark.extra_info.update(provider=provider, device=DEVICE, peak_extra_bytes=extra,
+                                    bytes_read=logits.numel() * logits.element_size(), threads=torch.get_num_threads(),
                                     path=K.token_logprobs_backend(logits).value if provider == "primeflow" else
                                     provider)
         benchmark.pedantic(fn, args=(logits, labels), rounds=3, iterations=1, warmup_rounds=1)
@@ -64,15 +66,17 @@ def test_forward_backward(benchmark, inputs, provider):
     fn = PROVIDERS[provider]
     leaf = logits.detach().requires_grad_(True)
 
+    @synchronized
     def step():
         leaf.grad = None
         fn(leaf, labels).sum().backward()
 
     step()  # warm-up
     leaf.grad = None  # so the peak below includes allocating the gradient, as in a training step
-    _, extra = peak_extra_bytes(step)
+    _, extra = peak_extra_memory(step)
     benchmark.group = f"forward+backward {dtype_name} N={N} V={V}"
     # The gradient itself ([N, V] in the logits dtype) is part of every provider's peak: the floor is
     # N * V * element size.
-    benchmark.extra_info.update(provider=provider, peak_extra_bytes=extra, threads=torch.get_num_threads())
+    benchmark.extra_info.update(provider=provider, device=DEVICE, peak_extra_bytes=extra,
+                                threads=torch.get_num_threads())
     benchmark.pedantic(step, rounds=2, iterations=1, warmup_rounds=0)
