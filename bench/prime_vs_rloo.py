@@ -6,8 +6,13 @@ learning_efficiency JSON (schemas in bench/report_sections.py).
 
 Both modes start from the same SFT'd tiny model (built once with `primeflow sft`), run the same config
 except `prime.mode`, and log `outcome_acc` (mean verifier score of the step's rollouts, before filtering:
-the paper's "training reward", Fig. 3). On a GPU node, point --model at a real SFT checkpoint and pass
---set overrides (e.g. --set parallel.tp=2) — the command is recorded in the JSON.
+the paper's "training reward", Fig. 3). The step breakdown also carries each mode's model flops
+(bench/model_flops.py) and the peak flops of the device, so the report computes MFU. On a GPU node:
+
+    python -m bench.prime_vs_rloo --nproc 8 --config configs/qwen2.5-7b-prime.yaml --model /models/SFT \
+        --steps 20 --seeds 0 --tag h100_7b [--set key=value ...]
+
+The command is recorded in the JSON.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from bench.model_flops import step_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_SETTINGS = ["train.checkpoint_every=0", "logging.progress=false", "logging.tensorboard=false"]
@@ -44,13 +51,38 @@ def sft_model(work: Path, steps: int) -> Path:
     return out
 
 
-def run(mode: str, seed: int, model: Path, steps: int, work: Path, extra: list[str]) -> list[dict]:
+def run(mode: str, seed: int, model: Path, steps: int, work: Path, extra: list[str], *, nproc: int = 1,
+        config: str | None = None) -> list[dict]:
     run_dir = work / f"{mode}_seed{seed}"
     sets = [f"model.path={model}", f"run.dir={run_dir}", f"train.steps={steps}", f"train.seed={seed}",
             f"prime.mode={mode}", "run.resume=none", *BASE_SETTINGS, *extra]
-    cmd = [sys.executable, "-m", "primeflow", "train", *[a for s in sets for a in ("--set", s)]]
+    launcher = [sys.executable, "-m", "primeflow"] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "primeflow"]
+    cmd = [*launcher, "train", *(["--config", config] if config else []), *[a for s in sets for a in ("--set", s)]]
     subprocess.run(cmd, check=True, env=_env(), stdout=subprocess.DEVNULL)
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def devices_and_peak(nproc: int, peak_flops: float | None, out: Path) -> tuple[int, float | None, str]:
+    """(devices that divide tokens/s and MFU, peak flops per device, where the peak comes from). On CUDA one
+    device per process; on CPU the processes share one machine, whose peak is its measured fp32 GEMM rate."""
+    import torch
+
+    from bench.hardware import gpu_limits
+
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        vendor = gpu_limits(name)
+        if peak_flops is None and vendor:
+            return nproc, vendor["bf16_TFLOPs"] * 1e12, f"{vendor['source']}, dense bf16"
+        return nproc, peak_flops, "--peak-flops" if peak_flops else f"unknown device {name}: no MFU"
+    if peak_flops is not None:
+        return 1, peak_flops, "--peak-flops"
+    measured = sorted(out.glob("*_hardware.json"), key=lambda p: p.stat().st_mtime)
+    if not measured:
+        return 1, None, "no *_hardware.json measured: no MFU"
+    limits = json.loads(measured[-1].read_text())["hardware"]
+    return 1, limits["fp32_GFLOPs"] * 1e9, f"measured fp32 GEMM of the machine ({measured[-1].name})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="/tmp/primeflow-prime-vs-rloo")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--set", action="append", default=[], help="extra trainer overrides")
+    parser.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun --standalone); on a "
+                        "GPU node, one per GPU")
+    parser.add_argument("--config", help="trainer config file (default: the embedded tiny default)")
+    parser.add_argument("--peak-flops", type=float, help="peak flops per device for MFU (default: the vendor "
+                        "bf16 figure on CUDA, else the newest *_hardware.json in --out: measured fp32 GEMM)")
     parser.add_argument("--tag", default="cpu_tiny", help="names the outputs step_breakdown_<tag>.json and "
                         "learning_efficiency_<tag>.json")
     args = parser.parse_args(argv)
@@ -75,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     for seed in args.seeds:
         for mode in ("prime", "rloo"):
-            rows = run(mode, seed, model, args.steps, work, args.set)
+            rows = run(mode, seed, model, args.steps, work, args.set, nproc=args.nproc, config=args.config)
             wall, curve = 0.0, []
             for r in rows:
                 wall += r["time/step"]
@@ -98,14 +135,21 @@ def main(argv: list[str] | None = None) -> int:
             modes[mode]["peak_memory_bytes"] = peak
     from bench.hardware import environment
 
-    resolved = yaml.safe_load((work / f"prime_seed{args.seeds[0]}" / "config.yaml").read_text())
-    config = {"model": str(model), "steps": args.steps, "overrides": args.set, "sft_steps": args.sft_steps,
-              "task": "arithmetic 2-digit addition", "prompts_per_step": resolved["data"]["prompts_per_step"],
-              "K": resolved["rollout"]["n"], "max_tokens": resolved["rollout"]["max_tokens"]}
     out = Path(args.out)
+    hf_config = json.loads((model / "config.json").read_text())
+    resolved = {m: yaml.safe_load((work / f"{m}_seed{args.seeds[0]}" / "config.yaml").read_text()) for m in modes}
+    for mode, values in modes.items():
+        sequences = resolved[mode]["data"]["prompts_per_step"] * resolved[mode]["rollout"]["n"]
+        values["flops"] = step_flops(hf_config, resolved[mode], values["tokens"], sequences)
+    first = resolved["prime"]
+    config = {"model": str(model), "steps": args.steps, "overrides": args.set, "sft_steps": args.sft_steps,
+              "trainer_config": args.config or "embedded default", "nproc": args.nproc,
+              "prompts_per_step": first["data"]["prompts_per_step"], "K": first["rollout"]["n"],
+              "max_tokens": first["rollout"]["max_tokens"], "parallel": first["parallel"]}
+    gpus, peak_flops, peak_source = devices_and_peak(args.nproc, args.peak_flops, out)
     (out / f"step_breakdown_{args.tag}.json").write_text(json.dumps(
-        {"kind": "step_breakdown", "command": command, "environment": environment(), "config": config, "gpus": 1,
-         "modes": modes}, indent=1) + "\n")
+        {"kind": "step_breakdown", "command": command, "environment": environment(), "config": config,
+         "gpus": gpus, "peak_flops": peak_flops, "peak_flops_source": peak_source, "modes": modes}, indent=1) + "\n")
     (out / f"learning_efficiency_{args.tag}.json").write_text(json.dumps(
         {"kind": "learning_efficiency", "command": command, "config": config, "seeds": args.seeds,
          "baseline": "rloo", "curves": curves}, indent=1) + "\n")

@@ -62,6 +62,9 @@ def render_step_breakdown(source, plots_dir: Path, rel: str) -> str:
     if env:
         lines += [f"Device: {env.get('device_name', '?')} x {gpus}, commit "
                   f"{str((env.get('commit') or {}).get('id', '?'))[:10]}, load `{env.get('uptime', '?')}`.", ""]
+    if peak:
+        lines += [f"MFU = model flops of the step (bench/model_flops.py) / (step time x {gpus} device(s) x "
+                  f"{peak / 1e12:.3g} TFLOP/s peak: {data.get('peak_flops_source', 'given in the file')}).", ""]
     stages: list[str] = []
     for mode in modes.values():
         stages += [k for k in mode if k.startswith("time/") and k != "time/step" and k not in stages]
