@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from . import parallel
 from .config import Config, OptimConfig
 from .grads import trainable
 
@@ -23,7 +24,11 @@ class PrimeModels:
     prm_sched: torch.optim.lr_scheduler.LRScheduler | None
 
     def checkpoint_parts(self) -> tuple[dict, dict, dict]:
-        """(models, optimizers, schedulers) by name, for the checkpoint manager."""
+        """(models, optimizers, schedulers) by name, for the checkpoint manager. Collective with the
+        distributed optimizer: every DP rank must call it (the manager writes from DP rank 0 only)."""
+        for optim in (self.policy_optim, self.prm_optim):
+            if hasattr(optim, "consolidate_state_dict"):  # ZeRO: gather the moment shards on DP rank 0
+                optim.consolidate_state_dict(to=0)
         models = {"policy": self.policy}
         optims = {"policy": self.policy_optim}
         scheds = {"policy": self.policy_sched}
@@ -34,11 +39,22 @@ class PrimeModels:
         return models, optims, scheds
 
 
-def make_optimizer(model: torch.nn.Module, cfg: OptimConfig
+def make_optimizer(model: torch.nn.Module, cfg: OptimConfig, *, shard_over_dp: bool = False
                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW with a linear warmup then a constant LR (PRIME's schedule: constant, 0 warmup)."""
-    optim = torch.optim.AdamW(trainable(model), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
-                              eps=1e-8)
+    """AdamW with a linear warmup then a constant LR (PRIME's schedule: constant, 0 warmup).
+
+    shard_over_dp (parallel.distributed_optimizer) with DP > 1: torch's ZeroRedundancyOptimizer over the DP
+    group. Gradients are already summed over DP before the step (grads.reduce_across_dp), so each rank runs
+    the same AdamW arithmetic on its share of the parameters and broadcasts the result: the parameters are the
+    same as unsharded AdamW's, and each rank holds 1/dp of the moments."""
+    kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, eps=1e-8)
+    if shard_over_dp and parallel.layout().dp > 1:
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        optim = ZeroRedundancyOptimizer(trainable(model), optimizer_class=torch.optim.AdamW,
+                                        process_group=parallel.dp_group(), **kwargs)
+    else:
+        optim = torch.optim.AdamW(trainable(model), **kwargs)
     warmup = max(0, cfg.warmup_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
     return optim, sched
@@ -56,11 +72,12 @@ def load_model(path: str | Path, *, role: str, dtype: str):
 def build_prime_models(config: Config, sft_path: str | Path) -> PrimeModels:
     """Policy and PRM start as copies of the SFT model (PRIME: pi_phi = pi_ref = pi_theta at step 0)."""
     policy = load_model(sft_path, role="policy", dtype=config.model.params_dtype)
-    policy_optim, policy_sched = make_optimizer(policy, config.ppo.optim)
+    shard = config.parallel.distributed_optimizer
+    policy_optim, policy_sched = make_optimizer(policy, config.ppo.optim, shard_over_dp=shard)
     prm = ref = prm_optim = prm_sched = None
     if config.prime.mode == "prime":
         prm = load_model(sft_path, role="prm", dtype=config.model.params_dtype)
-        prm_optim, prm_sched = make_optimizer(prm, config.prm.optim)
+        prm_optim, prm_sched = make_optimizer(prm, config.prm.optim, shard_over_dp=shard)
         if config.prime.ref_type == "freeze":
             ref = load_model(sft_path, role="ref", dtype=config.model.ref_dtype)
             ref.eval()

@@ -24,6 +24,8 @@ def test_7b_presets_carry_the_papers_headline_hyperparameters(name):
     assert (c.prm.optim.lr, c.prm.optim.grad_clip, c.prm.mini_batch_size) == (1e-6, 10.0, 256)
     assert (c.ppo.optim.lr, c.ppo.optim.grad_clip, c.ppo.clip, c.ppo.mini_batch_size) == (5e-7, 1.0, 0.2, 256)
     assert (c.filter.low, c.filter.high, c.train.steps) == (0.2, 0.8, 592)
+    # 8 GPUs per node at TP=4: DP >= 2, and the AdamW moments must be sharded over it to fit 80 GB
+    assert c.parallel.tp == 4 and c.parallel.distributed_optimizer
 
 
 def test_dotted_overrides_parse_yaml_scalars_and_lists():
