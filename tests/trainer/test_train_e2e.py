@@ -5,7 +5,8 @@ process(es):
   the PRM loss starts at ln 2;
 - SIGKILL during the PRM update and during the policy update, then `--resume auto`: the metrics of every
   step equal the uninterrupted run's exactly (deterministic CPU mode);
-- torchrun with 2 processes: DP=2, and TP=2 (trainer and vLLM TP=2);
+- torchrun with 2 processes: DP=2, TP=2 (trainer and vLLM TP=2), and PP=2 (with a resume from its
+  pipeline-sharded checkpoint);
 - "2 nodes": two torchrun launches on localhost with --nnodes 2 equal the 1-node DP=2 run.
 """
 
@@ -152,6 +153,31 @@ def test_tp2_trainer_and_vllm_under_torchrun(sft_model, tmp_path):
     rows = _metrics(run_dir)
     assert [r["step"] for r in rows] == [1, 2]
     assert all(r["logprob_mismatch"] < 1e-3 for r in rows)
+
+
+@pytest.mark.multiproc
+def test_pp2_trains_and_resumes_from_its_pipeline_checkpoint(sft_model, tmp_path):
+    """PP=2 (one layer per stage, Megatron's pipeline schedule for every training pass): the contract holds,
+    the trainer's old log-probs agree with vLLM's (so the PP weight sync and the broadcast log-probs are
+    right), both stages write their own shards, and resuming from the step-2 checkpoint reproduces step 3."""
+    import shutil
+
+    full, resumed = tmp_path / "pp2", tmp_path / "pp2_resumed"
+    _ok(_train(sft_model, full, 3, "parallel.pp=2", nproc=2))
+    rows = _metrics(full)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for key in CONTRACT_KEYS:
+        assert all(key in r and math.isfinite(r[key]) for r in rows), key
+    assert all(r["logprob_mismatch"] < 1e-3 for r in rows), [r["logprob_mismatch"] for r in rows]
+    assert abs(rows[0]["prm_loss"] - math.log(2)) < 0.01  # a first-stage zero would not be ln 2
+    assert all(r["policy_grad_norm"] > 0 for r in rows)
+    shards = {p.name for p in (full / "checkpoints" / "step_2").iterdir()}
+    assert {f"model.{m}.tp00-pp{s:02d}.pt" for m in ("policy", "prm") for s in (0, 1)} <= shards, sorted(shards)
+    # a copy of the run without its last checkpoint: --resume auto continues from step 2's PP shards
+    shutil.copytree(full, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_3")
+    _ok(_train(sft_model, resumed, 3, "parallel.pp=2", "run.resume=auto", nproc=2))
+    assert _deterministic(_metrics(resumed)) == _deterministic(rows)
 
 
 def test_bad_config_and_missing_model_fail_clearly_and_touch_nothing(tmp_path):
