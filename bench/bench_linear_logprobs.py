@@ -6,7 +6,10 @@ Run (from the repo root, after `make install`):
         --benchmark-json bench/results/<name>.json
 Shape: modest by default (N=1024, H=896, V=32768); PRIMEFLOW_BENCH_FULL=1 selects the Qwen2.5-0.5B head at
 N=4096 (H=896, V=151936), the shape of the CPU goal in issue 3; PRIMEFLOW_BENCH_N/_H/_V override each.
-fp32 on CPU (what the CPU path is for), bf16 on CUDA. extra_info records the path, peak extra host memory
+fp32 on CPU (what the CPU path is for), bf16 on CUDA. Providers: eager, compile, primeflow, and on CUDA
+`liger` (liger-kernel's fused linear cross entropy, reduction="none", in bench/peers.py; its log-probs and
+gradients are checked against float64 by tests/bench/test_peers.py under TRITON_INTERPRET=1).
+extra_info records the path, peak extra host memory
 of one call (bench/memory.py), the bytes of the [N, V] logits the reference materialises, the
 gradient bytes every provider must return, and time/memory ratios against torch.compile (the primeflow case
 runs last in each group, so the ratios are from the same process).
@@ -24,6 +27,7 @@ import primeflow.kernels as K
 import pytest
 import torch
 from device import DEVICE, peak_extra_memory, synchronized
+from peers import liger_available, liger_linear_token_logprobs
 
 FULL = os.environ.get("PRIMEFLOW_BENCH_FULL") == "1"
 N = int(os.environ.get("PRIMEFLOW_BENCH_N", 4096 if FULL else 1024))
@@ -47,7 +51,10 @@ def primeflow(hidden_NH: torch.Tensor, weight_VH: torch.Tensor, labels_N: torch.
     return K.linear_token_logprobs(hidden_NH, weight_VH, labels_N)
 
 
-PROVIDERS = {"eager": reference, "compile": compiled, "primeflow": primeflow}
+PROVIDERS = {"eager": reference, "compile": compiled}
+if DEVICE == "cuda" and liger_available():  # Liger's kernels are Triton-only; its CPU run is a test, not a peer
+    PROVIDERS["liger"] = liger_linear_token_logprobs
+PROVIDERS["primeflow"] = primeflow  # last: its ratios use the peers' numbers from the same process
 RESULTS: dict[tuple[str, str], dict] = {}
 
 
@@ -72,6 +79,8 @@ def _record(benchmark, provider: str, kind: str, call, hidden, weight) -> None:
     call()  # warm-up (compiles once for torch.compile)
     _, extra = peak_extra_memory(call)
     start = time.perf_counter()
+    # the group must be set before pedantic(): pytest-benchmark copies it into the stats when they are created
+    benchmark.group = f"linear_token_logprobs {kind} {DEVICE} N={N} H={H} V={V}"
     benchmark.pedantic(call, rounds=ROUNDS, iterations=1, warmup_rounds=0)
     seconds = benchmark.stats.stats.min if benchmark.stats else time.perf_counter() - start
     grads = (hidden.numel() + weight.numel()) * hidden.element_size() if kind == "forward+backward" else 0
@@ -84,7 +93,6 @@ def _record(benchmark, provider: str, kind: str, call, hidden, weight) -> None:
     if provider == "primeflow" and base_case:
         info.update(time_ratio_vs_compile=seconds / base_case["seconds"],
                     memory_ratio_vs_compile=extra / max(base_case["extra"], 1))
-    benchmark.group = f"linear_token_logprobs {kind} {DEVICE} N={N} H={H} V={V}"
     benchmark.extra_info.update(info)
     print(f"\n{kind:17s} {provider:9s} {seconds:8.3f} s  peak extra {extra / 2**30:7.3f} GiB "
           f"(beyond grads {(extra - grads) / 2**30:7.3f} GiB)")

@@ -46,13 +46,12 @@ from typing import Any
 import primeflow.kernels as K
 import pytest
 import torch
-from memory import peak_extra_bytes
+from device import DEVICE, peak_extra_memory, synchronized
 
 FULL = os.environ.get("PRIMEFLOW_BENCH_FULL") == "1"
 N = int(os.environ.get("PRIMEFLOW_BENCH_N", 4096 if FULL else 1024))
 H = int(os.environ.get("PRIMEFLOW_BENCH_H", 896))
 V = int(os.environ.get("PRIMEFLOW_BENCH_V", 151936 if FULL else 32768))
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float32
 ROUNDS = int(os.environ.get("PRIMEFLOW_BENCH_ROUNDS", 2 if FULL else 3))
 WITH_COMPILE = os.environ.get("PRIMEFLOW_BENCH_COMPILE", "1") != "0"
@@ -192,23 +191,11 @@ def _tolerances(provider: str) -> dict[str, tuple[float, float]]:
 
 
 def _timed(fn, inputs) -> Callable[[], tuple[torch.Tensor, ...]]:
+    """One scoring call that returns when the device is done (bench/device.py synchronizes on CUDA)."""
     def call():
         with torch.no_grad():
-            out = fn(**inputs)
-        if DEVICE == "cuda":
-            torch.cuda.synchronize()
-        return out
-    return call
-
-
-def _peak_extra(call) -> tuple[Any, int]:
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        out = call()
-        return out, torch.cuda.max_memory_allocated() - base
-    return peak_extra_bytes(call)
+            return fn(**inputs)
+    return synchronized(call)
 
 
 def _path(provider: str, labels: torch.Tensor) -> str:
@@ -231,7 +218,7 @@ def test_forward(benchmark, inputs, expected, provider):
     errors = check_outputs(provider, call(), expected, _tolerances(provider))  # also the warm-up / compile
     if provider == "primeflow":  # the fused kernel must also agree with the unfused path it replaces
         check_outputs("primeflow vs separate", call(), _timed(separate, inputs)(), TOLERANCES)
-    _, extra = _peak_extra(call)
+    _, extra = peak_extra_memory(call)
     # the group must be set before pedantic(): pytest-benchmark copies it into the stats when they are created
     benchmark.group = f"prime_token_rewards forward {DEVICE} N={N} H={H} V={V} models=3"
     benchmark.pedantic(call, rounds=ROUNDS, iterations=1, warmup_rounds=0)
