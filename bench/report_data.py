@@ -12,7 +12,8 @@ Work counted per row (the formulas are printed in the report):
   - extra_info `flops` / `bytes_moved` when a benchmark records them (preferred);
   - linear_token_logprobs: 2·N·H·V flops forward, 6·N·H·V forward+backward (forward, dhidden and dweight
     GEMMs; a recompute-in-backward design executes 8·N·H·V, the extra 2·N·H·V is not counted as useful);
-  - prime_token_rewards: 2·N·H·V flops per model given as (hidden, weight);
+  - prime_token_rewards: 2·N·H·V flops per model given as (hidden, weight), times extra_info `models` (3 when
+    absent; bench_prime_rewards.py records `flops` itself);
   - token_logprobs: N·V·elt bytes forward (logits read once), 3·N·V·elt forward+backward (forward read,
     backward read, gradient write), elt = 4 (fp32) or 2 (bf16);
   - otherwise extra_info `bytes_read` (the op's inputs read once).
@@ -27,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 OURS = ("primeflow", "fused")
-KNOWN_PROVIDERS = ("primeflow", "fused", "unfused", "eager", "compile", "reference", "liger", "verl", "cce",
-                   "torch")
+KNOWN_PROVIDERS = ("primeflow", "fused", "unfused", "separate", "eager", "compile", "reference", "liger", "verl",
+                   "cce", "torch")
 MODULE_KERNELS = {"bench_token_logprobs": "token_logprobs", "bench_linear_logprobs": "linear_token_logprobs",
+                  "bench_prime_rewards": "prime_token_rewards",
                   "bench_models": "Megatron model forward+backward", "bench_verifiers": "verifiers"}
 COMMANDS_FILE = "commands.json"  # optional {file name: {"command": ..., "note": ...}} for older results
 

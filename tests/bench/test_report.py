@@ -248,3 +248,52 @@ def test_refit_table_bucket_sweep_and_generation(tmp_path, rng, bench_module):
         assert _row(section, f"{s['bucket_mb']} MiB")[4] == _g(s["seconds_min"] / best) + "x"
     assert _row(section, "16 x 4")[3] == "5053"
     assert "cpu_refit.json" not in text.split("## Unrecognised results files", 1)[1]
+
+
+def test_prime_rewards_rows_flops_ratios_and_pair(tmp_path, rng, bench_module):
+    """bench_prime_rewards.py rows: 2·N·H·V flops per model (times `models`), the fused-vs-separate ratios of
+    the sequential cases and of the interleaved pair; a row without a group or provider in extra_info (older
+    files) is still attributed to prime_token_rewards and to its provider from the test id."""
+    report = bench_module("report")
+    n, h, v = rng.randrange(256, 4096), rng.randrange(64, 1024), rng.randrange(10_000, 160_000)
+    t = {p: rng.uniform(0.5, 5) for p in ("eager", "compile", "separate", "primeflow")}
+    mem = {p: rng.randrange(1, 10**9) for p in t}
+    gflops = rng.uniform(50, 500)
+    group = f"prime_token_rewards forward cpu N={n} H={h} V={v} models=3"
+    info = dict(device="cpu", dtype="torch.float32", N=n, H=h, V=v, models=3, threads=2)
+    benches = [_bench_entry(f"test_forward[{p}]", group, t[p], dict(info, provider=p, peak_extra_bytes=mem[p]),
+                            "bench_prime_rewards") for p in t]
+    wall = {"separate": rng.uniform(1, 3), "primeflow": rng.uniform(1, 3)}
+    cpu = {p: rng.uniform(1, 3) for p in wall}
+    paired = dict(info, **{f"{p}_wall_s": wall[p] for p in wall}, **{f"{p}_cpu_s": cpu[p] for p in wall})
+    pair_group = f"prime_token_rewards paired forward cpu N={n} H={h} V={v} models=3"
+    benches.append(_bench_entry("test_paired_vs_separate", pair_group, 1e-6, paired, "bench_prime_rewards"))
+    _write(tmp_path / "prime.json", {"benchmarks": benches,
+                                     "hardware": {"device": "cpu", "mem_GBps": 10.0, "fp32_GFLOPs": gflops}})
+    t_old = rng.uniform(0.5, 5)
+    _write(tmp_path / "prime_old.json", {"benchmarks": [_bench_entry(
+        "test_forward[separate]", None, t_old, {"N": n, "H": h, "V": v, "models": 2}, "bench_prime_rewards")]})
+    text = report.build_report(tmp_path, tmp_path / "REPORT.md")
+
+    work = 3 * 2 * n * h * v  # three (hidden, weight) models, one [N, H] x [H, V] GEMM each
+    case = f"forward cpu N={n} H={h} V={v} models=3"
+    for p in t:
+        row = _row(text, case, f"**{p}**" if p == "primeflow" else p)
+        assert row[4] == fmt_rate(work / t[p])
+        assert row[5] == f"{100 * work / t[p] / (gflops * 1e9):.1f} %"
+        if p != "primeflow":
+            assert row[-2] == _g(t[p] / t["primeflow"]) + "x"
+            assert row[-1] == _g(mem["primeflow"] / mem[p]) + "x"
+    pair_case = f"paired forward cpu N={n} H={h} V={v} models=3"
+    sep = _row(text, pair_case, "separate")
+    assert sep[2] == f"{_g(wall['separate'])} s (CPU {_g(cpu['separate'])} s)"
+    assert sep[-2] == _g(wall["separate"] / wall["primeflow"]) + "x"
+    assert _row(text, pair_case, "**primeflow**")[4] == fmt_rate(work / wall["primeflow"])
+    old = _row(text, f"forward N={n} H={h} V={v}", "separate")
+    assert old[4] == fmt_rate(2 * 2 * n * h * v / t_old)  # models=2
+    assert "#### prime_token_rewards" in text and "#### prime_rewards" not in text
+
+
+def fmt_rate(flops_per_s: float) -> str:
+    """The report's throughput cell, written out here: GFLOP/s below 1 TFLOP/s, 3 significant digits."""
+    return f"{flops_per_s / 1e12:.3g} TFLOP/s" if flops_per_s >= 1e12 else f"{flops_per_s / 1e9:.3g} GFLOP/s"
