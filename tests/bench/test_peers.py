@@ -28,11 +28,6 @@ def _liger_interpreted() -> None:
     """triton.jit decides interpreted vs compiled when a kernel is decorated (module import): make Liger's
     cross-entropy kernels interpreted on a machine without CUDA, reloading them if something imported them
     compiled first."""
-    if DEVICE == "cuda":
-        return
-    os.environ["TRITON_INTERPRET"] = "1"
-    from triton import knobs
-    knobs.runtime.interpret = True
     import liger_kernel.ops.cross_entropy as ce
     if type(ce.liger_cross_entropy_kernel).__name__ != "InterpretedFunction":
         importlib.reload(ce)
@@ -41,9 +36,24 @@ def _liger_interpreted() -> None:
 
 @pytest.fixture(scope="module")
 def peers(bench_module):
+    """bench.peers, with Liger's kernels interpreted on CPU; the interpreter switches are restored after."""
     pytest.importorskip("liger_kernel")
-    _liger_interpreted()
-    return bench_module("peers")
+    if DEVICE == "cuda":
+        yield bench_module("peers")
+        return
+    from triton import knobs
+    previous_env, previous_knob = os.environ.get("TRITON_INTERPRET"), knobs.runtime.interpret
+    os.environ["TRITON_INTERPRET"] = "1"
+    knobs.runtime.interpret = True
+    try:
+        _liger_interpreted()
+        yield bench_module("peers")
+    finally:
+        knobs.runtime.interpret = previous_knob
+        if previous_env is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = previous_env
 
 
 def _inputs(n: int, h: int, v: int, generator: torch.Generator):
