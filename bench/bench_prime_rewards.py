@@ -7,12 +7,14 @@ replaces" = the `primeflow` / `separate` time ratio, best read from test_paired_
 Run (from the repo root, after `make install`):
     .venv/bin/pytest bench/bench_prime_rewards.py --benchmark-only \
         --benchmark-json bench/results/<name>.json
-Shape: N=1024 rows, H=896 (Qwen2.5-0.5B), V=32768 by default (about a minute on the 2-core dev machine);
+Shape: N=1024 rows, H=896 (Qwen2.5-0.5B), V=32768 by default (42 s on the quiet 2-core dev machine);
 PRIMEFLOW_BENCH_FULL=1 selects N=4096, V=151936 (Qwen2's vocabulary); PRIMEFLOW_BENCH_N/_H/_V override each,
 PRIMEFLOW_BENCH_ROUNDS the timed rounds, PRIMEFLOW_BENCH_COMPILE=0 drops the torch.compile provider.
-fp32 on CPU, bf16 on CUDA. Three models (policy, PRM, reference), each its own (hidden [N, H], weight [V, H]);
-one labels vector; a mask with ~10 % of the tokens off; S = N/256 packed sequences of random lengths given as
-cu_seqlens (so every provider also returns the per-sequence reward sums and valid-token counts).
+fp32 on CPU, bf16 on CUDA (PRIMEFLOW_BENCH_DTYPE=bf16|fp32 overrides; with TRITON_INTERPRET=1 and a tiny shape
+this runs the GPU kernels' numerics gate on the CPU, e.g. PRIMEFLOW_BENCH_N=100 _H=32 _V=300: ~1 min).
+Three models (policy, PRM, reference), each its own (hidden [N, H], weight [V, H]); one labels vector; a mask
+with ~10 % of the tokens off; S = N/256 packed sequences of random lengths given as cu_seqlens
+(so every provider also returns the per-sequence reward sums and valid-token counts).
 
 Providers (PROVIDERS):
   primeflow = one `prime_token_rewards(labels, prm=, ref=, policy=, beta=, mask=, cu_seqlens=)` call
@@ -52,7 +54,8 @@ FULL = os.environ.get("PRIMEFLOW_BENCH_FULL") == "1"
 N = int(os.environ.get("PRIMEFLOW_BENCH_N", 4096 if FULL else 1024))
 H = int(os.environ.get("PRIMEFLOW_BENCH_H", 896))
 V = int(os.environ.get("PRIMEFLOW_BENCH_V", 151936 if FULL else 32768))
-DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float32
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+DTYPE = DTYPES[os.environ.get("PRIMEFLOW_BENCH_DTYPE", "bf16" if DEVICE == "cuda" else "fp32")]
 ROUNDS = int(os.environ.get("PRIMEFLOW_BENCH_ROUNDS", 2 if FULL else 3))
 WITH_COMPILE = os.environ.get("PRIMEFLOW_BENCH_COMPILE", "1") != "0"
 MODELS = ("policy", "prm", "ref")
