@@ -7,7 +7,8 @@ process(es):
   step equal the uninterrupted run's exactly (deterministic CPU mode);
 - torchrun with 2 processes: DP=2, TP=2 (trainer and vLLM TP=2), and PP=2 (with a resume from its
   pipeline-sharded checkpoint);
-- "2 nodes": two torchrun launches on localhost with --nnodes 2 equal the 1-node DP=2 run.
+- "2 nodes": two torchrun launches on localhost with --nnodes 2, with the sharded optimizer and a resume after
+  step 1, equal the 1-node DP=2 run.
 """
 
 from __future__ import annotations
@@ -138,9 +139,13 @@ def test_sigkill_mid_step_then_resume_reproduces_the_uninterrupted_run(sft_model
 
 @pytest.mark.multiproc
 def test_dp2_under_torchrun_and_two_nodes_equal_one_node(sft_model, tmp_path):
+    """The 2-node run also shards its AdamW moments (parallel.distributed_optimizer) and stops after step 1,
+    then resumes from that checkpoint (moments gathered on DP rank 0, re-split on load): its metrics must
+    still equal the 1-node plain-AdamW run's exactly."""
     one_node, two_nodes = tmp_path / "dp2", tmp_path / "2node"
     _ok(_train(sft_model, one_node, 2, nproc=2))
-    _ok(_train(sft_model, two_nodes, 2, nproc=1, nnodes=2))
+    _ok(_train(sft_model, two_nodes, 1, "parallel.distributed_optimizer=true", nproc=1, nnodes=2))
+    _ok(_train(sft_model, two_nodes, 2, "parallel.distributed_optimizer=true", "run.resume=auto", nproc=1, nnodes=2))
     a, b = _metrics(one_node), _metrics(two_nodes)
     assert [r["step"] for r in a] == [1, 2]
     assert _deterministic(a) == _deterministic(b)
