@@ -26,7 +26,7 @@ import time
 import primeflow.kernels as K
 import pytest
 import torch
-from device import DEVICE, peak_extra_memory, synchronized
+from device import DEVICE, interleaved_min_seconds, peak_extra_memory, synchronized
 from peers import liger_available, liger_linear_token_logprobs
 
 FULL = os.environ.get("PRIMEFLOW_BENCH_FULL") == "1"
@@ -131,17 +131,9 @@ def test_paired_vs_compile(benchmark, inputs, kind):
         return lambda: _forward_backward(fn, hidden, weight, labels)
 
     calls = {"compile": synchronized(make(compiled)), "primeflow": synchronized(make(primeflow))}
-    wall = {name: [] for name in calls}
-    cpu = {name: [] for name in calls}
     for call in calls.values():
         call()  # warm-up / compile
-    for _ in range(ROUNDS):
-        for name, call in calls.items():
-            w0, c0 = time.perf_counter(), time.process_time()
-            call()
-            wall[name].append(time.perf_counter() - w0)
-            cpu[name].append(time.process_time() - c0)
-    info = {f"{name}_{what}_s": min(vals[name]) for name in calls for what, vals in (("wall", wall), ("cpu", cpu))}
+    info = interleaved_min_seconds(calls, ROUNDS)
     info.update(wall_ratio=info["primeflow_wall_s"] / info["compile_wall_s"],
                 cpu_ratio=info["primeflow_cpu_s"] / info["compile_cpu_s"], N=N, H=H, V=V, device=DEVICE,
                 threads=torch.get_num_threads())

@@ -41,14 +41,13 @@ so the interleaved pair is the fair comparison (CPU seconds are what a busy neig
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
 import primeflow.kernels as K
 import pytest
 import torch
-from device import DEVICE, peak_extra_memory, synchronized
+from device import DEVICE, interleaved_min_seconds, peak_extra_memory, synchronized
 
 FULL = os.environ.get("PRIMEFLOW_BENCH_FULL") == "1"
 N = int(os.environ.get("PRIMEFLOW_BENCH_N", 4096 if FULL else 1024))
@@ -249,16 +248,8 @@ def test_paired_vs_separate(benchmark, inputs, expected):
     for name, out in outs.items():
         check_outputs(name, out, expected, TOLERANCES)
     check_outputs("primeflow vs separate", outs["primeflow"], outs["separate"], TOLERANCES)
-    wall: dict[str, list[float]] = {name: [] for name in calls}
-    cpu: dict[str, list[float]] = {name: [] for name in calls}
     rounds = max(ROUNDS, 3)
-    for _ in range(rounds):
-        for name, call in calls.items():
-            w0, c0 = time.perf_counter(), time.process_time()
-            call()
-            wall[name].append(time.perf_counter() - w0)
-            cpu[name].append(time.process_time() - c0)
-    info = {f"{name}_{what}_s": min(vals[name]) for name in calls for what, vals in (("wall", wall), ("cpu", cpu))}
+    info = interleaved_min_seconds(calls, rounds)
     info.update(_base_info(), rounds=rounds, path=_path("primeflow", inputs["labels"]),
                 wall_ratio=info["primeflow_wall_s"] / info["separate_wall_s"],
                 cpu_ratio=info["primeflow_cpu_s"] / info["separate_cpu_s"], goal_ratio=1.10)

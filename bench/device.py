@@ -8,6 +8,7 @@ resident-set peak (bench/memory.py).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -40,3 +41,19 @@ def peak_extra_memory(fn: Callable[[], Any], device: str = DEVICE) -> tuple[Any,
     result = fn()
     torch.cuda.synchronize()
     return result, torch.cuda.max_memory_allocated() - base
+
+
+def interleaved_min_seconds(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+    """{"<name>_wall_s", "<name>_cpu_s"}: the minimum over `rounds` of each call's wall and process CPU time,
+    the calls alternating round by round. On a shared machine the load drifts between sequential cases;
+    interleaving exposes every call to the same drift, and CPU seconds are not inflated by a busy neighbour.
+    The calls must already synchronize (see `synchronized`)."""
+    wall: dict[str, list[float]] = {name: [] for name in calls}
+    cpu: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            call()
+            wall[name].append(time.perf_counter() - w0)
+            cpu[name].append(time.process_time() - c0)
+    return {f"{name}_{what}_s": min(vals[name]) for name in calls for what, vals in (("wall", wall), ("cpu", cpu))}
