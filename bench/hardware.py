@@ -56,11 +56,14 @@ def library_versions() -> dict[str, str]:
 
 
 def git_commit(repo: Path = REPO) -> dict[str, Any]:
-    """{"id": HEAD sha, "dirty": uncommitted changes to tracked files}, or {} outside a checkout."""
+    """{"id": HEAD sha, "dirty": uncommitted changes to tracked files}, or {} outside a checkout. The benchmark
+    outputs (bench/results, bench/REPORT.md) do not count: a `make bench-report` run rewrites them as it goes,
+    and "dirty" must mean that the code differed from the commit."""
     try:
         sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
                              check=True).stdout.strip()
-        status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+        status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "--",
+                                 ".", ":(exclude)bench/results", ":(exclude)bench/REPORT.md"],
                                 capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return {}
