@@ -69,8 +69,8 @@ def test_forward_and_grads_vs_float64(path, N, H, V, dtype, generator):
     (b_logp * g + b_ent * g_ent).sum().backward()
     t_dh, t_dw = linear_token_logprobs_grads64(hidden, weight, labels, g, g_ent, temperature)
     assert h.grad.dtype == dtype and w.grad.dtype == dtype
-    assert_not_worse_than_torch(h.grad, hb.grad, t_dh, dtype, what="dhidden")
-    assert_not_worse_than_torch(w.grad, wb.grad, t_dw, dtype, what="dweight")
+    assert_not_worse_than_torch(h.grad, hb.grad, t_dh, dtype, what="dhidden", reduction=V)
+    assert_not_worse_than_torch(w.grad, wb.grad, t_dw, dtype, what="dweight", reduction=V)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -125,8 +125,8 @@ def test_only_weight_or_only_hidden_requires_grad(path, generator):
     t_dh, t_dw = linear_token_logprobs_grads64(hidden, weight, labels, torch.ones(5), None)
     hb, wb = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
     _h.naive_linear(hb, wb, labels).sum().backward()
-    assert_not_worse_than_torch(w.grad, wb.grad, t_dw, torch.float32, what="dweight")
-    assert_not_worse_than_torch(h.grad, hb.grad, t_dh, torch.float32, what="dhidden")
+    assert_not_worse_than_torch(w.grad, wb.grad, t_dw, torch.float32, what="dweight", reduction=40)
+    assert_not_worse_than_torch(h.grad, hb.grad, t_dh, torch.float32, what="dhidden", reduction=40)
 
 
 def test_deterministic_and_batch_invariant(path, generator):
