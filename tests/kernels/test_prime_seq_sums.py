@@ -79,6 +79,18 @@ def _truth_sums(reward64: torch.Tensor, valid: torch.Tensor, cu: torch.Tensor):
     return torch.tensor(sums, dtype=torch.float64), torch.tensor(mags, dtype=torch.float64), torch.tensor(counts)
 
 
+def _allowed_sum_error(reward64: torch.Tensor, mag64: torch.Tensor, cu: torch.Tensor, dtype: torch.dtype
+                       ) -> torch.Tensor:
+    """How far an fp32 per-sequence sum may be from the float64 one. Two error sources: each token's fp32
+    reward (the per-dtype table of tests/tolerances.py, as the per-token tests use) and the fp32 summation of
+    n terms (< n ulps of sum |r| for any order)."""
+    bounds = list(zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True))
+    token_err = torch.tensor([float((ATOL[dtype] + RTOL[dtype] * reward64[a:b].abs()).sum()) for a, b in bounds],
+                             dtype=torch.float64)
+    n = torch.tensor([b - a for a, b in bounds], dtype=torch.float64)
+    return token_err + n * EPS32 * mag64
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["single", "boundaries", "ragged"])
 def test_seq_sums_vs_float64(path, layout, dtype, generator):
@@ -100,12 +112,8 @@ def test_seq_sums_vs_float64(path, layout, dtype, generator):
     assert out.seq_reward_sum.dtype == torch.float32 and out.seq_reward_sum.shape == (len(lengths),)
     assert out.seq_valid_count.dtype == torch.int64
     assert torch.equal(out.seq_valid_count, want_cnt)
-    # Two error sources: each token's fp32 reward (the per-dtype table of tests/tolerances.py, as the
-    # per-token tests use) and the fp32 summation of n terms (< n ulps of sum |r| for any order).
     n = torch.tensor(lengths, dtype=torch.float64)
-    token_err = torch.tensor([float((ATOL[dtype] + RTOL[dtype] * reward64[a:b].abs()).sum())
-                              for a, b in zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True)], dtype=torch.float64)
-    allowed = token_err + n * EPS32 * want_mag
+    allowed = _allowed_sum_error(reward64, want_mag, cu, dtype)
     err = (out.seq_reward_sum.double() - want_sum).abs()
     assert (err <= allowed).all(), (err, allowed)
     # The reduction alone: against the float64 sum of the op's own fp32 token rewards.
@@ -129,7 +137,13 @@ def test_matches_reference_and_is_deterministic(path, generator):
                                          cu_seqlens=cu)
     assert torch.equal(out.seq_reward_sum, again.seq_reward_sum)
     assert torch.equal(out.seq_valid_count, want.seq_valid_count)
-    torch.testing.assert_close(out.seq_reward_sum, want.seq_reward_sum, atol=1e-5 * max(lengths), rtol=1e-5)
+    # Two fp32 implementations, each within its error bound of the float64 sums (some rows of these inputs
+    # have logits near 1e4, where one token's fp32 reward is only good to ~1e-5): they may differ by both
+    # bounds. A fixed 1e-5 per token failed on 1 seed in the CI run of 2026-11-30 (6e-4 over 40 tokens).
+    reward64 = prime_token_rewards64(labels, prm=prm, ref=ref, beta=BETA, mask=mask)[3]
+    _, mag64, _ = _truth_sums(reward64, mask, cu.long())
+    allowed = 2 * _allowed_sum_error(reward64, mag64, cu.long(), torch.float32)
+    assert ((out.seq_reward_sum.double() - want.seq_reward_sum.double()).abs() <= allowed).all()
 
 
 def test_nan_stays_in_its_sequence(path, generator):
