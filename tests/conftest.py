@@ -63,6 +63,17 @@ def _triton_interpret_per_module(request, monkeypatch):
         monkeypatch.delenv("TRITON_INTERPRET", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _bound_use(request):
+    """Stores the largest err/allowed ratio of the test's tolerance checks (tests/tolerances.py) as its
+    `bound_use` property (junit XML), so scripts/exactness_sweep.py can report the worst case per test."""
+    from tolerances import take_bound_use
+
+    take_bound_use()
+    yield
+    request.node.user_properties.append(("bound_use", take_bound_use()))
+
+
 @pytest.fixture
 def seed(request) -> int:
     """A fresh seed per test run (printed on failure), fixed with PRIMEFLOW_TEST_SEED to replay one."""

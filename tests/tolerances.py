@@ -33,6 +33,25 @@ GRAD_RTOL = {torch.float32: 1e-5, torch.bfloat16: 2**-8 + 1e-5, torch.float16: 2
              torch.float64: 1e-10}
 
 
+# The largest fraction of an allowed error that any check of the current test used (err / allowed, 1.0 = at
+# the bound). tests/conftest.py resets it per test and stores it as the test's `bound_use` property, which
+# scripts/exactness_sweep.py collects over many seeds and SIMD paths to record the worst case beside the bound.
+_bound_use = [0.0]
+
+
+def record_bound_use(err: torch.Tensor | float, allowed: torch.Tensor | float) -> None:
+    err_t, allowed_t = torch.as_tensor(err, dtype=torch.float64), torch.as_tensor(allowed, dtype=torch.float64)
+    ratio = err_t / allowed_t.clamp(min=1e-300)
+    ratio = ratio[torch.isfinite(ratio)]
+    if ratio.numel():
+        _bound_use[0] = max(_bound_use[0], float(ratio.max()))
+
+
+def take_bound_use() -> float:
+    value, _bound_use[0] = _bound_use[0], 0.0
+    return value
+
+
 def max_abs_error(out: torch.Tensor, truth: torch.Tensor) -> float:
     return (out.double() - truth.double()).abs().max().item() if out.numel() else 0.0
 
@@ -52,6 +71,7 @@ def assert_close_to_truth(out: torch.Tensor, truth: torch.Tensor, dtype: torch.d
         f"{what} ({dtype}): infinities differ"
     allowed = atol + rtol * truth.abs() + extra_atol
     err = (out - truth).abs()
+    record_bound_use(err[finite], allowed.expand_as(err)[finite] if torch.is_tensor(allowed) else allowed)
     bad = finite & (err > allowed)
     if bad.any():
         worst = ((err - allowed) * bad).argmax()
@@ -81,6 +101,7 @@ def assert_not_worse_than_torch(out: torch.Tensor, torch_lowp: torch.Tensor, tru
         scale = float(truth.abs().max()) if truth.numel() else 0.0
         floor = max(floor, GRAD_FLOOR_ULPS * torch.finfo(torch.float32).eps * scale * reduction ** 0.5)
     ours, theirs = max_abs_error(out, truth), max_abs_error(torch_lowp, truth)
+    record_bound_use(ours, ERROR_RATIO * theirs + floor)
     assert ours <= ERROR_RATIO * theirs + floor, (
         f"{what} ({dtype}): error {ours:.3e} vs torch's {theirs:.3e} (allowed {ERROR_RATIO}x + {floor:.1e})")
 
@@ -110,6 +131,7 @@ def assert_not_worse_than_torch_rows(out: torch.Tensor, torch_lowp: torch.Tensor
     theirs = (torch_lowp.double() - truth.double()).abs().reshape(out.shape[0], -1).amax(1)
     ulp_floor = FP32_LOGIT_ULPS * 2.0 ** -24 * max_abs_logit.double().flatten() * sensitivity
     floor = RATIO_FLOOR[dtype] + ulp_floor
+    record_bound_use(ours, ERROR_RATIO * theirs + floor)
     bad = ours > ERROR_RATIO * theirs + floor
     assert not bad.any(), (f"{what} ({dtype}): rows {bad.nonzero().flatten().tolist()} errors "
                            f"{ours[bad].tolist()} vs torch's {theirs[bad].tolist()} (floor {floor[bad].tolist()})")

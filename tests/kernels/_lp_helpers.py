@@ -68,6 +68,26 @@ def make_linear(n_rows: int, hidden: int, vocab: int, dtype: torch.dtype, gen: t
     return h.to(dtype), w.to(dtype), labels
 
 
+def make_dyadic_linear(n_rows: int, hidden: int, vocab: int, gen: torch.Generator):
+    """fp32 (hidden, weight, labels) whose every GEMM is exact in fp32: hidden entries are multiples of 1/8 in
+    [-2, 2], weight entries multiples of 1/16 in [-1, 1], so each product is a multiple of 2^-7 and each
+    partial sum has magnitude <= 2 * hidden, well inside 2^24 * 2^-7 for any hidden < 2^15. Any summation
+    order then gives the same logits, bit for bit.
+
+    Why the batch-invariance tests need it: under TRITON_INTERPRET=1, `tl.dot` is numpy's BLAS sgemm, and
+    OpenBLAS's AVX2 micro-kernels (AMD hosts, or Intel without AVX-512) sum a row in an order that depends on
+    the row's position inside the tile (main vs edge micro-kernel): the same row at another position differs
+    in the last bit (seen on every seed on a 2-core AMD EPYC). That is a property of the host's BLAS, not of
+    the kernel. With exact GEMMs, what is left is the kernel's own arithmetic, which must not depend on the
+    other rows or on N. (A compiled kernel issues the same wgmma sequence for every row of a tile, so there the
+    claim holds for any inputs.)"""
+    h = torch.randint(-16, 17, (n_rows, hidden), generator=gen).float() / 8
+    w = torch.randint(-16, 17, (vocab, hidden), generator=gen).float() / 16
+    labels = torch.randint(0, vocab, (n_rows,), generator=gen)
+    labels[0] = vocab - 1
+    return h, w, labels
+
+
 def naive_linear(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
                  return_entropy: bool = False):
     """What a user writes in PyTorch, in the inputs' dtype: the GEMM in that dtype, softmax math in fp32."""

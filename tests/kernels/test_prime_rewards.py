@@ -117,12 +117,18 @@ def test_batch_invariance_bitwise(path, generator):
     assert full.seq_reward_sum is None and full.seq_valid_count is None  # not requested (no cu_seqlens)
     for a, b in zip(full[:4], part[:4], strict=True):  # the per-token outputs
         assert torch.equal(a[:5], b[:5])
-    if path == "triton":  # fixed tiles, no splits: also independent of N
-        rows = [7, 2]
-        sub = K.prime_token_rewards(labels[rows], prm=(prm[0][rows], prm[1]), ref=ref[rows],
-                                    policy=(policy[0][rows], policy[1]), beta=0.1)
-        for a, b in zip(full[:4], sub[:4], strict=True):
-            assert torch.equal(a[rows], b)
+    if path == "triton":  # fixed tiles, no splits: also independent of N and of a row's place in its tile
+        # exact GEMMs (see make_dyadic_linear): the interpreter's tl.dot is the host BLAS, whose summation
+        # order depends on the row's position in the tile on AVX2 hosts
+        h_prm, w_prm, labels = _h.make_dyadic_linear(9, 24, 50, generator)
+        h_pol, w_pol, _ = _h.make_dyadic_linear(9, 16, 50, generator)
+        prm, policy = (h_prm, w_prm), (h_pol, w_pol)
+        full = K.prime_token_rewards(labels, prm=prm, ref=ref, policy=policy, beta=0.1)
+        for rows in ([7, 2], [8], list(range(1, 9))):
+            sub = K.prime_token_rewards(labels[rows], prm=(h_prm[rows], w_prm), ref=ref[rows],
+                                        policy=(h_pol[rows], w_pol), beta=0.1)
+            for a, b in zip(full[:4], sub[:4], strict=True):
+                assert torch.equal(a[rows], b)
 
 
 def test_nan_propagates_but_masked_reward_is_zero(path, generator):

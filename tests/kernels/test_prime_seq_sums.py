@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from reference64 import prime_token_rewards64
-from tolerances import ATOL, RTOL
+from tolerances import ATOL, RTOL, record_bound_use
 
 _spec = importlib.util.spec_from_file_location("_lp_helpers", Path(__file__).with_name("_lp_helpers.py"))
 _h = importlib.util.module_from_spec(_spec)
@@ -115,6 +115,7 @@ def test_seq_sums_vs_float64(path, layout, dtype, generator):
     n = torch.tensor(lengths, dtype=torch.float64)
     allowed = _allowed_sum_error(reward64, want_mag, cu, dtype)
     err = (out.seq_reward_sum.double() - want_sum).abs()
+    record_bound_use(err, allowed)
     assert (err <= allowed).all(), (err, allowed)
     # The reduction alone: against the float64 sum of the op's own fp32 token rewards.
     own_sum, own_mag, _ = _truth_sums(out.reward.double(), mask, cu)
@@ -143,7 +144,9 @@ def test_matches_reference_and_is_deterministic(path, generator):
     reward64 = prime_token_rewards64(labels, prm=prm, ref=ref, beta=BETA, mask=mask)[3]
     _, mag64, _ = _truth_sums(reward64, mask, cu.long())
     allowed = 2 * _allowed_sum_error(reward64, mag64, cu.long(), torch.float32)
-    assert ((out.seq_reward_sum.double() - want.seq_reward_sum.double()).abs() <= allowed).all()
+    diff = (out.seq_reward_sum.double() - want.seq_reward_sum.double()).abs()
+    record_bound_use(diff, allowed)
+    assert (diff <= allowed).all(), (diff, allowed)
 
 
 def test_nan_stays_in_its_sequence(path, generator):

@@ -45,13 +45,16 @@ def all_rows_sum(local_BR: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def batch_logprobs(model: torch.nn.Module, batch: TrainBatch, *, budget: int, temperature: float = 1.0
-                   ) -> torch.Tensor:
-    """fp32 [B, R] log-probs of every response token (0 on padding), on every rank."""
+def batch_logprobs(model: torch.nn.Module, batch: TrainBatch, *, budget: int, temperature: float = 1.0,
+                   plan: list[list[int]] | None = None) -> torch.Tensor:
+    """fp32 [B, R] log-probs of every response token (0 on padding), on every rank. `plan` (this rank's
+    micro-batches, default: all rows packed within `budget`) fixes the packing: two models with equal weights
+    scored on the same plan see the same GEMM shapes and give bitwise-equal log-probs on any host."""
     was_training = model.training
     model.eval()
     out = torch.zeros(batch.response_mask.shape, dtype=torch.float32)
-    plan = micro_batch_plan(batch, list(range(batch.rows)), budget)
+    if plan is None:
+        plan = micro_batch_plan(batch, list(range(batch.rows)), budget)
     try:
         if parallel.layout().pp == 1:
             for rows in plan:

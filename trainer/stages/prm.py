@@ -19,11 +19,31 @@ from .logprobs import all_rows_sum, batch_logprobs, micro_batch_plan
 from .optim_step import MicroLoss, chunks, minibatch_step
 
 
+def prm_minibatch_plans(batch: TrainBatch, config: Config) -> list[list[list[int]]]:
+    """This rank's micro-batches of each PRM mini-batch (contiguous row slices, in row order)."""
+    return [micro_batch_plan(batch, rows, config.train.micro_batch_tokens)
+            for rows in chunks(list(range(batch.rows)), config.prm.mini_batch_size)]
+
+
+def prm_scoring_plan(batch: TrainBatch, config: Config) -> list[list[int]]:
+    """The micro-batches the PRM's rewards are computed on: the update's mini-batches in `after` mode (the
+    rewards are the update's own forwards), the whole batch packed within the budget otherwise."""
+    if config.prm.update == "after":
+        return [micro for plan in prm_minibatch_plans(batch, config) for micro in plan]
+    return micro_batch_plan(batch, list(range(batch.rows)), config.train.micro_batch_tokens)
+
+
 def reference_logprobs(models: PrimeModels, batch: TrainBatch, config: Config) -> torch.Tensor:
-    """[B, R] log pi_ref: the frozen SFT copy, or the policy's old log-probs (ref_type=policy)."""
+    """[B, R] log pi_ref: the frozen SFT copy, or the policy's old log-probs (ref_type=policy).
+
+    The reference is scored on the PRM's own micro-batches: while the PRM still equals the reference (step
+    0) both forwards then run identical GEMMs, so the log-ratio is exactly 0 and the CE exactly ln 2 on any
+    host. Another packing changes the GEMM heights, and BLAS may sum in another order per height (1e-7 seen
+    on AVX2-only hosts)."""
     if config.prime.ref_type == "policy":
         return batch.extra["old_logp"]
-    return batch_logprobs(models.ref, batch, budget=config.train.micro_batch_tokens)
+    return batch_logprobs(models.ref, batch, budget=config.train.micro_batch_tokens,
+                          plan=prm_scoring_plan(batch, config))
 
 
 def prm_micro_loss(batch: TrainBatch, ref_BR: torch.Tensor, config: Config, minibatch_rows: list[int],
@@ -46,8 +66,8 @@ def _update(models: PrimeModels, batch: TrainBatch, ref_BR: torch.Tensor, config
     """PRM optimizer steps over the batch; writes this rank's pre-step PRM log-probs into `record_BR` (on the
     last pipeline stage; all_rows_sum then gives them to every rank)."""
     losses = []
-    for rows in chunks(list(range(batch.rows)), config.prm.mini_batch_size):
-        plan = micro_batch_plan(batch, rows, config.train.micro_batch_tokens)
+    rows_of = chunks(list(range(batch.rows)), config.prm.mini_batch_size)
+    for rows, plan in zip(rows_of, prm_minibatch_plans(batch, config), strict=True):
         stats = minibatch_step(models.prm, models.prm_optim, plan,
                                prm_micro_loss(batch, ref_BR, config, rows, record_BR),
                                grad_clip=config.prm.optim.grad_clip)
@@ -81,7 +101,7 @@ def prm_stage(models: PrimeModels, batch: TrainBatch, config: Config) -> dict[st
     else:
         if mode == "before":
             losses = _update(models, batch, ref_BR, config, None)
-        prm_BR = batch_logprobs(models.prm, batch, budget=budget)
+        prm_BR = batch_logprobs(models.prm, batch, budget=budget, plan=prm_scoring_plan(batch, config))
     rewards = token_rewards(prm_BR, ref_BR, batch.response_mask, beta=config.prime.beta,
                             granularity=config.prime.granularity)
     batch.extra["ref_logp"], batch.extra["prm_logp"], batch.extra["token_rewards"] = ref_BR, prm_BR, rewards
