@@ -30,15 +30,61 @@ class PackedBatch:
     lengths_B: list[int]          # valid tokens of each row
 
 
-def pack_padded(input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor) -> PackedBatch:
-    """Pack the valid tokens of each row (a contiguous run of 1s in attention_mask; left or right padding).
+def host_to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A tensor of host values on `device`, copied without a device sync: a non-blocking host-to-device copy
+    returns as soon as the values are staged, where `torch.tensor(values, device=...)` waits for the copy
+    (and therefore for the work queued before it)."""
+    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
 
-    Rows with no valid token are allowed (they contribute nothing)."""
-    if attention_mask_BT.shape != input_ids_BT.shape:
-        raise ValueError(f"attention_mask shape {list(attention_mask_BT.shape)} != input_ids shape "
-                         f"{list(input_ids_BT.shape)}")
+
+def pack_rows(input_ids_BT: torch.Tensor, starts_B: list[int], lengths_B: list[int]) -> PackedBatch:
+    """Pack row b's tokens [starts_B[b], starts_B[b] + lengths_B[b]) into one THD row, on input_ids' device.
+
+    The layout comes from host integers (the caller knows it: the trainer keeps its rows' lengths on the
+    host), so packing never reads device memory: the index tensors are built on the host and copied to the
+    device once (non-blocking), the gathers run on the device, and there is no device-to-host sync."""
+    if len(starts_B) != input_ids_BT.shape[0] or len(lengths_B) != input_ids_BT.shape[0]:
+        raise ValueError(f"{input_ids_BT.shape[0]} rows but {len(starts_B)} starts and {len(lengths_B)} lengths")
+    device = input_ids_BT.device
+    T = input_ids_BT.shape[1]
+    rows, cols, positions, is_last = [], [], [], []
+    for b, (start, n) in enumerate(zip(starts_B, lengths_B, strict=True)):
+        if n < 0 or start < 0 or start + n > T:
+            raise ValueError(f"row {b}: tokens [{start}, {start + n}) do not fit in {T} columns")
+        rows += [b] * n
+        cols += range(start, start + n)
+        positions += range(n)
+        is_last += [False] * (n - 1) + [True] * min(n, 1)
+    cu = [0]
+    for n in lengths_B:
+        cu.append(cu[-1] + n)
+
+    def to_device(values: list, dtype: torch.dtype) -> torch.Tensor:
+        return host_to_device(values, dtype, device)
+
+    # flat gathers (index_select) rather than advanced indexing: the same kernels, and they also trace
+    # under FakeTensorMode with fake CUDA tensors (tests/trainer/test_device_placement.py)
+    flat_ids = input_ids_BT.to(torch.int64).reshape(-1)
+    flat_t = to_device([r * T + c for r, c in zip(rows, cols, strict=True)], torch.int64)
+    tokens_t = flat_ids.index_select(0, flat_t)
+    # the label of packed token i is the next token of the same row (0 after each row's last token)
+    next_t = to_device([r * T + min(c + 1, T - 1) for r, c in zip(rows, cols, strict=True)], torch.int64)
+    labels_t = torch.where(to_device(is_last, torch.bool), 0, flat_ids.index_select(0, next_t))
+    cu_t = to_device(cu, torch.int32)
+    max_len = max(lengths_B) if lengths_B else 0
+    params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu_t, cu_seqlens_kv=cu_t, max_seqlen_q=max_len,
+                             max_seqlen_kv=max_len)
+    return PackedBatch(tokens_t.unsqueeze(0), labels_t.unsqueeze(0), to_device(positions, torch.int64).unsqueeze(0),
+                       params,
+                       list(starts_B), list(lengths_B))
+
+
+def row_layout(attention_mask_BT: torch.Tensor) -> tuple[list[int], list[int]]:
+    """(starts, lengths) of each row's valid tokens: one contiguous run of 1s (left or right padding). Reads
+    the mask on the host: one device-to-host copy when it lives on a device (callers that know the layout,
+    like the trainer, pass it to pack_rows / sequence_logprobs(lengths=...) instead)."""
     mask = attention_mask_BT.to(torch.bool).cpu()
-    starts, lengths, pieces, labels, positions = [], [], [], [], []
+    starts, lengths = [], []
     for b in range(mask.shape[0]):
         cols = mask[b].nonzero().flatten()
         n = int(cols.numel())
@@ -48,29 +94,37 @@ def pack_padded(input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor) -> 
                              "padding is supported)")
         starts.append(start)
         lengths.append(n)
-        seq = input_ids_BT[b, start:start + n]
-        pieces.append(seq)
-        labels.append(torch.cat([seq[1:], seq.new_zeros(min(n, 1))]))
-        positions.append(torch.arange(n, device=seq.device))
-    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32,
-                      device=input_ids_BT.device)
-    max_len = max(lengths) if lengths else 0
-    params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=max_len,
-                             max_seqlen_kv=max_len)
-    return PackedBatch(torch.cat(pieces)[None].to(torch.int64), torch.cat(labels)[None].to(torch.int64),
-                       torch.cat(positions)[None], params, starts, lengths)
+    return starts, lengths
+
+
+def pack_padded(input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor) -> PackedBatch:
+    """Pack the valid tokens of each row (a contiguous run of 1s in attention_mask; left or right padding).
+
+    Rows with no valid token are allowed (they contribute nothing)."""
+    if attention_mask_BT.shape != input_ids_BT.shape:
+        raise ValueError(f"attention_mask shape {list(attention_mask_BT.shape)} != input_ids shape "
+                         f"{list(input_ids_BT.shape)}")
+    return pack_rows(input_ids_BT, *row_layout(attention_mask_BT))
 
 
 def unpack_logprobs(logp_1t: torch.Tensor, packed: PackedBatch, T: int) -> torch.Tensor:
-    """[1, t] per-packed-token log-probs of the next token -> [B, T-1] (0 where the target is padding)."""
-    out = logp_1t.new_zeros(len(packed.lengths_B), T - 1)
+    """[1, t] per-packed-token log-probs of the next token -> [B, T-1] (0 where the target is padding).
+    One scatter on the device, indices from the packed layout's host integers."""
+    rows, cols, src = [], [], []
     offset = 0
     for b, (start, n) in enumerate(zip(packed.starts_B, packed.lengths_B, strict=True)):
-        if n > 1:
-            # Packed token i of this row predicts row column start+i+1, stored at column start+i.
-            out[b, start:start + n - 1] = logp_1t[0, offset:offset + n - 1]
+        # Packed token i of this row predicts row column start+i+1, stored at column start+i.
+        rows += [b] * max(n - 1, 0)
+        cols += range(start, start + n - 1)
+        src += range(offset, offset + n - 1)
         offset += n
-    return out
+    device = logp_1t.device
+    B = len(packed.lengths_B)
+    flat_out = host_to_device([r * (T - 1) + c for r, c in zip(rows, cols, strict=True)], torch.int64, device)
+    src_t = host_to_device(src, torch.int64, device)
+    out = logp_1t.new_zeros(B * (T - 1))
+    out = out.index_copy(0, flat_out, logp_1t.reshape(-1).index_select(0, src_t))
+    return out.view(B, T - 1)
 
 
 def _forward(model, tokens, position_ids, labels, packed_params):
@@ -78,21 +132,26 @@ def _forward(model, tokens, position_ids, labels, packed_params):
 
 
 def sequence_logprobs(model, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
-                      temperature: float = 1.0) -> torch.Tensor | None:
+                      temperature: float = 1.0, lengths: list[int] | None = None) -> torch.Tensor | None:
     """log p(input_ids[:, t+1] | input_ids[:, :t+1]) as fp32 [B, T-1]; None off the last pipeline stage.
 
     attention_mask [B, T] (1 = token, 0 = padding; left or right padding): positions whose target is padding
     are 0. `temperature` divides the logits (score at the sampling temperature). Differentiable when called
     under grad mode (PP=1); with PP>1 this is forward only (training goes through the trainer's schedule).
+    `lengths` (host ints, right-padded rows) replaces attention_mask and skips reading it back from the
+    device: the call then makes no device-to-host sync.
     """
     if input_ids.dim() != 2 or input_ids.shape[1] < 2:
         raise ValueError(f"input_ids must be [B, T] with T >= 2, got shape {list(input_ids.shape)}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     B, T = input_ids.shape
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    packed = pack_padded(input_ids, attention_mask)
+    if lengths is not None:
+        packed = pack_rows(input_ids, [0] * B, list(lengths))
+    elif attention_mask is None:
+        packed = pack_rows(input_ids, [0] * B, [T] * B)
+    else:
+        packed = pack_padded(input_ids, attention_mask)
     unwrapped = model.module if hasattr(model, "module") else model
     old_temperature = unwrapped.logprob_temperature
     unwrapped.logprob_temperature = float(temperature)

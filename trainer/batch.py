@@ -9,7 +9,7 @@ first EOS (all tokens of a truncated response).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 
@@ -24,6 +24,10 @@ class TrainBatch:
     vllm_logp: torch.Tensor            # [B, R] fp32 sampled-token log-probs reported by vLLM (0 on padding)
     truncated: torch.Tensor            # [B] bool, finish reason "length"
     group_size: int
+    # [B] real tokens per row (prompt + response), on the host: packing plans and packs micro-batches from
+    # these integers, so it never reads the device copy of the batch back (no device-to-host syncs)
+    seq_lens: list[int] = field(default_factory=list)
+    response_lens: list[int] = field(default_factory=list)  # [B] valid response tokens per row, on the host
     # filled by the stages
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -32,9 +36,20 @@ class TrainBatch:
         return self.input_ids.shape[0]
 
     @property
+    def device(self) -> torch.device:
+        return self.input_ids.device
+
+    @property
     def seq_tokens(self) -> torch.Tensor:
         """[B] real tokens per row (prompt + response): the cost of the row in a packed micro-batch."""
-        return self.attention_mask.sum(-1)
+        return torch.tensor(self.seq_lens, dtype=torch.int64)
+
+    def to(self, device: torch.device | str) -> TrainBatch:
+        """The batch with every tensor on `device`: the step's one host-to-device move (when the rollout
+        returns); the stages then allocate everything they make on `batch.device`."""
+        moved = {f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)
+                 if isinstance(getattr(self, f.name), torch.Tensor)}
+        return replace(self, **moved, extra={k: v.to(device, non_blocking=True) for k, v in self.extra.items()})
 
     @property
     def response_len(self) -> torch.Tensor:
@@ -73,7 +88,8 @@ def build_train_batch(prompt_ids: list[list[int]], response_ids: list[list[int]]
         input_ids=input_ids, attention_mask=attention,
         prompt_len=torch.tensor([len(p) for p in prompt_ids], dtype=torch.int64),
         response_mask=resp_mask, outcome=torch.tensor(outcome, dtype=torch.float32), vllm_logp=logp,
-        truncated=torch.tensor([f == "length" for f in finish_reasons]), group_size=group_size)
+        truncated=torch.tensor([f == "length" for f in finish_reasons]), group_size=group_size,
+        seq_lens=attention.sum(-1).tolist(), response_lens=resp_mask.sum(-1).tolist())
 
 
 def response_columns(logp_BT1: torch.Tensor, prompt_len_B: torch.Tensor,
@@ -82,7 +98,7 @@ def response_columns(logp_BT1: torch.Tensor, prompt_len_B: torch.Tensor,
     token t+1) into response-aligned [B, R]: response token j of row i is scored at column P_i - 1 + j.
     Masked positions are exactly 0 (they may index past the row's sequence)."""
     B, R = response_mask_BR.shape
-    cols_BR = (prompt_len_B[:, None] - 1 + torch.arange(R)[None, :]).clamp(max=logp_BT1.shape[1] - 1)
-    gathered = torch.gather(logp_BT1, 1, cols_BR.to(logp_BT1.device))
-    return torch.where(response_mask_BR.to(gathered.device), gathered, torch.zeros((), dtype=gathered.dtype,
-                                                                                    device=gathered.device))
+    arange_R = torch.arange(R, device=prompt_len_B.device)
+    cols_BR = (prompt_len_B.unsqueeze(1) - 1 + arange_R.unsqueeze(0)).clamp(max=logp_BT1.shape[1] - 1)
+    gathered = torch.gather(logp_BT1, 1, cols_BR)
+    return torch.where(response_mask_BR, gathered, 0.0)

@@ -54,8 +54,10 @@ def sync_tied_embedding_grads(params: list[torch.nn.Parameter]) -> None:
 
 
 def global_grad_norm(params: list[torch.nn.Parameter]) -> float:
-    sharded = torch.zeros((), dtype=torch.float64)
-    replicated = torch.zeros((), dtype=torch.float64)
+    # accumulators on the parameters' device: NCCL reduces only device tensors
+    device = params[0].device if params else torch.device("cpu")
+    sharded = torch.zeros((), dtype=torch.float64, device=device)
+    replicated = torch.zeros((), dtype=torch.float64, device=device)
     for p in params:
         if p.grad is None or getattr(p, "shared", False):  # `shared`: a PP stage's copy of a tied weight
             continue

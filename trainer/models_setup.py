@@ -64,7 +64,7 @@ def load_model(path: str | Path, *, role: str, dtype: str):
     """A Megatron model for this rank filled from an HF checkpoint."""
     from primeflow.models import ModelConfig, build_model, load_hf_checkpoint
 
-    model = build_model(ModelConfig.from_hf(path), role=role, params_dtype=dtype)
+    model = build_model(ModelConfig.from_hf(path), role=role, params_dtype=dtype, device=parallel.device())
     load_hf_checkpoint(model, path)
     return model
 

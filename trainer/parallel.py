@@ -89,6 +89,14 @@ def init_distributed(*, tp: int = 1, pp: int = 1, backend: str | None = None,
     return layout()
 
 
+def device() -> torch.device:
+    """This rank's compute device, the one place it is decided: cuda:LOCAL_RANK when the world runs NCCL,
+    else the CPU. Models are built on it and each step's batch is moved to it once."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
 def layout() -> ParallelLayout:
     """The current layout (after init_distributed)."""
     from megatron.core import parallel_state as ps

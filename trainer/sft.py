@@ -18,7 +18,7 @@ from . import parallel
 from .batch import TrainBatch, build_train_batch
 from .config import OptimConfig, SFTConfig
 from .models_setup import load_model, make_optimizer
-from .stages.logprobs import micro_batch_plan
+from .stages.logprobs import micro_batch_plan, row_index
 from .stages.optim_step import MicroLoss, minibatch_step
 
 
@@ -43,10 +43,10 @@ def sft_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int)
 def sft_micro_loss(batch: TrainBatch) -> MicroLoss:
     """Token-mean NLL of the responses over the whole batch: each micro-batch's share is its summed NLL
     divided by the batch's response-token count."""
-    n_tokens = float(batch.response_mask.sum())
+    n_tokens = float(sum(batch.response_lens))
 
     def share(rows: list[int], logp: torch.Tensor) -> torch.Tensor:
-        return -(logp * batch.response_mask[rows]).sum() / n_tokens
+        return -(logp * batch.response_mask[row_index(rows, logp)]).sum() / n_tokens
 
     return MicroLoss(batch, share)
 
@@ -67,7 +67,8 @@ def run_sft(base: str | Path, out: str | Path, pairs: list[tuple[list[dict], str
     t0 = time.perf_counter()
     for step in range(1, cfg.steps + 1):
         pick = [order.randrange(len(pairs)) for _ in range(cfg.batch_size)]
-        batch = sft_batch([prompts[i] for i in pick], [responses[i] for i in pick], tokenizer.pad_token_id)
+        batch = sft_batch([prompts[i] for i in pick], [responses[i] for i in pick],
+                          tokenizer.pad_token_id).to(parallel.device())
         plan = micro_batch_plan(batch, list(range(batch.rows)), micro_batch_tokens)
         stats = minibatch_step(model, optim, plan, sft_micro_loss(batch), grad_clip=1.0)
         sched.step()

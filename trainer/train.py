@@ -81,8 +81,9 @@ def to_train_batch(t: Trainer, assembled: AssembledBatch) -> TrainBatch:
     rows = [(g["prompt_ids"], r, lp, f, s) for g in groups
             for r, lp, f, s in zip(g["response_ids"], g["logprobs"], g["finish"], g["scores"], strict=True)]
     prompt, resp, logp, finish, score = (list(x) for x in zip(*rows, strict=True))
-    return build_train_batch(prompt, resp, logp, finish, score, group_size=t.config.rollout.n,
-                             eos_ids=set(t.engine.eos_token_ids), pad_id=t.tokenizer.pad_token_id)
+    batch = build_train_batch(prompt, resp, logp, finish, score, group_size=t.config.rollout.n,
+                              eos_ids=set(t.engine.eos_token_ids), pad_id=t.tokenizer.pad_token_id)
+    return batch.to(parallel.device())  # the step's one host-to-device move
 
 
 def old_logprobs(t: Trainer, batch: TrainBatch) -> dict[str, float]:
@@ -123,9 +124,9 @@ def prime_step(t: Trainer, step: int) -> dict[str, float]:
     with timed(t, clock, "refit"):
         metrics.update(refit(t))
     elapsed = time.perf_counter() - t0
-    n_tokens = float(batch.seq_tokens.sum())
+    n_tokens = float(sum(batch.seq_lens))
     metrics.update({
-        "response_len": float(batch.response_len.float().mean()),
+        "response_len": sum(batch.response_lens) / batch.rows,
         "train_acc": float(batch.outcome.mean()),
         "tokens": n_tokens,
         "tokens_per_s": n_tokens / elapsed,

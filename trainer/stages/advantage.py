@@ -20,7 +20,7 @@ def advantage_stage(batch: TrainBatch, config: Config) -> dict[str, float]:
     rewards = batch.extra.get("token_rewards")
     outcome_only = rewards is None
     if outcome_only:
-        rewards = torch.zeros(batch.response_mask.shape, dtype=torch.float32)
+        rewards = torch.zeros(batch.response_mask.shape, dtype=torch.float32, device=batch.device)
     adv = rloo_advantages(rewards, batch.outcome, batch.response_mask, group_size=batch.group_size,
                           gamma_process=p.gamma_process, gamma_outcome=p.gamma_outcome,
                           reward_norm="none" if outcome_only else p.reward_norm, form=p.advantage_form,

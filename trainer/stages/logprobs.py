@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from primeflow.models import logprobs as packed_io
 
 from .. import packing, parallel
 from ..batch import TrainBatch, response_columns
@@ -19,7 +20,15 @@ from .pipeline import run_pipeline
 
 def micro_batch_plan(batch: TrainBatch, rows: list[int], budget: int) -> list[list[int]]:
     lay = parallel.layout()
-    return packing.plan(rows, batch.seq_tokens.tolist(), budget=budget, dp_rank=lay.dp_rank, dp=lay.dp)
+    return packing.plan(rows, batch.seq_lens, budget=budget, dp_rank=lay.dp_rank, dp=lay.dp)
+
+
+def micro_batch_tensors(batch: TrainBatch, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """(input_ids [b, T], row index [b] on the batch's device, host lengths [b]) of `rows`, T their longest
+    sequence: what packing needs, with the layout taken from the host (no device read-back)."""
+    idx = packed_io.host_to_device(rows, torch.int64, batch.device)
+    lengths = [batch.seq_lens[r] for r in rows]
+    return batch.input_ids.index_select(0, idx).narrow(1, 0, max(lengths)), idx, lengths
 
 
 def forward_rows(model: torch.nn.Module, batch: TrainBatch, rows: list[int], *, temperature: float = 1.0
@@ -28,12 +37,14 @@ def forward_rows(model: torch.nn.Module, batch: TrainBatch, rows: list[int], *, 
     PP=1 only (with PP>1 micro-batches go through stages.pipeline.run_pipeline)."""
     from primeflow.models import sequence_logprobs
 
-    idx = torch.tensor(rows, dtype=torch.int64)
-    attention = batch.attention_mask[idx]
-    T = int(attention.sum(-1).max())
-    logp_bt1 = sequence_logprobs(model, batch.input_ids[idx, :T], attention_mask=attention[:, :T],
-                                 temperature=temperature)
+    input_ids, idx, lengths = micro_batch_tensors(batch, rows)
+    logp_bt1 = sequence_logprobs(model, input_ids, lengths=lengths, temperature=temperature)
     return response_columns(logp_bt1, batch.prompt_len[idx], batch.response_mask[idx])
+
+
+def row_index(rows: list[int], like: torch.Tensor) -> torch.Tensor:
+    """Row indices as a tensor on `like`'s device (indexing with a Python list would copy it synchronously)."""
+    return packed_io.host_to_device(rows, torch.int64, like.device)
 
 
 def all_rows_sum(local_BR: torch.Tensor) -> torch.Tensor:
@@ -52,16 +63,16 @@ def batch_logprobs(model: torch.nn.Module, batch: TrainBatch, *, budget: int, te
     scored on the same plan see the same GEMM shapes and give bitwise-equal log-probs on any host."""
     was_training = model.training
     model.eval()
-    out = torch.zeros(batch.response_mask.shape, dtype=torch.float32)
+    out = torch.zeros(batch.response_mask.shape, dtype=torch.float32, device=batch.device)
     if plan is None:
         plan = micro_batch_plan(batch, list(range(batch.rows)), budget)
     try:
         if parallel.layout().pp == 1:
             for rows in plan:
-                out[rows] = forward_rows(model, batch, rows, temperature=temperature)
+                out[row_index(rows, out)] = forward_rows(model, batch, rows, temperature=temperature)
         else:
             def record(rows: list[int], logp: torch.Tensor) -> None:
-                out[rows] = logp
+                out[row_index(rows, out)] = logp
 
             run_pipeline(model, batch, plan, record, temperature=temperature, forward_only=True)
     finally:

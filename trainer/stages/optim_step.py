@@ -39,7 +39,7 @@ def accumulate_grads(model: torch.nn.Module, micro_batches: list[list[int]], mic
     params = trainable(model)
     zero_grads(params)
     model.train()
-    local = torch.zeros((), dtype=torch.float64)
+    local = torch.zeros((), dtype=torch.float64, device=micro_loss.batch.device)
     if parallel.layout().pp == 1:
         for rows in micro_batches:
             logp = forward_rows(model, micro_loss.batch, rows, temperature=micro_loss.temperature)

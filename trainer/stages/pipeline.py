@@ -54,7 +54,9 @@ def run_pipeline(model: torch.nn.Module, batch: TrainBatch, micro_batches: list[
     are accumulated into the parameters' .grad on every stage (nothing is zeroed or reduced here)."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
     from primeflow.models.compat import enable_cpu_megatron
-    from primeflow.models.logprobs import pack_padded, unpack_logprobs
+    from primeflow.models.logprobs import pack_rows, unpack_logprobs
+
+    from .logprobs import micro_batch_tensors
 
     if not micro_batches:
         return
@@ -62,10 +64,9 @@ def run_pipeline(model: torch.nn.Module, batch: TrainBatch, micro_batches: list[
 
     def forward_step(data_iterator, chunk):
         rows = next(data_iterator)
-        idx = torch.tensor(rows, dtype=torch.int64)
-        attention = batch.attention_mask[idx]
-        T = int(attention.sum(-1).max())
-        packed = pack_padded(batch.input_ids[idx, :T], attention[:, :T])
+        input_ids, idx, lengths = micro_batch_tensors(batch, rows)
+        T = input_ids.shape[1]
+        packed = pack_rows(input_ids, [0] * len(rows), lengths)
         out = chunk(packed.tokens_1t, packed.position_ids_1t, None, labels=packed.labels_1t,
                     packed_seq_params=packed.params)
 
@@ -76,7 +77,7 @@ def run_pipeline(model: torch.nn.Module, batch: TrainBatch, micro_batches: list[
             if share is None:
                 share = logp_1t.sum() * 0.0
             # 3-tuple + calculate_per_token_loss: the schedule back-propagates `share` unscaled
-            return share, torch.ones((), dtype=torch.int), {}
+            return share, torch.ones((), dtype=torch.int, device=logp_1t.device), {}
 
         return out, loss_func
 
@@ -86,4 +87,4 @@ def run_pipeline(model: torch.nn.Module, batch: TrainBatch, micro_batches: list[
             forward_step_func=forward_step, data_iterator=iter(micro_batches), model=[model],
             num_microbatches=len(micro_batches),
             # ignored with variable_seq_lengths (shapes are exchanged), required by the signature
-            seq_length=int(batch.seq_tokens[first].sum()), micro_batch_size=1, forward_only=forward_only)
+            seq_length=sum(batch.seq_lens[r] for r in first), micro_batch_size=1, forward_only=forward_only)

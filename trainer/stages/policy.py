@@ -15,9 +15,10 @@ from .optim_step import MicroLoss, chunks, minibatch_step
 
 
 def _normaliser(batch: TrainBatch, rows: list[int], agg: str) -> float:
-    """The count the loss is averaged over (tokens, or responses with tokens) among `rows`."""
-    n_tokens_B = batch.response_mask[rows].sum(-1)
-    return float(n_tokens_B.sum() if agg == "token-mean" else (n_tokens_B > 0).sum())
+    """The count the loss is averaged over (tokens, or responses with tokens) among `rows` (host integers:
+    no device read-back per micro-batch)."""
+    n_tokens = [batch.response_lens[r] for r in rows]
+    return float(sum(n_tokens) if agg == "token-mean" else sum(n > 0 for n in n_tokens))
 
 
 def ppo_micro_loss(policy: torch.nn.Module, batch: TrainBatch, config: Config, minibatch_rows: list[int],
@@ -34,8 +35,8 @@ def ppo_micro_loss(policy: torch.nn.Module, batch: TrainBatch, config: Config, m
     def share(micro: list[int], logp: torch.Tensor) -> torch.Tensor:
         loss, stats = ppo_clip_loss(logp, old[micro], adv[micro], mask[micro], clip=ppo.clip, agg=ppo.agg,
                                     return_stats=True)
-        if clip_counter is not None:
-            clip_counter.add_(float(stats.clipfrac) * float(mask[micro].sum()))
+        if clip_counter is not None:  # stays on the device: read once per step
+            clip_counter.add_(stats.clipfrac.double() * sum(batch.response_lens[r] for r in micro))
         return loss * (_normaliser(batch, micro, ppo.agg) / total)
 
     return MicroLoss(batch, share, temperature=config.rollout.temperature)
@@ -45,7 +46,7 @@ def policy_stage(models: PrimeModels, batch: TrainBatch, config: Config, *, step
     ppo = config.ppo
     gen = torch.Generator().manual_seed(config.train.seed * 1_000_003 + step)
     losses, norms = [], []
-    clipped = torch.zeros(1, dtype=torch.float64)
+    clipped = torch.zeros(1, dtype=torch.float64, device=batch.device)
     for _ in range(ppo.epochs):
         order = torch.randperm(batch.rows, generator=gen).tolist()
         for rows in chunks(order, ppo.mini_batch_size):
@@ -58,6 +59,6 @@ def policy_stage(models: PrimeModels, batch: TrainBatch, config: Config, *, step
     clipped = all_rows_sum(clipped)  # per-rank clip counts, summed over DP (from the last PP stage)
     return {
         "pg_loss": sum(losses) / len(losses),
-        "pg_clipfrac": float(clipped[0]) / max(float(batch.response_mask.sum()) * ppo.epochs, 1.0),
+        "pg_clipfrac": float(clipped[0]) / max(sum(batch.response_lens) * ppo.epochs, 1),
         "policy_grad_norm": sum(norms) / len(norms),
     }

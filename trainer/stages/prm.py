@@ -15,7 +15,7 @@ from primeflow.kernels import prm_ce_loss, prm_pairwise_accuracy
 from ..batch import TrainBatch
 from ..config import Config
 from ..models_setup import PrimeModels
-from .logprobs import all_rows_sum, batch_logprobs, micro_batch_plan
+from .logprobs import all_rows_sum, batch_logprobs, micro_batch_plan, row_index
 from .optim_step import MicroLoss, chunks, minibatch_step
 
 
@@ -54,7 +54,7 @@ def prm_micro_loss(batch: TrainBatch, ref_BR: torch.Tensor, config: Config, mini
 
     def share(micro: list[int], prm_logp: torch.Tensor) -> torch.Tensor:
         if record_BR is not None:
-            record_BR[micro] = prm_logp.detach()
+            record_BR[row_index(micro, record_BR)] = prm_logp.detach()
         loss = prm_ce_loss(prm_logp, ref_BR[micro], mask[micro], batch.outcome[micro], beta=beta)
         return loss * (len(micro) / n_rows)
 
@@ -95,7 +95,7 @@ def prm_stage(models: PrimeModels, batch: TrainBatch, config: Config) -> dict[st
     budget, mode = config.train.micro_batch_tokens, config.prm.update
     losses: list[float] = []
     if mode == "after":
-        record = torch.zeros(batch.response_mask.shape, dtype=torch.float32)
+        record = torch.zeros(batch.response_mask.shape, dtype=torch.float32, device=batch.device)
         losses = _update(models, batch, ref_BR, config, record)
         prm_BR = all_rows_sum(record)
     else:

@@ -1,0 +1,84 @@
+"""Device discipline, proven without a GPU: under torch's FakeTensorMode, tensors carry shapes, dtypes and
+devices but no data, so a host tensor meeting a fake CUDA tensor raises FakeTensorDeviceMismatchError and
+any device-to-host read (`.item()`, `.tolist()`, boolean indexing, `nonzero`) raises a data-dependent error.
+
+A batch built on the host and moved once with `TrainBatch.to(device)` must be packed into micro-batches
+(tokens, labels, positions, cu_seqlens), unpacked and gathered into response columns entirely on that
+device, with no device read-back: the layout comes from the batch's host integers.
+
+Not covered here: the Megatron forward itself on fake CUDA. On a CPU-only machine the CPU shim
+(models/compat.py) maps Megatron's `torch.cuda.current_device()` allocations (RoPE frequencies) to the CPU,
+and megatron-core 0.16.1's local THD RoPE reads `cu_seqlens` back to the host once per layer; fake mode
+rejects both. That forward runs on a real GPU in scripts/gpu_smoke.sh.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from primeflow.models import logprobs as packed_io
+from primeflow.trainer.batch import response_columns
+from primeflow.trainer.stages.logprobs import micro_batch_plan, micro_batch_tensors
+from torch._subclasses.fake_tensor import FakeTensorDeviceMismatchError, FakeTensorMode
+
+_spec = importlib.util.spec_from_file_location("_stage_helpers", Path(__file__).with_name("stage_helpers.py"))
+helpers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(helpers)
+
+CUDA = torch.device("cuda", 0)
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """FakeTensorMode; `host_to_device` (host index lists -> device, non-blocking) becomes a plain factory
+    call, because a list made into a tensor inside the mode is a fake *CPU* tensor, which fake mode cannot
+    copy to a fake device (a real one it can)."""
+    helpers.init_world()
+    monkeypatch.setattr(packed_io, "host_to_device",
+                        lambda values, dtype, device: torch.tensor(values, dtype=dtype, device=device))
+    return FakeTensorMode(allow_non_fake_inputs=True)
+
+
+def _pack_and_unpack(batch, rows):
+    input_ids, idx, lengths = micro_batch_tensors(batch, rows)
+    packed = packed_io.pack_rows(input_ids, [0] * len(rows), lengths)
+    logp_1t = torch.zeros(packed.tokens_1t.shape, dtype=torch.float32, device=batch.device)
+    logp_BR = response_columns(packed_io.unpack_logprobs(logp_1t, packed, input_ids.shape[1]),
+                               batch.prompt_len.index_select(0, idx), batch.response_mask.index_select(0, idx))
+    return packed, logp_BR
+
+
+def test_a_moved_batch_is_packed_on_the_device_without_host_reads(fake):
+    host = helpers.random_rollouts(0)
+    with fake:
+        batch = host.to(CUDA)
+        for name in ("input_ids", "attention_mask", "prompt_len", "response_mask", "outcome", "vllm_logp"):
+            assert getattr(batch, name).device == CUDA, name
+        plan = micro_batch_plan(batch, list(range(batch.rows)), 40)
+        assert len(plan) > 1
+        for rows in plan:
+            packed, logp_BR = _pack_and_unpack(batch, rows)
+            for t in (packed.tokens_1t, packed.labels_1t, packed.position_ids_1t, packed.params.cu_seqlens_q,
+                      logp_BR):
+                assert t.device == CUDA
+            assert packed.tokens_1t.shape == (1, sum(host.seq_lens[r] for r in rows))
+            assert logp_BR.shape == (len(rows), host.response_mask.shape[1])
+
+
+def test_a_host_batch_meeting_device_tensors_fails(fake):
+    """The check above can fail: device-side log-probs against the host batch's masks raise."""
+    host = helpers.random_rollouts(0)
+    with fake, pytest.raises(FakeTensorDeviceMismatchError):
+        logp_BT1 = torch.zeros(host.rows, host.input_ids.shape[1] - 1, device=CUDA)
+        response_columns(logp_BT1, host.prompt_len, host.response_mask)
+
+
+def test_reading_device_values_on_the_host_is_caught(fake):
+    """And a device-to-host read in the packing path would raise: the old packing read attention_mask back."""
+    host = helpers.random_rollouts(0)
+    with fake, pytest.raises(Exception, match="nonzero|local_scalar_dense|data-dependent|DynamicOutputShape"):
+        batch = host.to(CUDA)
+        packed_io.pack_padded(batch.input_ids, batch.attention_mask)
