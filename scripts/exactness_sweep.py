@@ -86,7 +86,8 @@ def run_once(tests: list[str], level: str, seed: int) -> list[dict]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=20, help="seeds per SIMD level (seeds 1..N)")
+    parser.add_argument("--seeds", type=int, default=20, help="seeds per SIMD level")
+    parser.add_argument("--first-seed", type=int, default=1, help="the seeds are first-seed .. first-seed+N-1")
     parser.add_argument("--levels", nargs="*", default=None, help="SIMD levels (default: all this CPU runs)")
     parser.add_argument("--tests", nargs="*", default=DEFAULT_TESTS)
     parser.add_argument("--out", type=Path, help="JSON report")
@@ -97,7 +98,7 @@ def main() -> int:
     levels = [lv for lv in levels if lv in available]
     stats: dict[str, dict] = defaultdict(lambda: {"runs": 0, "failures": [], "worst_bound_use": 0.0})
     for level in levels:
-        for seed in range(1, args.seeds + 1):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             for r in run_once(args.tests, level, seed):
                 if r["outcome"] == "skipped":
                     continue
@@ -108,7 +109,7 @@ def main() -> int:
                     s["failures"].append({"level": level, "seed": seed})
             print(f"level={level} seed={seed}: {sum(len(s['failures']) for s in stats.values())} failures so far",
                   flush=True)
-    report = {"cpu": cpu_model(), "levels": levels, "levels_not_on_this_cpu": skipped, "seeds": args.seeds,
+    report = {"cpu": cpu_model(), "levels": levels, "levels_not_on_this_cpu": skipped, "seeds": list(range(args.first_seed, args.first_seed + args.seeds)),
               "tests": dict(sorted(stats.items()))}
     failing = {k: v for k, v in stats.items() if v["failures"]}
     print(f"{len(stats)} tests x {len(levels)} levels x {args.seeds} seeds on {report['cpu']}: "
