@@ -269,6 +269,20 @@ def ppo_loss64(logp: list[torch.Tensor], old: list[torch.Tensor], adv: list[torc
     return torch.stack([t.mean() for t in per_row]).mean()
 
 
+def _optimizer_step64(want: dict, name: str, model, loss: torch.Tensor, optim_cfg, *,
+                      loss_key: str | None = None) -> None:
+    """Backward `loss`, clip, one float64 AdamW step: fills want[<loss_key or name_loss>], want[name_grads],
+    want[name_params_before], want[name_params] and want[name_lr]."""
+    loss.backward()
+    want[loss_key or f"{name}_loss"] = loss.item()
+    g = clip64(grads_of(model), optim_cfg.grad_clip)
+    want[f"{name}_grads"] = g
+    start = {k: v.detach().clone() for k, v in model.named_parameters()}
+    want[f"{name}_params_before"] = start
+    want[f"{name}_params"] = adamw_step1_64(start, g, optim_cfg)
+    want[f"{name}_lr"] = lr_at_step1(optim_cfg)
+
+
 def reference_step(ckpt, batch, config, *, prm_state: dict[str, torch.Tensor] | None,
                    updated_prm_state: dict[str, torch.Tensor] | None = None) -> dict:
     """The float64 step. prm_state: the PRM's (perturbed) weights before the step. With prm.update="before"
@@ -292,15 +306,7 @@ def reference_step(ckpt, batch, config, *, prm_state: dict[str, torch.Tensor] | 
         with torch.no_grad():
             ref_lp = response_logprobs64(ref, rows)  # 3.2: raw logits, no temperature
         prm_lp = response_logprobs64(prm, rows)
-        loss = prm_ce64(prm_lp, ref_lp, rows.outcome, p.beta)
-        loss.backward()
-        want["prm_loss"] = loss.item()
-        g = clip64(grads_of(prm), config.prm.optim.grad_clip)
-        want["prm_grads"] = g
-        start = {k: v.detach().clone() for k, v in prm.named_parameters()}
-        want["prm_params_before"] = start
-        want["prm_params"] = adamw_step1_64(start, g, config.prm.optim)
-        want["prm_lr"] = lr_at_step1(config.prm.optim)
+        _optimizer_step64(want, "prm", prm, prm_ce64(prm_lp, ref_lp, rows.outcome, p.beta), config.prm.optim)
         if config.prm.update == "after":  # 4.3: rewards from the forward of the update, pre-step PRM
             scored = prm_lp
         else:  # `before`: a second, no-grad forward with the updated PRM
@@ -315,15 +321,8 @@ def reference_step(ckpt, batch, config, *, prm_state: dict[str, torch.Tensor] | 
                             outcome_coef=p.outcome_coef)
     want["advantages"] = to_BR(adv, rows.R)
     logp = response_logprobs64(policy, rows, temperature=T)
-    loss = ppo_loss64(logp, old, adv, clip=config.ppo.clip, agg=config.ppo.agg)
-    loss.backward()
-    want["pg_loss"] = loss.item()
-    g = clip64(grads_of(policy), config.ppo.optim.grad_clip)
-    want["policy_grads"] = g
-    start = {k: v.detach().clone() for k, v in policy.named_parameters()}
-    want["policy_params_before"] = start
-    want["policy_params"] = adamw_step1_64(start, g, config.ppo.optim)
-    want["policy_lr"] = lr_at_step1(config.ppo.optim)
+    _optimizer_step64(want, "policy", policy, ppo_loss64(logp, old, adv, clip=config.ppo.clip, agg=config.ppo.agg),
+                      config.ppo.optim, loss_key="pg_loss")
     want["mask"] = to_BR([torch.ones(n) for n in rows.n], rows.R) > 0
     return want
 
