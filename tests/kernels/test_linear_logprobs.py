@@ -59,14 +59,13 @@ def test_forward_and_grads_vs_float64(path, N, H, V, dtype, generator):
     hb = hidden.clone().requires_grad_()
     wb = weight.clone().requires_grad_()
     b_logp, b_ent = _h.naive_linear(hb, wb, labels, temperature, return_entropy=True)
-    # Row-wise ratio rule with the fp32 logit-rounding floor (tests/tolerances.py, FP32_LOGIT_ULPS): logits of
+    # logp: row-wise ratio rule with the fp32 logit-rounding floor (tests/tolerances.py, FP32_LOGIT_ULPS): logits of
     # |z|/T up to ~20 are rounded by ~1e-6 in the GEMM, and which of two fp32 GEMMs lands closer to float64 is
     # chance. A flat 1e-6 floor failed on 2 of 20 seeds on an AVX2 host (ours 3.4e-6, torch 5.7e-7: the
     # interpreter's tl.dot is the host BLAS, AVX2 kernels sum in another order than AVX-512 ones).
     max_z_N = (hidden.double() @ weight.double().T).abs().amax(1) / temperature
     assert_not_worse_than_torch_rows(logp, b_logp, t_logp, dtype, max_z_N, what="logp")
-    assert_not_worse_than_torch_rows(ent, b_ent, t_ent, dtype, max_z_N, sensitivity=max(1.0, V ** 0.5),
-                                     what="entropy")
+    assert_not_worse_than_torch(ent, b_ent, t_ent, dtype, what="entropy")
     assert_close_to_truth(logp, t_logp, dtype, what="logp")  # fp32 accumulation: the fixed per-dtype table
 
     g = torch.randn(N, generator=generator)

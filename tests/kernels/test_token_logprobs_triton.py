@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from reference64 import token_logprobs64, token_logprobs_grad64
-from tolerances import assert_close_to_truth, assert_not_worse_than_torch
+from tolerances import assert_close_to_truth, assert_not_worse_than_torch, assert_not_worse_than_torch_rows
 
 _spec = importlib.util.spec_from_file_location("_lp_helpers", Path(__file__).with_name("_lp_helpers.py"))
 _h = importlib.util.module_from_spec(_spec)
@@ -47,7 +47,12 @@ def test_forward_and_grads_vs_float64(N, V, dtype, temperature, generator):
     ordinary = torch.ones(N, dtype=torch.bool)
     ordinary[1:2] = False  # the +1e4 row: judged by the ratio rule only
     assert_close_to_truth(logp[ordinary], t_logp[ordinary], dtype, what="logp")
-    assert_not_worse_than_torch(logp, b_logp, t_logp, dtype, what="logp")
+    # Row-wise ratio rule with the fp32 logit-rounding floor (tests/tolerances.py, FP32_LOGIT_ULPS): z = x/T
+    # is rounded to an ulp of |z| (~17 here) before the softmax sums, and which of two fp32 implementations
+    # lands closer to float64 is chance. A flat 1e-6 floor failed on 1 of 20 seeds on an AVX2 host (ours
+    # 2.4e-6, torch 4.8e-7, at N=1, V=8191, T=0.7).
+    max_z_N = logits.double().abs().masked_fill(torch.isinf(logits), 0).amax(1) / temperature
+    assert_not_worse_than_torch_rows(logp, b_logp, t_logp, dtype, max_z_N, what="logp")
     assert_not_worse_than_torch(ent, b_ent, t_ent, dtype, what="entropy")
 
     g = torch.randn(N, generator=generator)
