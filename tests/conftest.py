@@ -74,13 +74,27 @@ def _bound_use(request):
     request.node.user_properties.append(("bound_use", take_bound_use()))
 
 
+_SEEDS_DRAWN: list[tuple[str, int]] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Every seed the run drew, in the log, so any run (a CI run above all) can be replayed test by test."""
+    if _SEEDS_DRAWN:
+        terminalreporter.section(f"seeds drawn ({len(_SEEDS_DRAWN)} tests; replay one with "
+                                 "PRIMEFLOW_TEST_SEED=<seed> pytest <test>)")
+        for nodeid, value in _SEEDS_DRAWN:
+            terminalreporter.write_line(f"{value:>10}  {nodeid}")
+
+
 @pytest.fixture
 def seed(request) -> int:
-    """A fresh seed per test run (printed on failure), fixed with PRIMEFLOW_TEST_SEED to replay one."""
+    """A fresh seed per test run (printed on failure and in the run's summary), fixed with
+    PRIMEFLOW_TEST_SEED to replay one."""
     value = int(os.environ.get("PRIMEFLOW_TEST_SEED", random.SystemRandom().randrange(2**31)))
     torch.manual_seed(value)
     random.seed(value)
     request.node.user_properties.append(("seed", value))
+    _SEEDS_DRAWN.append((request.node.nodeid, value))
     print(f"seed={value} (replay with PRIMEFLOW_TEST_SEED={value})")
     return value
 
