@@ -74,8 +74,8 @@ def pack_rows(input_ids_BT: torch.Tensor, starts_B: list[int], lengths_B: list[i
     max_len = max(lengths_B) if lengths_B else 0
     params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu_t, cu_seqlens_kv=cu_t, max_seqlen_q=max_len,
                              max_seqlen_kv=max_len)
-    return PackedBatch(tokens_t.unsqueeze(0), labels_t.unsqueeze(0), to_device(positions, torch.int64).unsqueeze(0),
-                       params,
+    positions_t = to_device(positions, torch.int64)
+    return PackedBatch(tokens_t.unsqueeze(0), labels_t.unsqueeze(0), positions_t.unsqueeze(0), params,
                        list(starts_B), list(lengths_B))
 
 

@@ -71,7 +71,7 @@ def assert_close_to_truth(out: torch.Tensor, truth: torch.Tensor, dtype: torch.d
         f"{what} ({dtype}): infinities differ"
     allowed = atol + rtol * truth.abs() + extra_atol
     err = (out - truth).abs()
-    record_bound_use(err[finite], allowed.expand_as(err)[finite] if torch.is_tensor(allowed) else allowed)
+    record_bound_use(err[finite], allowed.expand_as(err)[finite])
     bad = finite & (err > allowed)
     if bad.any():
         worst = ((err - allowed) * bad).argmax()

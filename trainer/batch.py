@@ -39,11 +39,6 @@ class TrainBatch:
     def device(self) -> torch.device:
         return self.input_ids.device
 
-    @property
-    def seq_tokens(self) -> torch.Tensor:
-        """[B] real tokens per row (prompt + response): the cost of the row in a packed micro-batch."""
-        return torch.tensor(self.seq_lens, dtype=torch.int64)
-
     def to(self, device: torch.device | str) -> TrainBatch:
         """The batch with every tensor on `device`: the step's one host-to-device move (when the rollout
         returns); the stages then allocate everything they make on `batch.device`."""
@@ -51,9 +46,6 @@ class TrainBatch:
                  if isinstance(getattr(self, f.name), torch.Tensor)}
         return replace(self, **moved, extra={k: v.to(device, non_blocking=True) for k, v in self.extra.items()})
 
-    @property
-    def response_len(self) -> torch.Tensor:
-        return self.response_mask.sum(-1)
 
 
 def build_train_batch(prompt_ids: list[list[int]], response_ids: list[list[int]], vllm_logp: list[list[float]],

@@ -61,7 +61,7 @@ def _same_everywhere(t: torch.Tensor) -> bool:
 
 
 def _tokens(batch, plan: list[list[int]]) -> list[int]:
-    return [int(batch.seq_tokens[mb].sum()) for mb in plan]
+    return [sum(batch.seq_lens[r] for r in mb) for mb in plan]
 
 
 def check_policy(models, config, batch, seed: int) -> dict:

@@ -18,22 +18,25 @@ from ..models_setup import PrimeModels
 from .logprobs import all_rows_sum, batch_logprobs, micro_batch_plan, row_index
 from .optim_step import MicroLoss, chunks, minibatch_step
 
+MiniBatches = list[tuple[list[int], list[list[int]]]]  # per PRM mini-batch: (rows, this rank's micro-batches)
 
-def prm_minibatch_plans(batch: TrainBatch, config: Config) -> list[list[list[int]]]:
-    """This rank's micro-batches of each PRM mini-batch (contiguous row slices, in row order)."""
-    return [micro_batch_plan(batch, rows, config.train.micro_batch_tokens)
+
+def prm_minibatches(batch: TrainBatch, config: Config) -> MiniBatches:
+    """The PRM update's mini-batches (contiguous row slices, in row order) with this rank's micro-batches."""
+    return [(rows, micro_batch_plan(batch, rows, config.train.micro_batch_tokens))
             for rows in chunks(list(range(batch.rows)), config.prm.mini_batch_size)]
 
 
-def prm_scoring_plan(batch: TrainBatch, config: Config) -> list[list[int]]:
-    """The micro-batches the PRM's rewards are computed on: the update's mini-batches in `after` mode (the
-    rewards are the update's own forwards), the whole batch packed within the budget otherwise."""
+def prm_scoring_plan(batch: TrainBatch, config: Config, minibatches: MiniBatches) -> list[list[int]]:
+    """The micro-batches the PRM's rewards are computed on: the update's own forwards in `after` mode, the
+    whole batch packed within the budget otherwise."""
     if config.prm.update == "after":
-        return [micro for plan in prm_minibatch_plans(batch, config) for micro in plan]
+        return [micro for _, plan in minibatches for micro in plan]
     return micro_batch_plan(batch, list(range(batch.rows)), config.train.micro_batch_tokens)
 
 
-def reference_logprobs(models: PrimeModels, batch: TrainBatch, config: Config) -> torch.Tensor:
+def reference_logprobs(models: PrimeModels, batch: TrainBatch, config: Config, plan: list[list[int]]
+                       ) -> torch.Tensor:
     """[B, R] log pi_ref: the frozen SFT copy, or the policy's old log-probs (ref_type=policy).
 
     The reference is scored on the PRM's own micro-batches: while the PRM still equals the reference (step
@@ -42,8 +45,7 @@ def reference_logprobs(models: PrimeModels, batch: TrainBatch, config: Config) -
     on AVX2-only hosts)."""
     if config.prime.ref_type == "policy":
         return batch.extra["old_logp"]
-    return batch_logprobs(models.ref, batch, budget=config.train.micro_batch_tokens,
-                          plan=prm_scoring_plan(batch, config))
+    return batch_logprobs(models.ref, batch, budget=config.train.micro_batch_tokens, plan=plan)
 
 
 def prm_micro_loss(batch: TrainBatch, ref_BR: torch.Tensor, config: Config, minibatch_rows: list[int],
@@ -62,12 +64,11 @@ def prm_micro_loss(batch: TrainBatch, ref_BR: torch.Tensor, config: Config, mini
 
 
 def _update(models: PrimeModels, batch: TrainBatch, ref_BR: torch.Tensor, config: Config,
-            record_BR: torch.Tensor | None) -> list[float]:
+            minibatches: MiniBatches, record_BR: torch.Tensor | None) -> list[float]:
     """PRM optimizer steps over the batch; writes this rank's pre-step PRM log-probs into `record_BR` (on the
     last pipeline stage; all_rows_sum then gives them to every rank)."""
     losses = []
-    rows_of = chunks(list(range(batch.rows)), config.prm.mini_batch_size)
-    for rows, plan in zip(rows_of, prm_minibatch_plans(batch, config), strict=True):
+    for rows, plan in minibatches:
         stats = minibatch_step(models.prm, models.prm_optim, plan,
                                prm_micro_loss(batch, ref_BR, config, rows, record_BR),
                                grad_clip=config.prm.optim.grad_clip)
@@ -91,17 +92,19 @@ def token_rewards(prm_BR: torch.Tensor, ref_BR: torch.Tensor, mask_BR: torch.Ten
 
 def prm_stage(models: PrimeModels, batch: TrainBatch, config: Config) -> dict[str, float]:
     """Sets batch.extra["token_rewards"] ([B, R] fp32); returns prm_loss, prm_acc, prm_acc_before."""
-    ref_BR = reference_logprobs(models, batch, config)
+    minibatches = prm_minibatches(batch, config)
+    scoring_plan = prm_scoring_plan(batch, config, minibatches)  # the reference is scored on the same one
+    ref_BR = reference_logprobs(models, batch, config, scoring_plan)
     budget, mode = config.train.micro_batch_tokens, config.prm.update
     losses: list[float] = []
     if mode == "after":
         record = torch.zeros(batch.response_mask.shape, dtype=torch.float32, device=batch.device)
-        losses = _update(models, batch, ref_BR, config, record)
+        losses = _update(models, batch, ref_BR, config, minibatches, record)
         prm_BR = all_rows_sum(record)
     else:
         if mode == "before":
-            losses = _update(models, batch, ref_BR, config, None)
-        prm_BR = batch_logprobs(models.prm, batch, budget=budget, plan=prm_scoring_plan(batch, config))
+            losses = _update(models, batch, ref_BR, config, minibatches, None)
+        prm_BR = batch_logprobs(models.prm, batch, budget=budget, plan=scoring_plan)
     rewards = token_rewards(prm_BR, ref_BR, batch.response_mask, beta=config.prime.beta,
                             granularity=config.prime.granularity)
     batch.extra["ref_logp"], batch.extra["prm_logp"], batch.extra["token_rewards"] = ref_BR, prm_BR, rewards
