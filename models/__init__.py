@@ -15,6 +15,7 @@ from .tiny import allowed_overrides, make_tiny_checkpoint
 _LAZY = {
     "build_model": ".gpt",
     "PrimeGPTModel": ".gpt",
+    "unwrap_model": ".gpt",
     "load_hf_checkpoint": ".hf_checkpoint",
     "export_hf_checkpoint": ".hf_checkpoint",
     "hf_state_dict": ".hf_checkpoint",

@@ -9,7 +9,13 @@ How: instead of patching `torch.cuda` globally (which would mislead vLLM, transf
 the process), the `torch` name *inside the listed Megatron modules only* is rebound to a proxy that forwards
 every attribute to the real torch, except that
   * `torch.cuda.current_device()` returns `torch.device("cpu")` and `torch.cuda.synchronize()` does nothing,
-  * tensor factories (`zeros`, `empty`, `ones`, `full`, `tensor`, `arange`) map `device="cuda"` to CPU.
+  * tensor factories (`zeros`, `empty`, `ones`, `full`, `tensor`, `arange`) map `device="cuda"` to CPU,
+  * `torch.cuda.Stream()` / `default_stream()` / `stream(s)` (DDP's overlapped grad reduction runs on a
+    communication stream) are no-op objects and contexts, `torch.cuda.empty_cache()` does nothing.
+The training machinery (DDP, Float16Module, the optimizers, finalize_model_grads) is covered the same way.
+Megatron's optimizers also compare `tensor.type()` names with 'torch.cuda.FloatTensor' etc.;
+`cuda_type_names()` answers those checks on CPU and is used only around the optimizer's construction,
+step and state loading (trainer/optimizer.py).
 One call site moves a tensor with the `Tensor.cuda()` *method* (tied embeddings with PP > 1:
 `LanguageModule.setup_embeddings_and_output_layer` syncs the last stage's copy of the embedding with
 `weight.data.cuda()` before an all-reduce); `tensor_cuda_is_identity()` covers exactly that call and is
@@ -38,6 +44,17 @@ _MODULES = (
     "megatron.core.transformer.transformer_layer",
     "megatron.core.pipeline_parallel.schedules",
     "megatron.core.pipeline_parallel.p2p_communication",
+    # training machinery: DDP's grad buffers and comm "stream", Float16Module, the optimizers' fp32 masters,
+    # found-inf / overflow buffers and grad-norm scratch tensors
+    "megatron.core.distributed.distributed_data_parallel",
+    "megatron.core.distributed.param_and_grad_buffer",
+    "megatron.core.distributed.finalize_model_grads",
+    "megatron.core.transformer.module",
+    "megatron.core.optimizer.optimizer",
+    "megatron.core.optimizer.distrib_optimizer",
+    "megatron.core.optimizer.clip_grads",
+    "megatron.core.optimizer.grad_scaler",
+    "megatron.core.utils",  # the apex-free multi_tensor_l2norm fallback allocates its result on "cuda"
 )
 _FACTORIES = ("zeros", "empty", "ones", "full", "tensor", "arange", "zeros_like", "empty_like")
 _MARK = "_primeflow_cpu_shim"
@@ -52,6 +69,14 @@ def _cpu_device(device: Any) -> Any:
     return device
 
 
+class _NoStream:
+    def wait_stream(self, other: Any) -> None:
+        return None
+
+    def synchronize(self) -> None:
+        return None
+
+
 class _CudaOnCpu(types.SimpleNamespace):
     """Stands in for `torch.cuda` inside the shimmed modules."""
 
@@ -62,6 +87,17 @@ class _CudaOnCpu(types.SimpleNamespace):
     @staticmethod
     def synchronize(device: Any = None) -> None:
         return None
+
+    @staticmethod
+    def empty_cache() -> None:
+        return None
+
+    # DDP's overlapped grad reduction runs on a "communication stream": on CPU every op is already
+    # ordered, so a stream is a no-op object and `torch.cuda.stream(s)` an empty context.
+    Stream = staticmethod(lambda *args, **kwargs: _NoStream())
+    default_stream = staticmethod(lambda *args, **kwargs: _NoStream())
+    current_stream = staticmethod(lambda *args, **kwargs: _NoStream())
+    stream = staticmethod(lambda *args, **kwargs: contextlib.nullcontext())
 
     def __getattr__(self, name: str) -> Any:
         return getattr(torch.cuda, name)
@@ -118,3 +154,27 @@ def tensor_cuda_is_identity() -> Iterator[None]:
         yield
     finally:
         torch.Tensor.cuda = original
+
+
+@contextlib.contextmanager
+def cuda_type_names() -> Iterator[None]:
+    """Within the block, and only without CUDA, `tensor.type()` (no arguments) names a CPU tensor as its
+    CUDA type ('torch.FloatTensor' -> 'torch.cuda.FloatTensor'). megatron-core's optimizers decide fp32 vs
+    half parameters and assert fp32 gradients by comparing those names; the tensors' real dtype and device
+    are untouched. Used around the Megatron optimizer's construction and step (trainer/optimizer.py)."""
+    if torch.cuda.is_available():
+        yield
+        return
+    original = torch.Tensor.type
+
+    def type_(self, *args, **kwargs):
+        name = original(self, *args, **kwargs)
+        if args or kwargs or not isinstance(name, str) or not name.startswith("torch.") or self.is_cuda:
+            return name
+        return "torch.cuda." + name[len("torch."):]
+
+    torch.Tensor.type = type_
+    try:
+        yield
+    finally:
+        torch.Tensor.type = original

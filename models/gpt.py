@@ -141,6 +141,16 @@ class PrimeGPTModel(GPTModel):
         return logp_N.view(b, s)
 
 
+def unwrap_model(model: torch.nn.Module) -> PrimeGPTModel:
+    """The PrimeGPTModel inside wrappers that keep it in `.module` (megatron-core's DDP, Float16Module)."""
+    while not isinstance(model, PrimeGPTModel) and hasattr(model, "module"):
+        model = model.module
+    if not isinstance(model, PrimeGPTModel):
+        raise ValueError(f"expected a primeflow PrimeGPTModel from build_model (or a wrapper with .module), "
+                         f"got {type(model).__name__}")
+    return model
+
+
 def build_model(cfg: ModelConfig, *, role: str, params_dtype: torch.dtype | str | None = None,
                 device: torch.device | str | None = None) -> PrimeGPTModel:
     """The GPTModel stage of `cfg` for this rank (current TP/PP from megatron parallel_state).

@@ -227,15 +227,20 @@ def _split_fc1(shard: torch.Tensor, tp: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 def hf_state_dict(model, *, grads: bool = False) -> dict[str, torch.Tensor]:
-    """This pipeline stage's parameters (or their .grad with grads=True) as full HF-named CPU tensors,
-    gathered over TP (collective over the TP group). Used by export and by gradient-parity tests."""
-    return _stage_tensors(model, model.model_config, grads=grads)
+    """This pipeline stage's parameters (or their gradients with grads=True) as full HF-named CPU tensors,
+    gathered over TP (collective over the TP group). Used by export and by gradient-parity tests.
+
+    `model` may be inside megatron-core's DDP / Float16Module; its gradients are then DDP's `main_grad`
+    (the fp32 accumulation buffer, DP-reduced after finalize_model_grads) rather than `.grad`."""
+    from .gpt import unwrap_model
+
+    return _stage_tensors(unwrap_model(model), unwrap_model(model).model_config, grads=grads)
 
 
 def _stage_tensors(model, cfg: ModelConfig, *, grads: bool = False) -> dict[str, torch.Tensor]:
     """Full (TP-gathered) HF tensors of this pipeline stage; collective over the TP group."""
     _, tp = _tp()
-    p = {n: (t.grad if grads else t) for n, t in model.named_parameters()}
+    p = {n: (getattr(t, "main_grad", t.grad) if grads else t) for n, t in model.named_parameters()}
     out: dict[str, torch.Tensor] = {}
     if model.pre_process:
         out["model.embed_tokens.weight"] = _gather(p["embedding.word_embeddings.weight"], 0)[:cfg.vocab_size]

@@ -152,7 +152,9 @@ def sequence_logprobs(model, input_ids: torch.Tensor, *, attention_mask: torch.T
         packed = pack_rows(input_ids, [0] * B, [T] * B)
     else:
         packed = pack_padded(input_ids, attention_mask)
-    unwrapped = model.module if hasattr(model, "module") else model
+    from .gpt import unwrap_model
+
+    unwrapped = unwrap_model(model)
     old_temperature = unwrapped.logprob_temperature
     unwrapped.logprob_temperature = float(temperature)
     try:

@@ -15,6 +15,7 @@ Legend: s sequence, b batch, t packed tokens, n query heads (this TP rank), g KV
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -110,18 +111,39 @@ class SDPAttention(MegatronModule):
         return out_tnd.reshape(t, n * d)
 
 
-class FlashVarlenAttention(SDPAttention):
-    """CUDA + flash-attn: `flash_attn_varlen_func` for packed THD batches, `flash_attn_func` otherwise.
+_FLASH_DTYPES = (torch.bfloat16, torch.float16)
+_log = logging.getLogger(__name__)
+_logged_choices: set[str] = set()
 
-    NOT exercised on the CPU-only development machines (no GPU); it shares SDPAttention's interface and
-    falls back to it for explicit attention masks and dropout-free CPU tensors."""
+
+def _log_choice_once(choice: str) -> None:
+    if choice not in _logged_choices:
+        _logged_choices.add(choice)
+        _log.info("core attention: %s", choice)
+
+
+def uses_flash(query: torch.Tensor, attention_mask: torch.Tensor | None) -> bool:
+    """flash-attn runs CUDA bf16/fp16 tensors without an explicit mask; fp32 (which it rejects), CPU
+    tensors and masked batches go to SDPA."""
+    return query.is_cuda and query.dtype in _FLASH_DTYPES and attention_mask is None
+
+
+class FlashVarlenAttention(SDPAttention):
+    """CUDA + flash-attn: `flash_attn_varlen_func` for packed THD batches (cu_seqlens stay on the device;
+    the longest sequence comes from the host-side `max_seqlen_q` pack_rows sets, so no device read-back),
+    `flash_attn_func` otherwise. fp32, CPU tensors and explicit masks fall back to SDPAttention
+    (`uses_flash`); the choice is logged once per kind."""
 
     def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
                 packed_seq_params=None):
-        if not query.is_cuda or attention_mask is not None:
+        if not uses_flash(query, attention_mask):
+            _log_choice_once(f"SDPA ({query.dtype}, {query.device.type}"
+                             f"{', explicit mask' if attention_mask is not None else ''})")
             return super().forward(query, key, value, attention_mask, attn_mask_type, attention_bias,
                                    packed_seq_params)
         from flash_attn import flash_attn_func, flash_attn_varlen_func
+
+        _log_choice_once(f"flash-attn {'varlen ' if packed_seq_params is not None else ''}({query.dtype})")
 
         dropout = self.dropout_p if self.training else 0.0
         if packed_seq_params is not None:

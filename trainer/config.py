@@ -31,8 +31,12 @@ class RunConfig:
 @dataclass
 class ModelSection:
     path: str = ""                      # HF checkpoint of the SFT model; "" = build a tiny one and SFT it (default run)
-    params_dtype: str = choice("float32", "bfloat16")   # policy/PRM master weights dtype
-    ref_dtype: str = choice("float32", "bfloat16")      # the frozen reference (the paper: bf16)
+    # Compute dtype of the policy and the PRM weights. bfloat16: Float16Module compute with fp32 main params
+    # (masters) in megatron-core's optimizer and fp32 gradient accumulation; float32: fp32 throughout.
+    params_dtype: str = choice("float32", "bfloat16")
+    # The frozen reference. Must equal params_dtype when the PRM is trained against it (prime mode, ref_type
+    # freeze): r_t = beta (log pi_phi - log pi_ref) is then exactly 0 at step 0, as PRIME requires.
+    ref_dtype: str = choice("float32", "bfloat16")
     tiny_overrides: dict = field(default_factory=dict)  # make_tiny_checkpoint(**overrides) for the default run
 
 
@@ -42,9 +46,12 @@ class ParallelConfig:
     pp: int = 1
     backend: str = choice("auto", "gloo", "nccl")
     collective_timeout_s: float = 600.0  # a dead rank ends the job after this long instead of hanging
-    # Shard the AdamW moments of the policy and the PRM over the data-parallel ranks (ZeRO stage 1): each DP
-    # rank updates its share of the parameters and broadcasts it. Same numerics; 8 B/param -> 8/dp B/param.
+    # megatron-core's distributed optimizer for the policy and the PRM: the fp32 main parameters and the AdamW
+    # moments are sharded over the DP ranks (ZeRO-1; gradients reduce-scattered, updated weights all-gathered).
+    # Same numerics; 12 B/param (16 with bf16 weights' fp32 masters) -> 12/dp (+2 or 4 for the weights).
     distributed_optimizer: bool = False
+    overlap_grad_reduce: bool = True    # DDP reduces gradient buckets over DP while backward still runs
+    grad_reduce_in_fp32: bool = True    # accumulate and reduce gradients in fp32 (bf16 weights included)
 
 
 @dataclass
@@ -294,6 +301,13 @@ def validate(config: Config) -> None:
     for ok, key, message in checks:
         if not ok:
             raise ConfigError(f"{key}: {message}")
+    if (config.prime.mode == "prime" and config.prime.ref_type == "freeze"
+            and config.model.ref_dtype != config.model.params_dtype):
+        raise ConfigError(
+            f"model.ref_dtype: {config.model.ref_dtype!r} differs from model.params_dtype "
+            f"{config.model.params_dtype!r}; the PRM and the reference must compute in one precision (allowed: "
+            f"ref_dtype = params_dtype), otherwise the step-0 rewards beta * (log pi_phi - log pi_ref) are "
+            f"precision noise instead of 0 and batch_norm scales that noise up to the outcome term")
     if config.prime.mode == "rloo" and config.prm.update != "none":
         config.prm.update = "none"  # outcome-only RLOO has no PRM to update
 

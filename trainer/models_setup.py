@@ -1,5 +1,5 @@
 """Build PRIME's three models (policy, implicit PRM, frozen reference) from one SFT checkpoint, with their
-optimizers and LR schedules, for the current parallel layout."""
+optimizers and LR schedules (megatron-core's, trainer/optimizer.py), for the current parallel layout."""
 
 from __future__ import annotations
 
@@ -9,55 +9,52 @@ from pathlib import Path
 import torch
 
 from . import parallel
-from .config import Config, OptimConfig
-from .grads import trainable
+from .config import Config, OptimConfig, ParallelConfig
+from .optimizer import MegatronAdamW, WarmupConstantLR, make_optimizer, wrap_for_training
 
 
 @dataclass
 class PrimeModels:
+    """The trained models are megatron-core DDP wrappers (forward through them); `checkpoint_parts` and the
+    refit see the PrimeGPTModel inside (`models.unwrap_model`)."""
+
     policy: torch.nn.Module
     prm: torch.nn.Module | None            # None in outcome-only RLOO mode
     ref: torch.nn.Module | None            # None when ref_type=policy (old log-probs are the reference)
-    policy_optim: torch.optim.Optimizer
-    policy_sched: torch.optim.lr_scheduler.LRScheduler
-    prm_optim: torch.optim.Optimizer | None
-    prm_sched: torch.optim.lr_scheduler.LRScheduler | None
+    policy_optim: MegatronAdamW
+    policy_sched: WarmupConstantLR
+    prm_optim: MegatronAdamW | None
+    prm_sched: WarmupConstantLR | None
 
-    def checkpoint_parts(self) -> tuple[dict, dict, dict]:
-        """(models, optimizers, schedulers) by name, for the checkpoint manager. Collective with the
-        distributed optimizer: every DP rank must call it (the manager writes from DP rank 0 only)."""
-        for optim in (self.policy_optim, self.prm_optim):
-            if hasattr(optim, "consolidate_state_dict"):  # ZeRO: gather the moment shards on DP rank 0
-                optim.consolidate_state_dict(to=0)
-        models = {"policy": self.policy}
+    def checkpoint_parts(self, *, for_save: bool) -> tuple[dict, dict, dict]:
+        """(models, optimizers, schedulers) by name, for the checkpoint manager. for_save with the
+        distributed optimizer is collective: every DP rank must call it (DP rank 0 receives every shard's
+        state, and the manager writes from DP rank 0 only). Loading scatters it back (also collective)."""
+        from primeflow.models import unwrap_model
+
+        if for_save:
+            for optim in (self.policy_optim, self.prm_optim):
+                if optim is not None:
+                    optim.gather_state()
+        models = {"policy": unwrap_model(self.policy)}
         optims = {"policy": self.policy_optim}
         scheds = {"policy": self.policy_sched}
         if self.prm is not None:
-            models["prm"] = self.prm
+            models["prm"] = unwrap_model(self.prm)
             optims["prm"] = self.prm_optim
             scheds["prm"] = self.prm_sched
         return models, optims, scheds
 
 
-def make_optimizer(model: torch.nn.Module, cfg: OptimConfig, *, shard_over_dp: bool = False
-                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW with a linear warmup then a constant LR (PRIME's schedule: constant, 0 warmup).
-
-    shard_over_dp (parallel.distributed_optimizer) with DP > 1: torch's ZeroRedundancyOptimizer over the DP
-    group. Gradients are already summed over DP before the step (grads.reduce_across_dp), so each rank runs
-    the same AdamW arithmetic on its share of the parameters and broadcasts the result: the parameters are the
-    same as unsharded AdamW's, and each rank holds 1/dp of the moments."""
-    kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, eps=1e-8)
-    if shard_over_dp and parallel.layout().dp > 1:
-        from torch.distributed.optim import ZeroRedundancyOptimizer
-
-        optim = ZeroRedundancyOptimizer(trainable(model), optimizer_class=torch.optim.AdamW,
-                                        process_group=parallel.dp_group(), **kwargs)
-    else:
-        optim = torch.optim.AdamW(trainable(model), **kwargs)
-    warmup = max(0, cfg.warmup_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-    return optim, sched
+def trained_model(path: str | Path, *, role: str, dtype: str, optim: OptimConfig, parallel_cfg: ParallelConfig
+                  ) -> tuple[torch.nn.Module, MegatronAdamW, WarmupConstantLR]:
+    """A model filled from an HF checkpoint inside megatron-core's DDP (and Float16Module for bf16), with
+    megatron-core's AdamW and the LR schedule."""
+    model = wrap_for_training(load_model(path, role=role, dtype=dtype),
+                              distributed_optimizer=parallel_cfg.distributed_optimizer,
+                              overlap_grad_reduce=parallel_cfg.overlap_grad_reduce,
+                              grad_reduce_in_fp32=parallel_cfg.grad_reduce_in_fp32)
+    return (model, *make_optimizer(model, optim, distributed=parallel_cfg.distributed_optimizer))
 
 
 def load_model(path: str | Path, *, role: str, dtype: str):
@@ -71,13 +68,13 @@ def load_model(path: str | Path, *, role: str, dtype: str):
 
 def build_prime_models(config: Config, sft_path: str | Path) -> PrimeModels:
     """Policy and PRM start as copies of the SFT model (PRIME: pi_phi = pi_ref = pi_theta at step 0)."""
-    policy = load_model(sft_path, role="policy", dtype=config.model.params_dtype)
-    shard = config.parallel.distributed_optimizer
-    policy_optim, policy_sched = make_optimizer(policy, config.ppo.optim, shard_over_dp=shard)
+    dtype = config.model.params_dtype
+    policy, policy_optim, policy_sched = trained_model(sft_path, role="policy", dtype=dtype,
+                                                       optim=config.ppo.optim, parallel_cfg=config.parallel)
     prm = ref = prm_optim = prm_sched = None
     if config.prime.mode == "prime":
-        prm = load_model(sft_path, role="prm", dtype=config.model.params_dtype)
-        prm_optim, prm_sched = make_optimizer(prm, config.prm.optim, shard_over_dp=shard)
+        prm, prm_optim, prm_sched = trained_model(sft_path, role="prm", dtype=dtype, optim=config.prm.optim,
+                                                  parallel_cfg=config.parallel)
         if config.prime.ref_type == "freeze":
             ref = load_model(sft_path, role="ref", dtype=config.model.ref_dtype)
             ref.eval()

@@ -16,8 +16,8 @@ import torch
 
 from . import parallel
 from .batch import TrainBatch, build_train_batch
-from .config import OptimConfig, SFTConfig
-from .models_setup import load_model, make_optimizer
+from .config import OptimConfig, ParallelConfig, SFTConfig
+from .models_setup import trained_model
 from .stages.logprobs import micro_batch_plan, row_index
 from .stages.optim_step import MicroLoss, minibatch_step
 
@@ -55,13 +55,13 @@ def run_sft(base: str | Path, out: str | Path, pairs: list[tuple[list[dict], str
             seed: int = 0, micro_batch_tokens: int = 4096, log=print) -> Path:
     """Train `base` (HF dir) on `pairs` for cfg.steps steps of cfg.batch_size examples; export HF to `out`.
     Needs an initialised parallel layout (trainer.parallel.init_distributed)."""
-    from primeflow.models import export_hf_checkpoint
+    from primeflow.models import export_hf_checkpoint, unwrap_model
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(base))
-    model = load_model(base, role="policy", dtype="float32")
-    optim, sched = make_optimizer(model, OptimConfig(lr=cfg.lr, weight_decay=0.0, warmup_steps=cfg.warmup_steps,
-                                                     grad_clip=1.0))
+    optim_cfg = OptimConfig(lr=cfg.lr, weight_decay=0.0, warmup_steps=cfg.warmup_steps, grad_clip=1.0)
+    model, optim, sched = trained_model(base, role="policy", dtype="float32", optim=optim_cfg,
+                                        parallel_cfg=ParallelConfig())
     prompts, responses = tokenize_pairs(tokenizer, pairs)
     order = random.Random(seed)
     t0 = time.perf_counter()
@@ -70,11 +70,11 @@ def run_sft(base: str | Path, out: str | Path, pairs: list[tuple[list[dict], str
         batch = sft_batch([prompts[i] for i in pick], [responses[i] for i in pick],
                           tokenizer.pad_token_id).to(parallel.device())
         plan = micro_batch_plan(batch, list(range(batch.rows)), micro_batch_tokens)
-        stats = minibatch_step(model, optim, plan, sft_micro_loss(batch), grad_clip=1.0)
+        stats = minibatch_step(model, optim, plan, sft_micro_loss(batch))
         sched.step()
         if step == 1 or step % 25 == 0 or step == cfg.steps:
             log(f"sft step {step}/{cfg.steps}  nll/token {stats['loss']:.4f}  ({time.perf_counter() - t0:.0f} s)")
-    export_hf_checkpoint(model, out)
+    export_hf_checkpoint(unwrap_model(model), out)
     parallel.barrier()
     return Path(out)
 

@@ -25,6 +25,7 @@ from .data import AssembledBatch, PromptLoader, assemble_step
 from .memory_stats import peak_memory_metrics
 from .models_setup import PrimeModels, build_prime_models
 from .rollout import RolloutEngine, logprob_mismatch
+from .rollout.handoff import after_rollout, refit_and_wake
 from .run_setup import Run, prompt_loader, start_run, starting_model
 from .stages.advantage import advantage_stage
 from .stages.logprobs import batch_logprobs
@@ -68,9 +69,12 @@ def collect_rollouts(t: Trainer, step: int, clock: StageClock) -> AssembledBatch
     t.rollout.begin_step(step, clock, policy_version=t.policy_version)
     cfg = t.config
     with t.run.console.stage("rollout + verify + filter") if cfg.logging.progress else nullcontext():
-        return assemble_step(t.loader, t.rollout, prompts_per_step=cfg.data.prompts_per_step,
-                             group_size=cfg.rollout.n, low=cfg.filter.low, high=cfg.filter.high,
-                             filter_accuracy=cfg.filter.enabled, max_fetches=cfg.filter.max_fetches)
+        assembled = assemble_step(t.loader, t.rollout, prompts_per_step=cfg.data.prompts_per_step,
+                                  group_size=cfg.rollout.n, low=cfg.filter.low, high=cfg.filter.high,
+                                  filter_accuracy=cfg.filter.enabled, max_fetches=cfg.filter.max_fetches)
+    if not assembled.epoch_ended:
+        after_rollout(t.engine, enabled=cfg.rollout.sleep_between_steps)  # vLLM sleeps while training
+    return assembled
 
 
 def to_train_batch(t: Trainer, assembled: AssembledBatch) -> TrainBatch:
@@ -95,8 +99,10 @@ def old_logprobs(t: Trainer, batch: TrainBatch) -> dict[str, float]:
 
 
 def refit(t: Trainer) -> dict[str, float]:
-    """Push the updated policy into vLLM (bucketed, in place) so the next rollout samples from it."""
-    stats = t.engine.sync_weights(t.models.policy, bucket_mb=t.config.rollout.refit_bucket_mb)
+    """Push the updated policy into vLLM (bucketed, in place) so the next rollout samples from it; with
+    rollout.sleep_between_steps: wake vLLM's weights, sync, release the trainer's cache, wake the KV cache."""
+    stats = refit_and_wake(t.engine, t.models.policy, bucket_mb=t.config.rollout.refit_bucket_mb,
+                           enabled=t.config.rollout.sleep_between_steps)
     t.policy_version += 1
     return {"refit_gb_per_s": stats.gb_per_s}
 
@@ -139,7 +145,7 @@ def prime_step(t: Trainer, step: int) -> dict[str, float]:
 
 
 def save_checkpoint(t: Trainer, step: int) -> None:
-    models, optims, scheds = t.models.checkpoint_parts()
+    models, optims, scheds = t.models.checkpoint_parts(for_save=True)
     t.checkpoints.save(step, models=models, optimizers=optims, schedulers=scheds,
                        trainer_state={"step": step, "loader": t.loader.state_dict()})
 
@@ -153,7 +159,7 @@ def resume(t: Trainer) -> int:
         t.run.logger.truncate_after(0)
         t.checkpoints.discard_after(0)
         return 0
-    models, optims, scheds = t.models.checkpoint_parts()
+    models, optims, scheds = t.models.checkpoint_parts(for_save=False)
     state = t.checkpoints.load(path, models=models, optimizers=optims, schedulers=scheds)
     t.loader.load_state_dict(state["loader"])
     step = int(state["step"])

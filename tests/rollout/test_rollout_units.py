@@ -168,8 +168,8 @@ def test_stream_equals_export_and_respects_buckets(world, tmp_path, seed, overri
         expected_tensors,
         global_plan,
         stream_hf_tensors,
-        unwrap,
     )
+    from primeflow.models import unwrap_model as unwrap
 
     ckpt = make_tiny_checkpoint(tmp_path / "ckpt", seed=seed % 1000, **overrides)
     model = build_model(ModelConfig.from_hf(ckpt), role="policy")
@@ -202,5 +202,5 @@ def test_stream_equals_export_and_respects_buckets(world, tmp_path, seed, overri
         check_plan(global_plan(model, 2**20), bad)
     with pytest.raises(ValueError, match="does not provide tensor 'model.layers.9.extra'"):
         check_plan(global_plan(model, 2**20), {**expected, "model.layers.9.extra": (1,)})
-    with pytest.raises(ValueError, match="must be a primeflow PrimeGPTModel"):
+    with pytest.raises(ValueError, match="expected a primeflow PrimeGPTModel"):
         unwrap(torch.nn.Linear(2, 2))

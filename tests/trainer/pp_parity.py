@@ -23,9 +23,9 @@ import torch
 import torch.distributed as dist
 from primeflow.models import hf_state_dict
 from primeflow.trainer import parallel
-from primeflow.trainer.config import Config, SFTConfig
+from primeflow.trainer.config import Config, OptimConfig, ParallelConfig, SFTConfig
 from primeflow.trainer.data import arithmetic_sft_pairs
-from primeflow.trainer.models_setup import build_prime_models, load_model
+from primeflow.trainer.models_setup import build_prime_models, trained_model
 from primeflow.trainer.sft import run_sft, sft_batch, sft_micro_loss, tokenize_pairs
 from primeflow.trainer.stages.logprobs import all_rows_sum, batch_logprobs, micro_batch_plan
 from primeflow.trainer.stages.optim_step import accumulate_grads, minibatch_step
@@ -73,12 +73,14 @@ def check_policy(models, config, batch, seed: int) -> dict:
     rows = list(range(batch.rows))
     plan = micro_batch_plan(batch, rows, BUDGET)
     clipped = torch.zeros(1, dtype=torch.float64)
-    loss = accumulate_grads(models.policy, plan, ppo_micro_loss(models.policy, batch, config, rows, clipped))
+    loss = accumulate_grads(models.policy, models.policy_optim, plan,
+                            ppo_micro_loss(models.policy, batch, config, rows, clipped))
     all_rows_sum(clipped)  # counted on the last stage; as policy_stage does
     grads = _gather_named(hf_state_dict(models.policy, grads=True))
-    # grad_clip far below the norm: the step is clipped, so the TP/PP norm enters the update
+    # config.ppo.optim.grad_clip (main) is far below the norm: the step is clipped, so the TP/PP norm enters
+    # the update
     stats = minibatch_step(models.policy, models.policy_optim, plan,
-                           ppo_micro_loss(models.policy, batch, config, rows), grad_clip=1e-3)
+                           ppo_micro_loss(models.policy, batch, config, rows))
     return {"logp": current, "logp_same": _same_everywhere(current), "loss": loss, "clipped": float(clipped[0]),
             "grads": grads, "grad_norm": stats["grad_norm"], "step_loss": stats["loss"],
             "weights": _gather_named(hf_state_dict(models.policy)), "tokens": _tokens(batch, plan)}
@@ -88,7 +90,7 @@ def check_prm(models, config, batch) -> dict:
     ref = batch_logprobs(models.ref, batch, budget=BUDGET)
     rows = list(range(4))
     plan = micro_batch_plan(batch, rows, 20)
-    loss = accumulate_grads(models.prm, plan, prm_micro_loss(batch, ref, config, rows))
+    loss = accumulate_grads(models.prm, models.prm_optim, plan, prm_micro_loss(batch, ref, config, rows))
     grads = _gather_named(hf_state_dict(models.prm, grads=True))
     config.prm.update, config.prm.mini_batch_size, config.prm.optim.lr = "after", 4, 1e-3
     config.train.micro_batch_tokens = BUDGET
@@ -107,9 +109,10 @@ def check_sft(ckpt: Path, out: Path, seed: int) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(str(ckpt))
     prompts, responses = tokenize_pairs(tokenizer, pairs)
     batch = sft_batch(prompts, responses, tokenizer.pad_token_id)
-    model = load_model(ckpt, role="policy", dtype="float32")
+    model, optim, _ = trained_model(ckpt, role="policy", dtype="float32", optim=OptimConfig(),
+                                    parallel_cfg=ParallelConfig())
     plan = micro_batch_plan(batch, list(range(batch.rows)), 60)
-    loss = accumulate_grads(model, plan, sft_micro_loss(batch))
+    loss = accumulate_grads(model, optim, plan, sft_micro_loss(batch))
     grads = _gather_named(hf_state_dict(model, grads=True))
     logged: list[str] = []
     run_sft(ckpt, out, pairs, SFTConfig(steps=1, batch_size=8, lr=1e-3, warmup_steps=0), seed=seed,
@@ -134,6 +137,7 @@ def main() -> int:
     for i, ckpt in enumerate(args.ckpts):
         torch.manual_seed(args.seed)
         config = Config()
+        config.ppo.optim.grad_clip = 1e-3  # far below the policy's grad norm: check_policy's step is clipped
         models = build_prime_models(config, ckpt)
         batch = helpers.random_rollouts(args.seed)
         results[ckpt.name] = {

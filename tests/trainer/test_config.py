@@ -26,6 +26,8 @@ def test_7b_presets_carry_the_papers_headline_hyperparameters(name):
     assert (c.filter.low, c.filter.high, c.train.steps) == (0.2, 0.8, 592)
     # 8 GPUs per node at TP=4: DP >= 2, and the AdamW moments must be sharded over it to fit 80 GB
     assert c.parallel.tp == 4 and c.parallel.distributed_optimizer
+    # bf16 compute with fp32 masters; PRM and reference in one precision
+    assert c.model.params_dtype == c.model.ref_dtype == "bfloat16" and c.rollout.sleep_between_steps
 
 
 def test_dotted_overrides_parse_yaml_scalars_and_lists():
@@ -71,3 +73,12 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     c = load_config(None, ["ppo.clip=0.3", "data.arithmetic={n: 50, digits: 3, ops: ['+', '*']}"])
     again = from_dict(yaml.safe_load(dump_yaml(c)))
     assert to_dict(again) == to_dict(c) and isinstance(again, Config)
+
+
+def test_prm_and_reference_must_share_one_precision():
+    with pytest.raises(ConfigError, match=r"model.ref_dtype: 'bfloat16' differs from model.params_dtype 'float32'"):
+        load_config(None, ["model.ref_dtype=bfloat16"])
+    # no frozen reference to disagree with: allowed
+    assert load_config(None, ["model.ref_dtype=bfloat16", "prime.ref_type=policy"]).model.ref_dtype == "bfloat16"
+    both = load_config(None, ["model.params_dtype=bfloat16", "model.ref_dtype=bfloat16"])
+    assert both.model.params_dtype == "bfloat16"

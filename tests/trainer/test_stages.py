@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from primeflow.models import hf_state_dict, make_tiny_checkpoint
+from primeflow.trainer.config import Config
 from primeflow.trainer.stages.logprobs import batch_logprobs, micro_batch_plan
 from primeflow.trainer.stages.optim_step import accumulate_grads
 from primeflow.trainer.stages.policy import ppo_micro_loss
@@ -77,7 +78,7 @@ def test_policy_gradient_matches_float64_reference_for_any_packing(ckpt, seed, a
     for budget in (10_000, 40):  # everything in one micro-batch vs micro-batches of 1-3 rows
         plan = micro_batch_plan(batch, rows, budget)
         assert sorted(r for mb in plan for r in mb) == rows
-        accumulate_grads(models.policy, plan, ppo_micro_loss(models.policy, batch, config, rows))
+        accumulate_grads(models.policy, models.policy_optim, plan, ppo_micro_loss(models.policy, batch, config, rows))
         results.append((len(plan), hf_state_dict(models.policy, grads=True)))
     assert results[0][0] == 1 and results[1][0] >= 4, "the two packings must differ"
     for n_micro, got in results:
@@ -87,8 +88,17 @@ def test_policy_gradient_matches_float64_reference_for_any_packing(ckpt, seed, a
             assert err <= MODEL_PARITY_REL, f"{name} ({n_micro} micro-batches): rel err {err:.2e}"
 
 
-def test_prm_loss_is_ln2_at_step0_and_after_mode_scores_with_pre_update_prm(ckpt, seed):
-    models, config = helpers.tiny_models(ckpt)
+def _config(dtype: str) -> Config:
+    """PRM and reference in one precision (validate() requires it): bf16 runs the PRM in Float16Module with
+    fp32 masters and the reference as a plain bf16 model, which must give bitwise the same log-probs."""
+    config = Config()
+    config.model.params_dtype = config.model.ref_dtype = dtype
+    return config
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_prm_loss_is_ln2_at_step0_and_after_mode_scores_with_pre_update_prm(ckpt, seed, dtype):
+    models, config = helpers.tiny_models(ckpt, _config(dtype))
     config.prm.update = "after"
     config.prm.mini_batch_size = 4  # 3 PRM optimizer steps over the 12 responses
     config.prm.optim.lr = 1e-3
@@ -104,14 +114,15 @@ def test_prm_loss_is_ln2_at_step0_and_after_mode_scores_with_pre_update_prm(ckpt
     assert math.isfinite(metrics["prm_loss"]) and abs(metrics["prm_loss"] - math.log(2)) < 0.05
 
 
-def test_prm_none_mode_keeps_loss_exactly_ln2_and_before_mode_scores_with_updated_prm(ckpt, seed):
-    models, config = helpers.tiny_models(ckpt)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_prm_none_mode_keeps_loss_exactly_ln2_and_before_mode_scores_with_updated_prm(ckpt, seed, dtype):
+    models, config = helpers.tiny_models(ckpt, _config(dtype))
     batch = helpers.random_rollouts(seed)
     batch.extra["old_logp"] = batch_logprobs(models.policy, batch, budget=10_000)
     config.prm.update = "none"
     metrics = prm_stage(models, batch, config)
-    assert metrics["prm_loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert batch.extra["token_rewards"].abs().max() == 0.0
+    assert metrics["prm_loss"] == float(torch.tensor(math.log(2), dtype=torch.float32))  # ln 2 in fp32, exactly
     config.prm.update, config.prm.optim.lr = "before", 1e-3
     prm_stage(models, batch, config)
     rewards, mask = batch.extra["token_rewards"], batch.response_mask

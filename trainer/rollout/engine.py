@@ -137,6 +137,10 @@ def _eos_ids(model_path: Path, tokenizer) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
+# The parts of vLLM's GPU memory that sleep mode frees and wake_up(tags=...) re-allocates separately.
+SLEEP_PARTS = ("weights", "kv_cache")
+
+
 class RolloutEngine:
     """vLLM engine for this rank (see the module docstring for the process model).
 
@@ -195,7 +199,7 @@ class RolloutEngine:
         self.truncate_prompts = bool(truncate_prompts)
         self.replica_index, self.num_replicas = rank // tp_size, world // tp_size
         self.sleep_enabled = bool(enable_sleep)
-        self._asleep = False
+        self._asleep: set[str] = set()  # the parts of vLLM's memory that are asleep (SLEEP_PARTS)
         self._seed_stream = torch.Generator().manual_seed(seed * 1_000_003 + self.replica_index)
 
         # The weight sync hands vLLM a live iterator over this process's tensors: the engine core must run in
@@ -304,7 +308,8 @@ class RolloutEngine:
         if self.llm is None:
             raise RuntimeError("generate called after close()")
         if self._asleep:
-            raise RuntimeError("generate called while the engine is asleep: call wake_up() first")
+            raise RuntimeError(f"generate called while the engine's {sorted(self._asleep)} are asleep: call "
+                               f"wake_up() first")
         if not isinstance(sampling, SamplingConfig):
             raise ValueError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
         if not isinstance(n, int) or n < 1:
@@ -356,15 +361,18 @@ class RolloutEngine:
         first: a missing / unexpected / mis-shaped tensor raises ValueError naming it, with the engine's
         weights untouched. Then the prefix cache is reset (cached KV was computed with the old weights).
         """
-        from .weight_sync import check_plan, global_plan, stream_hf_tensors, unwrap
+        from primeflow.models import unwrap_model
+
+        from .weight_sync import check_plan, global_plan, stream_hf_tensors
 
         if self.llm is None:
             raise RuntimeError("sync_weights called after close()")
-        if self._asleep:
-            raise RuntimeError("sync_weights called while the engine is asleep: call wake_up() first")
+        if "weights" in self._asleep:
+            raise RuntimeError("sync_weights called while the engine's weights are asleep: call "
+                               "wake_up(('weights',)) first")
         if not bucket_mb > 0:
             raise ValueError(f"bucket_mb must be > 0, got {bucket_mb!r}")
-        model = unwrap(policy_model)
+        model = unwrap_model(policy_model)
         t0 = time.perf_counter()
         plan = global_plan(model, int(bucket_mb * 2**20))
         check_plan(plan, self.expected)
@@ -393,19 +401,30 @@ class RolloutEngine:
             return
         if self.on_gpu and self.sleep_enabled:
             self.llm.sleep(level=level)
-        self._asleep = True
+        self._asleep = set(SLEEP_PARTS)
 
-    def wake_up(self) -> None:
-        """Undo sleep() (re-allocate weights and KV cache on GPU); a no-op when awake."""
-        if not self._asleep:
+    def wake_up(self, parts: tuple[str, ...] = SLEEP_PARTS) -> None:
+        """Undo sleep() for `parts` ("weights", "kv_cache"; default both). The refit wakes the weights alone,
+        syncs them, lets the trainer release its cached blocks, then wakes the KV cache: the KV cache is
+        re-allocated only after the trainer's memory is back with the allocator. Waking an awake part is a
+        no-op. sync_weights needs the weights awake; generate needs both."""
+        unknown = set(parts) - set(SLEEP_PARTS)
+        if unknown or not parts:
+            raise ValueError(f"wake_up parts {list(parts)!r}: allowed are non-empty subsets of {list(SLEEP_PARTS)}")
+        waking = [p for p in SLEEP_PARTS if p in parts and p in self._asleep]
+        if not waking:
             return
         if self.on_gpu and self.sleep_enabled:
-            self.llm.wake_up()
-        self._asleep = False
+            self.llm.wake_up(tags=waking)
+        self._asleep -= set(waking)
 
     @property
     def asleep(self) -> bool:
-        return self._asleep
+        return bool(self._asleep)
+
+    @property
+    def asleep_parts(self) -> frozenset[str]:
+        return frozenset(self._asleep)
 
     def close(self) -> None:
         """Shut the vLLM engine down and free it (idempotent). The trainer's torch.distributed world stays up

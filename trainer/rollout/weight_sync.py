@@ -76,16 +76,6 @@ def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def unwrap(model):
-    """The PrimeGPTModel inside DDP / Float16Module-style wrappers (anything with `.module`)."""
-    while not hasattr(model, "model_config") and hasattr(model, "module"):
-        model = model.module
-    if not hasattr(model, "model_config") or not hasattr(model, "decoder"):
-        raise ValueError(f"policy_model must be a primeflow PrimeGPTModel from build_model (or a wrapper with "
-                         f".module), got {type(model).__name__}")
-    return model
-
-
 def stage_units(model) -> list[_Unit]:
     """This pipeline stage's parameters as `_Unit`s, in a fixed order (embedding, layers, final norm, head)."""
     from primeflow.models.hf_checkpoint import _local_layers, hf_tensor_shapes

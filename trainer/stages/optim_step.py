@@ -1,5 +1,6 @@
-"""One optimizer step over a mini-batch of rows: packed micro-batches, globally scaled losses, DP gradient
-sum, TP/PP-aware clipping. Shared by the PRM update, the policy update and SFT.
+"""One optimizer step over a mini-batch of rows: packed micro-batches, globally scaled losses, then
+megatron-core's DP gradient sum (DDP), TP/PP-aware clipping and AdamW (trainer/optimizer.py). Shared by the
+PRM update, the policy update and SFT.
 
 A loss is described by a `MicroLoss`: the batch, the temperature its log-probs are taken at, and
 `share(rows, logp_BR)`, the micro-batch's share of the mini-batch loss from the rows' response log-probs.
@@ -9,6 +10,7 @@ only the last stage sees log-probs)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,7 +19,7 @@ import torch.distributed as dist
 
 from .. import parallel
 from ..batch import TrainBatch
-from ..grads import clip_grads, reduce_across_dp, sync_tied_embedding_grads, trainable, zero_grads
+from ..optimizer import MegatronAdamW, finalize_grads
 from .logprobs import forward_rows
 from .pipeline import run_pipeline
 
@@ -33,18 +35,30 @@ class MicroLoss:
     temperature: float = 1.0
 
 
-def accumulate_grads(model: torch.nn.Module, micro_batches: list[list[int]], micro_loss: MicroLoss) -> float:
-    """Backward every micro-batch's loss share, then sum gradients over DP ranks (and tied-embedding copies
-    over PP stages). Returns the mini-batch loss, on every rank."""
-    params = trainable(model)
-    zero_grads(params)
+def _idle_rank_loss(micro_loss: MicroLoss) -> MicroLoss:
+    """A zero-weighted share of row 0: a DP rank with no rows in a mini-batch still runs one backward, so
+    its DDP buckets are reduced in the same order as every other rank's (overlapped reduction is started by
+    the backward hooks). Its gradient contribution is exactly 0 and it records nothing; the rank would be
+    waiting for the others anyway."""
+    return MicroLoss(micro_loss.batch, lambda rows, logp: logp.sum() * 0.0, micro_loss.temperature)
+
+
+def accumulate_grads(model: torch.nn.Module, optim: MegatronAdamW, micro_batches: list[list[int]],
+                     micro_loss: MicroLoss) -> float:
+    """Backward every micro-batch's loss share into DDP's gradient buffer (DP communication only after the
+    last one), then finalize: gradients summed over DP ranks and tied-embedding copies over PP stages.
+    Returns the mini-batch loss, on every rank."""
+    optim.zero_grad()
     model.train()
     local = torch.zeros((), dtype=torch.float64, device=micro_loss.batch.device)
+    if not micro_batches and parallel.layout().dp > 1:
+        micro_batches, micro_loss = [[0]], _idle_rank_loss(micro_loss)
     if parallel.layout().pp == 1:
-        for rows in micro_batches:
-            logp = forward_rows(model, micro_loss.batch, rows, temperature=micro_loss.temperature)
-            loss = micro_loss.share(rows, logp)
-            loss.backward()
+        for i, rows in enumerate(micro_batches):
+            with model.no_sync() if i < len(micro_batches) - 1 else contextlib.nullcontext():
+                logp = forward_rows(model, micro_loss.batch, rows, temperature=micro_loss.temperature)
+                loss = micro_loss.share(rows, logp)
+                loss.backward()
             local += loss.detach().double()
     else:
         def share(rows: list[int], logp: torch.Tensor) -> torch.Tensor:
@@ -52,24 +66,22 @@ def accumulate_grads(model: torch.nn.Module, micro_batches: list[list[int]], mic
             local.add_(loss.detach().double())
             return loss
 
+        # the schedule skips the DP sync on all but the last micro-batch (config.no_sync_func)
         run_pipeline(model, micro_loss.batch, micro_batches, share, temperature=micro_loss.temperature,
                      forward_only=False)
-        sync_tied_embedding_grads(params)
-    reduce_across_dp(params)
+    finalize_grads(model)
     if parallel.layout().dp > 1:
         dist.all_reduce(local, group=parallel.dp_group())
     parallel.broadcast_from_last_stage(local)  # the losses exist on the last stage only
     return float(local)
 
 
-def minibatch_step(model: torch.nn.Module, optim: torch.optim.Optimizer, micro_batches: list[list[int]],
-                   micro_loss: MicroLoss, *, grad_clip: float) -> dict[str, float]:
-    """accumulate_grads + clip + optimizer step; returns the mini-batch `loss` and `grad_norm` (pre-clip)."""
-    loss = accumulate_grads(model, micro_batches, micro_loss)
-    params = trainable(model)
-    norm = clip_grads(params, grad_clip)
-    optim.step()
-    zero_grads(params)
+def minibatch_step(model: torch.nn.Module, optim: MegatronAdamW, micro_batches: list[list[int]],
+                   micro_loss: MicroLoss) -> dict[str, float]:
+    """accumulate_grads + Megatron's clip and AdamW step (the clip threshold is the optimizer's config);
+    returns the mini-batch `loss` and `grad_norm` (pre-clip)."""
+    loss = accumulate_grads(model, optim, micro_batches, micro_loss)
+    norm = optim.step()
     return {"loss": loss, "grad_norm": norm}
 
 

@@ -28,13 +28,11 @@ from ..batch import TrainBatch, response_columns
 OnLogp = Callable[[list[int], torch.Tensor], "torch.Tensor | None"]
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
 @contextlib.contextmanager
 def _schedule_settings(model: torch.nn.Module, temperature: float) -> Iterator[None]:
-    inner = _unwrap(model)
+    from primeflow.models import unwrap_model
+
+    inner = unwrap_model(model)
     config = inner.config
     saved = (config.variable_seq_lengths, config.calculate_per_token_loss, inner.logprob_temperature)
     config.variable_seq_lengths, config.calculate_per_token_loss = True, True

@@ -52,7 +52,7 @@ def policy_stage(models: PrimeModels, batch: TrainBatch, config: Config, *, step
         for rows in chunks(order, ppo.mini_batch_size):
             plan = micro_batch_plan(batch, rows, config.train.micro_batch_tokens)
             loss_fn = ppo_micro_loss(models.policy, batch, config, rows, clipped)
-            stats = minibatch_step(models.policy, models.policy_optim, plan, loss_fn, grad_clip=ppo.optim.grad_clip)
+            stats = minibatch_step(models.policy, models.policy_optim, plan, loss_fn)
             losses.append(stats["loss"])
             norms.append(stats["grad_norm"])
     models.policy_sched.step()

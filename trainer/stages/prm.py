@@ -70,8 +70,7 @@ def _update(models: PrimeModels, batch: TrainBatch, ref_BR: torch.Tensor, config
     losses = []
     for rows, plan in minibatches:
         stats = minibatch_step(models.prm, models.prm_optim, plan,
-                               prm_micro_loss(batch, ref_BR, config, rows, record_BR),
-                               grad_clip=config.prm.optim.grad_clip)
+                               prm_micro_loss(batch, ref_BR, config, rows, record_BR))
         losses.append(stats["loss"])
     models.prm_sched.step()
     return losses

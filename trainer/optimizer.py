@@ -1,0 +1,186 @@
+"""megatron-core's training machinery for one trained model (the policy, the PRM, the SFT model).
+
+`wrap_for_training` puts the model inside `Float16Module` (bf16/fp16 compute; parameters in the model's
+dtype) and megatron-core's `DistributedDataParallel`: gradients accumulate into one contiguous fp32 buffer
+(`grad_reduce_in_fp32`), bucketed, reduced over the DP group while backward runs (`overlap_grad_reduce`),
+and reduce-scattered instead of all-reduced with the distributed optimizer. `make_optimizer` builds
+megatron-core's optimizer over it (`get_megatron_optimizer`): AdamW on fp32 main parameters (the masters of
+bf16 weights), the global grad norm over TP/PP shards and its clipping, and, with
+`parallel.distributed_optimizer`, the optimizer state and the main parameters sharded over DP (ZeRO-1, the
+updated weights all-gathered after the step). `finalize_grads` ends a backward pass the way Megatron's own
+training loop does (`finalize_model_grads`: DP reduction, tied-embedding sums over the pipeline).
+
+Loss convention: each micro-batch's loss share is scaled by *global* counts, so the shares of all
+micro-batches on all DP ranks sum to the mini-batch loss. The DP reduction must therefore be a SUM, which is
+what DDP does with `calculate_per_token_loss=True` (otherwise it pre-scales by 1/dp).
+
+On CPU the same code runs over gloo through models/compat.py (Megatron's CUDA-only buffers and type checks).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .config import OptimConfig
+
+_DP_OVERLAP_BUCKET = 40_000_000  # elements per bucket (Megatron's default for dp <= 40)
+
+
+def wrap_for_training(model: torch.nn.Module, *, distributed_optimizer: bool, overlap_grad_reduce: bool = True,
+                      grad_reduce_in_fp32: bool = True, bucket_size: int | None = None) -> torch.nn.Module:
+    """Float16Module (when the parameters are bf16/fp16) inside megatron-core's DistributedDataParallel.
+
+    Forward through the returned module; checkpoints, export and the refit use `models.unwrap_model(model)`."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.transformer.module import Float16Module
+
+    config = model.config
+    config.calculate_per_token_loss = True  # DP SUM, not mean: shares are scaled by global counts
+    wrapped = Float16Module(config, model) if model.config.bf16 or model.config.fp16 else model
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=grad_reduce_in_fp32, overlap_grad_reduce=overlap_grad_reduce,
+        use_distributed_optimizer=distributed_optimizer, bucket_size=bucket_size or _DP_OVERLAP_BUCKET)
+    ddp = DistributedDataParallel(config, ddp_config, wrapped)
+    # Megatron's pipeline schedules skip the grad sync on all but the last micro-batch through this hook.
+    config.no_sync_func = ddp.no_sync
+    return ddp
+
+
+def _cuda_type_names():
+    from primeflow.models.compat import cuda_type_names
+
+    return cuda_type_names()
+
+
+class MegatronAdamW:
+    """megatron-core's AdamW for one DDP-wrapped model, with the interface the trainer and the checkpoint
+    manager use: `zero_grad`, `step() -> grad norm`, `param_groups`, `state_dict` / `load_state_dict`.
+
+    AdamW applies weight decay to every parameter (torch's AdamW and PRIME's released trainer do; Megatron's
+    default would skip biases and norms). With the distributed optimizer, `gather_state()` (collective over
+    DP) must run on every rank before DP rank 0 reads `state_dict()`; `load_state_dict` is collective too
+    (DP rank 0's copy of the full state is scattered to the shards)."""
+
+    def __init__(self, model: torch.nn.Module, cfg: OptimConfig, *, distributed: bool):
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+        from primeflow.models import unwrap_model
+
+        inner = unwrap_model(model)
+        self.model = model
+        self.distributed = distributed
+        self._gathered: dict | None = None
+        optim_config = OptimizerConfig(
+            optimizer="adam", lr=cfg.lr, min_lr=cfg.lr, weight_decay=cfg.weight_decay,
+            adam_beta1=float(cfg.betas[0]), adam_beta2=float(cfg.betas[1]), adam_eps=1e-8,
+            clip_grad=float(cfg.grad_clip) if cfg.grad_clip > 0 else 0.0,
+            bf16=inner.config.bf16, fp16=inner.config.fp16, params_dtype=inner.config.params_dtype,
+            use_distributed_optimizer=distributed)
+        with _cuda_type_names():
+            self.optim = get_megatron_optimizer(optim_config, [model], config_overrides={})
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.optim.param_groups
+
+    def zero_grad(self) -> None:
+        """Zero DDP's gradient buffer (the accumulation target of every backward) and the main grads."""
+        self.model.zero_grad_buffer()
+        self.optim.zero_grad()
+
+    def step(self) -> float:
+        """Clip (global norm over TP/PP shards) and step; returns the norm before clipping. A NaN/inf norm
+        is returned as it is and the step propagates it (bf16 has no loss scaler to skip it)."""
+        with _cuda_type_names():
+            _, grad_norm, _ = self.optim.step()
+        return float("nan") if grad_norm is None else float(grad_norm)
+
+    def _chained(self) -> Any:
+        members = getattr(self.optim, "chained_optimizers", [self.optim])
+        if len(members) != 1:
+            raise RuntimeError(f"expected one optimizer for a dense model, megatron built {len(members)}")
+        return members[0]
+
+    def gather_state(self) -> None:
+        """Collective over DP with the distributed optimizer: DP rank 0 receives every shard's state."""
+        if self.distributed:
+            self._gathered = self._chained().get_parameter_state_dp_zero()
+
+    def state_dict(self) -> dict:
+        state = {"optimizer": self.optim.state_dict()}
+        if self.distributed:
+            if self._gathered is None:
+                raise RuntimeError("the distributed optimizer's state_dict needs gather_state() on every rank first")
+            state["param_state"], self._gathered = self._gathered, None
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state) != ({"optimizer", "param_state"} if self.distributed else {"optimizer"}):
+            raise ValueError(f"optimizer state has keys {sorted(state)}: saved with "
+                             f"parallel.distributed_optimizer={'param_state' in state}, loading with {self.distributed}")
+        # no_grad: fp32 main parameters of the distributed optimizer are views of the model's parameters
+        with _cuda_type_names(), torch.no_grad():
+            self.optim.load_state_dict(state["optimizer"])
+            if self.distributed:
+                self._load_sharded_state(state["param_state"])
+
+    def _load_sharded_state(self, param_state: dict) -> None:
+        """megatron-core 0.16.1 with torch's AdamW (no TE/apex, e.g. on CPU): `load_state_dict` gives every
+        parameter's state the same `step` tensor, and `load_parameter_state_from_dp_zero` then expects a
+        `step` entry the saved shards never have (KeyError). Load the shards without it, then give each
+        parameter its own copy of the step (a shared tensor would be incremented once per parameter)."""
+        torch_optim = self._chained().optimizer
+        steps = {p: s.pop("step") for p, s in torch_optim.state.items() if "step" in s}
+        try:
+            self._chained().load_parameter_state_from_dp_zero(param_state)
+        finally:
+            for p, step in steps.items():
+                torch_optim.state[p]["step"] = step.clone()
+
+
+class WarmupConstantLR:
+    """Linear warmup over `warmup_steps` optimizer steps, then constant (PRIME: constant, no warmup). The
+    k-th step (k = 0, 1, ...) runs at lr * min(1, (k + 1) / warmup_steps)."""
+
+    def __init__(self, optim: MegatronAdamW, cfg: OptimConfig):
+        self.optim, self.base_lr, self.warmup = optim, cfg.lr, max(0, cfg.warmup_steps)
+        self.last_epoch = 0
+        self._apply()
+
+    def _apply(self) -> None:
+        factor = min(1.0, (self.last_epoch + 1) / self.warmup) if self.warmup else 1.0
+        for group in self.optim.param_groups:
+            group["lr"] = self.base_lr * factor
+
+    def step(self) -> None:
+        self.last_epoch += 1
+        self._apply()
+
+    def get_last_lr(self) -> list[float]:
+        return [group["lr"] for group in self.optim.param_groups]
+
+    def state_dict(self) -> dict:
+        return {"last_epoch": self.last_epoch, "base_lr": self.base_lr, "warmup": self.warmup}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.last_epoch = int(state["last_epoch"])
+        self._apply()
+
+
+def make_optimizer(model: torch.nn.Module, cfg: OptimConfig, *, distributed: bool = False
+                   ) -> tuple[MegatronAdamW, WarmupConstantLR]:
+    """Megatron's AdamW for a model from `wrap_for_training` (built with the same `distributed` flag), and
+    the LR schedule."""
+    optim = MegatronAdamW(model, cfg, distributed=distributed)
+    return optim, WarmupConstantLR(optim, cfg)
+
+
+def finalize_grads(model: torch.nn.Module) -> None:
+    """After the last micro-batch's backward: wait for (or run) the DP reduction and sum tied embeddings'
+    gradients over the first and last pipeline stage, as Megatron's training loop does."""
+    from megatron.core.distributed import finalize_model_grads
+
+    finalize_model_grads([model])
+
