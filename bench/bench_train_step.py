@@ -36,7 +36,7 @@ from bench.bench_refit import SIZES
 from bench.hardware import environment, write_json_atomic
 
 
-def _checkpoint(size: str, root: Path) -> Path:
+def checkpoint_of_size(size: str, root: Path) -> Path:
     from primeflow.models import make_tiny_checkpoint
 
     overrides = {k: v for k, v in SIZES[size].items()}
@@ -46,7 +46,7 @@ def _checkpoint(size: str, root: Path) -> Path:
     return make_tiny_checkpoint(root / size, seed=0, **overrides)
 
 
-def _rollouts(vocab: int, rows: int = 16, seed: int = 0):
+def random_rollouts(vocab: int, rows: int = 16, seed: int = 0):
     from primeflow.trainer import parallel
     from primeflow.trainer.batch import build_train_batch
 
@@ -91,7 +91,7 @@ def step_mode(ckpt: Path, vocab: int, repeats: int) -> dict:
     setups = {}
     for dtype in ("float32", "bfloat16"):
         model, optim, _ = _trained(ckpt, dtype)
-        batch = _rollouts(vocab)
+        batch = random_rollouts(vocab)
         _ppo_inputs(model, batch)
         rows = list(range(batch.rows))
         setups[dtype] = (model, optim, batch, rows, micro_batch_plan(batch, rows, 512))
@@ -139,7 +139,7 @@ def grad_sync_mode(ckpt: Path, vocab: int, repeats: int) -> dict:
     ddp_model, optim, _ = _trained(ckpt, "float32")
     plain = load_model(ckpt, role="policy", dtype="float32")
     params = [p for p in plain.parameters() if p.requires_grad]
-    batch = _rollouts(vocab)  # the global batch (the same on every rank; micro_batch_plan shares the rows out)
+    batch = random_rollouts(vocab)  # the global batch (the same on every rank; micro_batch_plan shares the rows out)
     _ppo_inputs(ddp_model, batch)
     rows = list(range(batch.rows))
     plan = micro_batch_plan(batch, rows, 512)
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(shared[0])
     try:
         if layout.is_rank0:
-            _checkpoint(args.size, root)
+            checkpoint_of_size(args.size, root)
         parallel.barrier()
         ckpt = root / args.size
         vocab = SIZES[args.size]["vocab_size"]
