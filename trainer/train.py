@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from . import parallel
 from .batch import TrainBatch, build_train_batch
-from .checkpointing import CheckpointManager
+from .checkpointing import CheckpointError, CheckpointManager
 from .config import Config, ConfigError, load_config
 from .data import AssembledBatch, PromptLoader, assemble_step
 from .memory_stats import peak_memory_metrics
@@ -252,6 +252,9 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         history = train(config)
+    except CheckpointError as error:  # an unusable --resume target: one line, nothing overwritten
+        print(f"primeflow train: {error}", file=sys.stderr)
+        return 2
     finally:
         from .verifiers import close_verifiers
 

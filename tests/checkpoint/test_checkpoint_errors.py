@@ -117,3 +117,25 @@ def test_bad_arguments(tmp_path):
         mgr.load(1, models=models, optimizers=opts, schedulers=scheds)
     assert mgr.load(1, models=models, optimizers=opts, schedulers=scheds, rng=False) == {}
     assert not list(mgr.dir.glob(".tmp-*"))  # the failed saves above left nothing behind either
+
+
+def test_resume_auto_refuses_to_start_over_when_every_checkpoint_is_damaged(saved, tmp_path):
+    """Starting fresh would overwrite the run's metrics and checkpoints: with checkpoints present and none
+    usable, `auto` raises naming each one and why (and how to start fresh on purpose)."""
+    mgr, path = saved
+    assert mgr.resolve("auto") == path
+    (path / "model.m.tp00-pp00.pt").write_bytes(b"truncated")
+    with pytest.raises(CheckpointError, match=r"none is usable \(step_7: file model\.m\.tp00-pp00\.pt missing or "
+                                              r"of the wrong size\).*--resume none"):
+        mgr.resolve("auto")
+    assert mgr.resolve("none") is None
+    assert CheckpointManager(tmp_path / "fresh").resolve("auto") is None  # no checkpoints at all: fresh start
+
+
+def test_resume_auto_falls_back_to_the_newest_usable_checkpoint(saved):
+    mgr, path = saved
+    models, opts, scheds = _set(seed=2)
+    newer = mgr.save(9, models=models, optimizers=opts, schedulers=scheds, trainer_state={"k": 9})
+    (newer / "manifest.json").write_text("{")
+    assert mgr.resolve("auto") == path
+    assert [p.name for p, _ in mgr.unusable()] == ["step_9"]

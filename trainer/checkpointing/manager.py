@@ -201,33 +201,47 @@ class CheckpointManager:
     def step_dir(self, step: int) -> Path:
         return self.dir / f"step_{step}"
 
-    def _is_complete(self, path: Path, step: int) -> bool:
-        """Manifest readable, names this step, and every listed file present with its size (no hashing)."""
+    def _problem(self, path: Path, step: int) -> str | None:
+        """Why checkpoint `path` cannot be used (None: manifest readable, names this step, and every listed
+        file present with its size; no hashing)."""
         try:
             manifest = read_manifest(path)
         except CheckpointError as exc:
-            _log.warning("ignoring %s: %s", path, exc)
-            return False
+            return str(exc)
         if manifest["step"] != step:
-            _log.warning("ignoring %s: its manifest says step %s", path, manifest["step"])
-            return False
+            return f"its manifest says step {manifest['step']}"
         for name, entry in manifest["files"].items():
             f = path / name
             if not f.is_file() or f.stat().st_size != entry["size"]:
-                _log.warning("ignoring %s: file %s missing or of the wrong size", path, name)
-                return False
-        return True
+                return f"file {name} missing or of the wrong size"
+        return None
+
+    def _named_step_dirs(self) -> list[tuple[int, Path]]:
+        if not self.dir.is_dir():
+            return []
+        found = [(int(m.group(1)), entry) for entry in self.dir.iterdir()
+                 if (m := _STEP_DIR.match(entry.name)) and entry.is_dir()]
+        return sorted(found)
 
     def steps(self) -> list[int]:
         """Steps with a complete checkpoint, ascending (partial, temporary and foreign entries ignored)."""
-        if not self.dir.is_dir():
-            return []
         found = []
-        for entry in self.dir.iterdir():
-            m = _STEP_DIR.match(entry.name)
-            if m and entry.is_dir() and self._is_complete(entry, int(m.group(1))):
-                found.append(int(m.group(1)))
-        return sorted(found)
+        for step, entry in self._named_step_dirs():
+            problem = self._problem(entry, step)
+            if problem is None:
+                found.append(step)
+            else:
+                _log.warning("ignoring %s: %s", entry, problem)
+        return found
+
+    def unusable(self) -> list[tuple[Path, str]]:
+        """Every `step_<N>` directory that cannot be resumed from, with the reason."""
+        out = []
+        for step, entry in self._named_step_dirs():
+            problem = self._problem(entry, step)
+            if problem is not None:
+                out.append((entry, problem))
+        return out
 
     def latest(self) -> int | None:
         steps = self.steps()
@@ -243,6 +257,12 @@ class CheckpointManager:
             return None
         if resume == "auto":
             step = self.latest()
+            if step is None and (bad := self.unusable()):
+                # starting over would overwrite the run's metrics and checkpoints: never do it silently
+                listed = "; ".join(f"{path.name}: {why}" for path, why in bad)
+                raise CheckpointError(
+                    f"resume='auto': {self.dir} holds checkpoints but none is usable ({listed}). Refusing to "
+                    f"start over on top of them: repair or move them away, or pass --resume none to start fresh")
             return None if step is None else self.step_dir(step)
         if isinstance(resume, bool):
             raise ValueError(f"resume={resume!r}: expected 'auto', 'none', a step number or a path")
