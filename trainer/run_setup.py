@@ -15,7 +15,8 @@ import torch
 from . import parallel
 from .config import Config, dump_yaml
 from .console import RunConsole
-from .data import PromptLoader, PromptRecord, apply_prime_suffix, arithmetic_sft_pairs, arithmetic_task, load_prompts
+from .data import (PromptLoader, PromptRecord, apply_prime_suffix, arithmetic_sft_pairs, arithmetic_task,
+                   drop_long_prompts, load_prompts)
 from .metrics_log import MetricsLogger
 
 
@@ -82,8 +83,19 @@ def prompt_records(config: Config) -> list[PromptRecord]:
     return records
 
 
-def prompt_loader(config: Config) -> PromptLoader:
-    return PromptLoader(prompt_records(config), batch_size=config.data.prompts_per_step, seed=config.train.seed)
+def prompt_loader(config: Config, records: list[PromptRecord], tokenizer, log=print) -> PromptLoader:
+    """The loader over the prompts that fit `data.max_prompt_len` tokens (PRIME's filter_prompts): over-long
+    prompts are dropped here, counted and reported, instead of ending the run when a batch reaches them.
+    Deterministic, so a resumed run sees the same dataset (its fingerprint is unchanged)."""
+    kept, dropped = drop_long_prompts(tokenizer, records, max_prompt_len=config.data.max_prompt_len)
+    if dropped:
+        uid, n = max(dropped, key=lambda d: d[1])
+        log(f"primeflow: dropped {len(dropped)} of {len(records)} prompts longer than data.max_prompt_len="
+            f"{config.data.max_prompt_len} tokens (longest: {uid!r}, {n} tokens)")
+    if not kept:
+        raise ValueError(f"data: every one of the {len(records)} prompts is longer than data.max_prompt_len="
+                         f"{config.data.max_prompt_len} tokens; raise data.max_prompt_len or use shorter prompts")
+    return PromptLoader(kept, batch_size=config.data.prompts_per_step, seed=config.train.seed)
 
 
 def starting_model(run: Run) -> Path:

@@ -26,7 +26,7 @@ from .memory_stats import peak_memory_metrics
 from .models_setup import PrimeModels, build_prime_models
 from .rollout import RolloutEngine, logprob_mismatch
 from .rollout.handoff import after_rollout, refit_and_wake
-from .run_setup import Run, prompt_loader, start_run, starting_model
+from .run_setup import Run, prompt_loader, prompt_records, start_run, starting_model
 from .stages.advantage import advantage_stage
 from .stages.logprobs import batch_logprobs
 from .stages.policy import policy_stage
@@ -175,14 +175,15 @@ def build_trainer(config: Config) -> Trainer:
     from transformers import AutoTokenizer
 
     run = start_run(config)
-    loader = prompt_loader(config)  # bad data fails here, before any model or engine is built
+    records = prompt_records(config)  # bad data fails here, before any model or engine is built
     sft_path = starting_model(run)
+    tokenizer = AutoTokenizer.from_pretrained(str(sft_path))
+    loader = prompt_loader(config, records, tokenizer, log=run.console.print)
     models = build_prime_models(config, sft_path)
     r = config.rollout
     engine = RolloutEngine(sft_path, tp_size=r.tp, dtype=r.dtype, max_model_len=r.max_model_len,
                            seed=config.train.seed, kv_cache_gib=r.kv_cache_gib,
                            gpu_memory_utilization=r.gpu_memory_utilization, enable_sleep=r.sleep_between_steps)
-    tokenizer = AutoTokenizer.from_pretrained(str(sft_path))
     return Trainer(run=run, models=models, engine=engine, rollout=RolloutStage(engine, tokenizer, config),
                    loader=loader, tokenizer=tokenizer,
                    checkpoints=CheckpointManager(run.dir, keep_last=config.train.keep_last))

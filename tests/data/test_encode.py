@@ -92,3 +92,31 @@ def test_tokenizer_without_chat_template(tokenizer):
     tok.chat_template = None
     with pytest.raises(ValueError, match="prompt 'arith:0:0': the tokenizer has no chat_template"):
         encode_prompts(tok, arithmetic_task(1, seed=0), max_prompt_len=100)
+
+
+def test_training_loader_drops_long_prompts_at_load_and_refuses_an_empty_dataset(tokenizer, tmp_path):
+    """A 1,627-token row among short ones once ended a run at the step that drew it (and again on every
+    resume). The trainer's loader now holds only the prompts that fit, and says how many it dropped."""
+    import json
+
+    from primeflow.trainer.config import load_config
+    from primeflow.trainer.run_setup import prompt_loader, prompt_records
+
+    rows = [{"problem": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(40)]
+    rows.insert(17, {"problem": "x " * 800 + "What is 1 + 1?", "answer": "2"})
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = load_config(None, [f"data.train_files=[{data}]", "data.max_prompt_len=128", "data.prompts_per_step=4"])
+    records = prompt_records(config)
+    logged: list[str] = []
+    loader = prompt_loader(config, records, tokenizer, log=logged.append)
+    long_uid = records[17].uid
+    assert len(loader.records) == 40 and long_uid not in {r.uid for r in loader.records}
+    assert len(logged) == 1 and "dropped 1 of 41 prompts longer than data.max_prompt_len=128" in logged[0]
+    assert repr(long_uid) in logged[0]
+    # every fetch of a whole epoch encodes within the limit (what the rollout stage does with each batch)
+    while (batch := loader.fetch()) is not None:
+        encode_prompts(tokenizer, batch, max_prompt_len=128)
+    config.data.max_prompt_len = 5
+    with pytest.raises(ValueError, match="every one of the 41 prompts is longer than data.max_prompt_len=5"):
+        prompt_loader(config, records, tokenizer)
