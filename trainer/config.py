@@ -70,7 +70,8 @@ class FilterConfig:
     enabled: bool = True
     low: float = 0.2                    # keep groups with low <= mean score <= high (inclusive)
     high: float = 0.8
-    max_fetches: int = 8                # dataloader fetches per step before giving up on filling the batch
+    max_fetches: int = 8                # fetches per step before a warning (and data/filter_starved=1); the step
+                                        # keeps fetching until its batch is full or the epoch ends (as PRIME)
 
 
 @dataclass

@@ -71,7 +71,8 @@ def collect_rollouts(t: Trainer, step: int, clock: StageClock) -> AssembledBatch
     with t.run.console.stage("rollout + verify + filter") if cfg.logging.progress else nullcontext():
         assembled = assemble_step(t.loader, t.rollout, prompts_per_step=cfg.data.prompts_per_step,
                                   group_size=cfg.rollout.n, low=cfg.filter.low, high=cfg.filter.high,
-                                  filter_accuracy=cfg.filter.enabled, max_fetches=cfg.filter.max_fetches)
+                                  filter_accuracy=cfg.filter.enabled, max_fetches=cfg.filter.max_fetches,
+                                  on_starved=lambda message: t.run.console.print(f"step {step}: warning: {message}"))
     if not assembled.epoch_ended:
         after_rollout(t.engine, enabled=cfg.rollout.sleep_between_steps)  # vLLM sleeps while training
     return assembled
@@ -113,6 +114,10 @@ def prime_step(t: Trainer, step: int) -> dict[str, float]:
     t0 = time.perf_counter()
     assembled = collect_rollouts(t, step, clock)
     if assembled.epoch_ended:
+        if assembled.n_fetches > 1 or assembled.starved:
+            t.run.console.print(
+                f"step {step}: the epoch ended while the filter was filling the batch: {assembled.n_passed_groups} "
+                f"of {cfg.data.prompts_per_step} groups passed in {assembled.n_fetches} fetches")
         return {}
     metrics.update(assembled.metrics())
     batch = to_train_batch(t, assembled)

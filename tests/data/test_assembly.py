@@ -235,3 +235,28 @@ def test_bad_callback_results(result, match):
     loader = PromptLoader(arithmetic_task(4, seed=0), batch_size=2, seed=0)
     with pytest.raises((TypeError, ValueError), match=match):
         assemble_step(loader, lambda p: result, prompts_per_step=1, group_size=2)
+
+
+def test_starvation_warns_once_and_keeps_fetching_until_the_epoch_ends(seed):
+    """PRIME keeps fetching past a hard batch: with on_starved the step warns once at max_fetches, goes on,
+    and either fills its batch or reports the epoch's end with the groups it had (not a crash)."""
+    recs = arithmetic_task(50, seed=2)
+    warnings: list[str] = []
+    loader = PromptLoader(recs, batch_size=5, seed=seed)
+    b = assemble_step(loader, Scorer(seed, 4, p_easy=1.0, p_hard=0.0), prompts_per_step=2, group_size=4,
+                      max_fetches=3, on_starved=warnings.append)
+    assert b.epoch_ended and b.starved and b.n_fetches == 10 and b.n_passed_groups == 0
+    assert len(warnings) == 1 and "after 3 fetches" in warnings[0] and "still fetching" in warnings[0]
+    assert b.metrics()["data/filter_starved"] == 1.0
+    # a batch that fills after the threshold: kept, flagged, one warning
+    calls = iter(range(100))
+
+    def late(prompts):  # all too easy for 3 fetches, then every group mixed
+        k = next(calls)
+        scores = [1.0] * (4 * len(prompts)) if k < 3 else [float(i % 2) for i in range(4 * len(prompts))]
+        return GroupResults(scores=scores)
+
+    warnings.clear()
+    b = assemble_step(PromptLoader(recs, batch_size=5, seed=seed), late, prompts_per_step=2, group_size=4,
+                      max_fetches=3, on_starved=warnings.append)
+    assert not b.epoch_ended and len(b.records) == 2 and b.starved and b.n_fetches == 4 and len(warnings) == 1

@@ -78,6 +78,7 @@ class AssembledBatch:
     outcome_acc: float
     epoch: int = 0
     fetch_sizes: list[int] = field(default_factory=list)
+    starved: bool = False  # max_fetches was reached (with on_starved) before the batch filled
 
     @property
     def kept_frac(self) -> float:
@@ -93,6 +94,7 @@ class AssembledBatch:
             "data/passed_groups": float(self.n_passed_groups),
             "data/requeued": float(self.n_requeued),
             "data/epoch": float(self.epoch),
+            "data/filter_starved": float(self.starved),
         }
 
 
@@ -118,12 +120,15 @@ def _check_results(res: Any, n_prompts: int, group_size: int) -> tuple[list[floa
 
 def assemble_step(loader: PromptLoader, generate_and_score: GenerateAndScore, *, prompts_per_step: int,
                   group_size: int, low: float = 0.2, high: float = 0.8, filter_accuracy: bool = True,
-                  filter_truncated: bool = False, max_fetches: int | None = None) -> AssembledBatch:
+                  filter_truncated: bool = False, max_fetches: int | None = None,
+                  on_starved: Callable[[str], None] | None = None) -> AssembledBatch:
     """Fetch, generate, filter and refill until ``prompts_per_step`` groups pass (see the module docstring).
 
     filter_accuracy=False keeps every group (plain RLOO batches / no filter). filter_truncated drops a group
-    if any response was truncated (needs ``GroupResults.truncated``). max_fetches: raise
-    FilterStarvationError after that many fetches without a full batch (None: until the epoch ends).
+    if any response was truncated (needs ``GroupResults.truncated``). max_fetches: after that many fetches
+    without a full batch, raise FilterStarvationError, or, with `on_starved`, call it once with the same
+    message and keep fetching until the batch is full or the epoch ends (PRIME's behaviour; the trainer's).
+    None: no limit.
     """
     if not isinstance(prompts_per_step, int) or prompts_per_step < 1:
         raise ValueError(f"prompts_per_step must be an int >= 1, got {prompts_per_step!r}")
@@ -133,20 +138,24 @@ def assemble_step(loader: PromptLoader, generate_and_score: GenerateAndScore, *,
     n_generated = 0
     score_sum = 0.0
     fetch_sizes: list[int] = []
+    starved = False
     while len(kept) < prompts_per_step:
-        if max_fetches is not None and len(fetch_sizes) >= max_fetches:
-            raise FilterStarvationError(
-                f"after {len(fetch_sizes)} fetches ({n_generated} groups, mean score "
-                f"{score_sum / max(1, n_generated * group_size):.3f}) only {len(kept)} of {prompts_per_step} groups "
-                f"passed the filter [{low}, {high}]: the task is too easy or too hard for the policy "
-                "(raise max_fetches, change the data, or widen the bounds)")
+        if max_fetches is not None and len(fetch_sizes) >= max_fetches and not starved:
+            message = (f"after {len(fetch_sizes)} fetches ({n_generated} groups, mean score "
+                       f"{score_sum / max(1, n_generated * group_size):.3f}) only {len(kept)} of {prompts_per_step} "
+                       f"groups passed the filter [{low}, {high}]: the task is too easy or too hard for the policy "
+                       "(raise max_fetches, change the data, or widen the bounds)")
+            if on_starved is None:
+                raise FilterStarvationError(message)
+            on_starved(message + "; still fetching until the batch is full or the epoch ends")
+            starved = True
         prompts = loader.fetch(from_buffer=not fetch_sizes)
         if prompts is None:
             return AssembledBatch(records=[], scores=[], payload=[], origin=[], epoch_ended=True,
                                   n_fetches=len(fetch_sizes), n_generated_groups=n_generated,
                                   n_passed_groups=len(kept), n_requeued=0, n_discarded=len(kept),
                                   outcome_acc=score_sum / (n_generated * group_size) if n_generated else math.nan,
-                                  epoch=loader.epoch - 1, fetch_sizes=fetch_sizes)
+                                  epoch=loader.epoch - 1, fetch_sizes=fetch_sizes, starved=starved)
         fetch_no = len(fetch_sizes)
         fetch_sizes.append(len(prompts))
         flat, payload, truncated = _check_results(generate_and_score(prompts), len(prompts), group_size)
@@ -169,7 +178,7 @@ def assemble_step(loader: PromptLoader, generate_and_score: GenerateAndScore, *,
         origin=[k[3] for k in kept], epoch_ended=False, n_fetches=len(fetch_sizes),
         n_generated_groups=n_generated, n_passed_groups=len(kept) + len(surplus), n_requeued=len(surplus),
         n_discarded=0, outcome_acc=score_sum / (n_generated * group_size), epoch=loader.epoch,
-        fetch_sizes=fetch_sizes)
+        fetch_sizes=fetch_sizes, starved=starved)
 
 
 class BatchAssembler:
