@@ -157,6 +157,10 @@ def save_checkpoint(t: Trainer, step: int) -> None:
 
 def resume(t: Trainer) -> int:
     """Restore the latest (or the requested) checkpoint; returns the last completed step (0 = fresh)."""
+    if t.run.layout.is_rank0:
+        for name in t.checkpoints.remove_leftovers():
+            t.run.console.print(f"removed {name} (left by an interrupted checkpoint save)")
+    parallel.barrier()
     path = t.checkpoints.resolve(t.config.run.resume)
     if path is None:
         # a fresh start (resume=none, or no complete checkpoint yet) in a directory that may hold an older

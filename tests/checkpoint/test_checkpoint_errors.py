@@ -139,3 +139,12 @@ def test_resume_auto_falls_back_to_the_newest_usable_checkpoint(saved):
     (newer / "manifest.json").write_text("{")
     assert mgr.resolve("auto") == path
     assert [p.name for p, _ in mgr.unusable()] == ["step_9"]
+
+
+def test_leftovers_of_interrupted_saves_are_removed_but_checkpoints_kept(saved):
+    mgr, path = saved
+    (mgr.dir / ".tmp-step_8-abc").mkdir()
+    (mgr.dir / ".tmp-step_8-abc" / "model.m.tp00-pp00.pt").write_bytes(b"x" * 1000)
+    (mgr.dir / ".trash-step_3-def").mkdir()
+    assert sorted(mgr.remove_leftovers()) == [".tmp-step_8-abc", ".trash-step_3-def"]
+    assert sorted(p.name for p in mgr.dir.iterdir()) == ["step_7"] and mgr.resolve("auto") == path

@@ -14,7 +14,7 @@ where <rank id> = rank<R>-tp<TT>-pp<PP>-dp<DDD>.
 Atomicity: all ranks write into `checkpoints/.tmp-step_<N>-<nonce>/` (each file fsynced), rank 0 writes the
 manifest, fsyncs the directory, renames it to `step_<N>` and fsyncs `checkpoints/`. A process killed at any
 moment leaves either no `step_<N>` or a complete one; `.tmp-*` / `.trash-*` leftovers are ignored by
-`latest()` and deleted at the next save. Pruning and replacement move a directory to `.trash-*` before
+`latest()` and deleted when a run starts and at the next save. Pruning and replacement move a directory to `.trash-*` before
 deleting it, so a half-deleted checkpoint never carries a valid name.
 
 Every rank must see `run_dir` (a shared filesystem for multi-node runs). Errors on any rank are gathered
@@ -387,12 +387,23 @@ class CheckpointManager:
             dist.barrier()
         return final
 
-    def _prepare(self, step: int) -> Path:
-        """Rank 0: delete leftovers of interrupted saves / deletions, create the temporary directory."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+    def remove_leftovers(self) -> list[str]:
+        """Delete `.tmp-*` / `.trash-*` leftovers of interrupted saves and deletions (never a `step_<N>`);
+        returns their names. Called on rank 0 when a run starts (a save killed by a full disk must not keep
+        the space) and before every save. Nothing else may be writing checkpoints of this run meanwhile."""
+        if not self.dir.is_dir():
+            return []
+        removed = []
         for entry in self.dir.iterdir():
             if entry.name.startswith((".tmp-", ".trash-")):
                 shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry.name)
+        return removed
+
+    def _prepare(self, step: int) -> Path:
+        """Rank 0: delete leftovers of interrupted saves / deletions, create the temporary directory."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.remove_leftovers()
         tmp = self.dir / f".tmp-step_{step}-{secrets.token_hex(6)}"
         tmp.mkdir()
         fsync_dir(self.dir)
