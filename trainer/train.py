@@ -198,12 +198,22 @@ def build_trainer(config: Config) -> Trainer:
                    checkpoints=CheckpointManager(run.dir, keep_last=config.train.keep_last))
 
 
-def train(config: Config) -> list[dict[str, float]]:
+@dataclass
+class TrainOutcome:
+    history: list[dict[str, float]]  # the steps run by this call
+    last_step: int                   # the last completed step of the run (resumed ones included)
+
+
+def train(config: Config) -> TrainOutcome:
     t = build_trainer(config)
     cfg, console, logger = t.config, t.run.console, t.run.logger
     history = []
+    start = 0
     try:
         start = resume(t)
+        if start >= cfg.train.steps:
+            console.print(f"the run is already complete (step {start} of train.steps={cfg.train.steps}); "
+                          f"raise train.steps to continue it")
         for step in range(start + 1, cfg.train.steps + 1):
             metrics = prime_step(t, step)
             if not metrics:
@@ -218,7 +228,7 @@ def train(config: Config) -> list[dict[str, float]]:
     finally:
         close_engine(t.engine)  # also on errors: vLLM must shut down while the process groups exist
     finish(t, history)
-    return history
+    return TrainOutcome(history, history[-1]["step"] if history else start)
 
 
 def finish(t: Trainer, history: list[dict[str, float]]) -> None:
@@ -261,7 +271,7 @@ def main(argv: list[str]) -> int:
         print(f"primeflow train: bad config: {error}", file=sys.stderr)
         return 2
     try:
-        history = train(config)
+        outcome = train(config)
     except CheckpointError as error:  # an unusable --resume target: one line, nothing overwritten
         print(f"primeflow train: {error}", file=sys.stderr)
         return 2
@@ -270,5 +280,6 @@ def main(argv: list[str]) -> int:
 
         close_verifiers()
         parallel.shutdown()
-    return 0 if history or config.train.steps == 0 else 1
+    # 1 only when nothing could be trained (the data ran out before the first step); a complete run is 0
+    return 0 if outcome.history or outcome.last_step >= config.train.steps else 1
 

@@ -126,6 +126,17 @@ def test_single_process_run_writes_the_contract(reference_run):
         "step_1", "step_2", "step_3"]
 
 
+def test_resuming_a_finished_run_exits_0_and_changes_nothing(sft_model, reference_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "finished"
+    shutil.copytree(reference_run, run_dir)
+    proc = _train(sft_model, run_dir, 3, "run.resume=auto")
+    _ok(proc)
+    assert "already complete (step 3 of train.steps=3)" in proc.stdout + proc.stderr
+    assert _metrics(run_dir) == _metrics(reference_run)
+
+
 @pytest.mark.parametrize("fault", ["prm@2", "policy@3"])
 def test_sigkill_mid_step_then_resume_reproduces_the_uninterrupted_run(sft_model, reference_run, tmp_path, fault):
     run_dir = tmp_path / "run"
