@@ -184,7 +184,9 @@ def build_trainer(config: Config) -> Trainer:
     from transformers import AutoTokenizer
 
     run = start_run(config)
-    records = prompt_records(config)  # bad data fails here, before any model or engine is built
+    checkpoints = CheckpointManager(run.dir, keep_last=config.train.keep_last)
+    checkpoints.resolve(config.run.resume)  # a bad --resume fails here, before any model or engine is built
+    records = prompt_records(config)  # bad data too
     sft_path = starting_model(run)
     tokenizer = AutoTokenizer.from_pretrained(str(sft_path))
     loader = prompt_loader(config, records, tokenizer, log=run.console.print)
@@ -195,7 +197,7 @@ def build_trainer(config: Config) -> Trainer:
                            gpu_memory_utilization=r.gpu_memory_utilization, enable_sleep=r.sleep_between_steps)
     return Trainer(run=run, models=models, engine=engine, rollout=RolloutStage(engine, tokenizer, config),
                    loader=loader, tokenizer=tokenizer,
-                   checkpoints=CheckpointManager(run.dir, keep_last=config.train.keep_last))
+                   checkpoints=checkpoints)
 
 
 @dataclass

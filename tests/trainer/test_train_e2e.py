@@ -208,6 +208,12 @@ def test_bad_config_and_missing_model_fail_clearly_and_touch_nothing(tmp_path):
                            f"model.path={tmp_path / 'nope'}"], capture_output=True, text=True, timeout=300,
                           env=_env())
     assert proc.returncode != 0 and "is not an HF checkpoint directory" in proc.stderr
+    # a bad --resume is one line, exit 2, before any model is built (no SFT warm-start started)
+    proc = subprocess.run([sys.executable, "-m", "primeflow", "train", "--set", f"run.dir={run_dir}", "--resume",
+                           "banana"], capture_output=True, text=True, timeout=300, env=_env())
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("primeflow train: resume='banana': expected 'auto'")
+    assert not (run_dir / "sft_model").exists()
 
 
 def test_malformed_data_and_missing_checkpoint_fail_naming_them(sft_model, tmp_path):
