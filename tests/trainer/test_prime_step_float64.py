@@ -202,7 +202,9 @@ def filter_mismatches(seed: int) -> list[str]:
     config.logging.progress = False
     loader = PromptLoader(records, batch_size=8, seed=seed)
     rollout = FakeRollout(scores)
-    t = SimpleNamespace(config=config, loader=loader, rollout=rollout, policy_version=0)
+    quiet = SimpleNamespace(console=SimpleNamespace(print=lambda *args: None))
+    # no vLLM engine: rollout.sleep_between_steps is off, so the hand-off never touches it
+    t = SimpleNamespace(config=config, loader=loader, rollout=rollout, policy_version=0, engine=None, run=quiet)
     try:
         assembled = collect_rollouts(t, 1, StageClock())
     except Exception as error:  # a mutation may make the assembly fail outright: that is a mismatch too
