@@ -234,7 +234,8 @@ def hf_state_dict(model, *, grads: bool = False) -> dict[str, torch.Tensor]:
     (the fp32 accumulation buffer, DP-reduced after finalize_model_grads) rather than `.grad`."""
     from .gpt import unwrap_model
 
-    return _stage_tensors(unwrap_model(model), unwrap_model(model).model_config, grads=grads)
+    inner = unwrap_model(model)
+    return _stage_tensors(inner, inner.model_config, grads=grads)
 
 
 def _stage_tensors(model, cfg: ModelConfig, *, grads: bool = False) -> dict[str, torch.Tensor]:

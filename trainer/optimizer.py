@@ -25,23 +25,21 @@ import torch
 
 from .config import OptimConfig
 
-_DP_OVERLAP_BUCKET = 40_000_000  # elements per bucket (Megatron's default for dp <= 40)
-
-
 def wrap_for_training(model: torch.nn.Module, *, distributed_optimizer: bool, overlap_grad_reduce: bool = True,
-                      grad_reduce_in_fp32: bool = True, bucket_size: int | None = None) -> torch.nn.Module:
+                      grad_reduce_in_fp32: bool = True) -> torch.nn.Module:
     """Float16Module (when the parameters are bf16/fp16) inside megatron-core's DistributedDataParallel.
 
-    Forward through the returned module; checkpoints, export and the refit use `models.unwrap_model(model)`."""
+    Forward through the returned module; checkpoints, export and the refit use `models.unwrap_model(model)`.
+    Bucket size: megatron-core's own default (max(40M, 1M x dp) elements)."""
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
     from megatron.core.transformer.module import Float16Module
 
     config = model.config
     config.calculate_per_token_loss = True  # DP SUM, not mean: shares are scaled by global counts
-    wrapped = Float16Module(config, model) if model.config.bf16 or model.config.fp16 else model
+    wrapped = Float16Module(config, model) if config.bf16 or config.fp16 else model
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=grad_reduce_in_fp32, overlap_grad_reduce=overlap_grad_reduce,
-        use_distributed_optimizer=distributed_optimizer, bucket_size=bucket_size or _DP_OVERLAP_BUCKET)
+        use_distributed_optimizer=distributed_optimizer)
     ddp = DistributedDataParallel(config, ddp_config, wrapped)
     # Megatron's pipeline schedules skip the grad sync on all but the last micro-batch through this hook.
     config.no_sync_func = ddp.no_sync

@@ -16,6 +16,7 @@ import sys
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import parallel
 from .batch import TrainBatch, build_train_batch
@@ -45,6 +46,7 @@ class Trainer:
     loader: PromptLoader
     checkpoints: CheckpointManager
     tokenizer: object
+    resume_from: Path | None = None  # run.resume resolved when the run started (None: a fresh start)
     policy_version: int = 0
 
     @property
@@ -161,7 +163,7 @@ def resume(t: Trainer) -> int:
         for name in t.checkpoints.remove_leftovers():
             t.run.console.print(f"removed {name} (left by an interrupted checkpoint save)")
     parallel.barrier()
-    path = t.checkpoints.resolve(t.config.run.resume)
+    path = t.resume_from
     if path is None:
         # a fresh start (resume=none, or no complete checkpoint yet) in a directory that may hold an older
         # run: its metrics and checkpoints would otherwise mix with this run's
@@ -185,7 +187,7 @@ def build_trainer(config: Config) -> Trainer:
 
     run = start_run(config)
     checkpoints = CheckpointManager(run.dir, keep_last=config.train.keep_last)
-    checkpoints.resolve(config.run.resume)  # a bad --resume fails here, before any model or engine is built
+    resume_from = checkpoints.resolve(config.run.resume)  # a bad --resume fails here, before any model
     records = prompt_records(config)  # bad data too
     sft_path = starting_model(run)
     tokenizer = AutoTokenizer.from_pretrained(str(sft_path))
@@ -197,7 +199,7 @@ def build_trainer(config: Config) -> Trainer:
                            gpu_memory_utilization=r.gpu_memory_utilization, enable_sleep=r.sleep_between_steps)
     return Trainer(run=run, models=models, engine=engine, rollout=RolloutStage(engine, tokenizer, config),
                    loader=loader, tokenizer=tokenizer,
-                   checkpoints=checkpoints)
+                   checkpoints=checkpoints, resume_from=resume_from)
 
 
 @dataclass

@@ -14,8 +14,8 @@ where <rank id> = rank<R>-tp<TT>-pp<PP>-dp<DDD>.
 Atomicity: all ranks write into `checkpoints/.tmp-step_<N>-<nonce>/` (each file fsynced), rank 0 writes the
 manifest, fsyncs the directory, renames it to `step_<N>` and fsyncs `checkpoints/`. A process killed at any
 moment leaves either no `step_<N>` or a complete one; `.tmp-*` / `.trash-*` leftovers are ignored by
-`latest()` and deleted when a run starts and at the next save. Pruning and replacement move a directory to `.trash-*` before
-deleting it, so a half-deleted checkpoint never carries a valid name.
+`latest()` and deleted when a run starts and at the next save. Pruning and replacement move a directory to
+`.trash-*` before deleting it, so a half-deleted checkpoint never carries a valid name.
 
 Every rank must see `run_dir` (a shared filesystem for multi-node runs). Errors on any rank are gathered
 and raised on every rank (with each rank's message), so a failed save/load ends the job instead of
