@@ -2,7 +2,8 @@
 
 Every failure is a ValueError naming the argument and what is allowed. Checks that must read tensor values
 (mask values, prefix masks, outcome range) synchronise a CUDA stream once per call; these ops run once per
-micro-batch or once per step, where one sync is noise next to the model's forward/backward.
+micro-batch or once per step, where one sync is noise next to the model's forward/backward. They are skipped
+where values cannot be read (fake tensors, torch.compile tracing: kernels/_library.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import math
 
 import torch
 
+from ._library import values_readable
 from ._validate import require
 
 
@@ -43,6 +45,8 @@ def check_mask(name: str, mask: torch.Tensor, shape: tuple[int, int]) -> torch.T
     require(not mask.is_complex(), f"{name} must be bool or real-valued 0/1, got dtype {mask.dtype}")
     if mask.dtype == torch.bool:
         return mask
+    if not values_readable(mask):
+        return mask != 0
     require(bool(((mask == 0) | (mask == 1)).all()), f"{name} must contain only 0 and 1 (or be bool)")
     return mask != 0
 
@@ -55,7 +59,7 @@ def check_outcome(name: str, outcome: torch.Tensor, batch: int, *, unit_interval
         f"{name} must have shape [B] = [{batch}] (one score per response row), got {list(outcome.shape)}",
     )
     require(not outcome.is_complex(), f"{name} must be real-valued, got dtype {outcome.dtype}")
-    if unit_interval and outcome.numel():
+    if unit_interval and outcome.numel() and values_readable(outcome):
         bad = (outcome < 0) | (outcome > 1)  # NaN compares False: a NaN label propagates instead of raising
         require(not bool(bad.any()), f"{name} must lie in [0, 1] (a soft BCE label), got values outside")
 
@@ -67,6 +71,8 @@ def check_prefix_mask(name: str, valid_BT: torch.Tensor) -> None:
     `mask.sum() - 1` (only right for a prefix mask), every row needs a position for it, and the per-response
     mean reward of the leave-one-out baseline divides by the row's valid count.
     """
+    if not values_readable(valid_BT):
+        return
     require(
         bool(valid_BT[:, 0].all()),
         f"{name}: every row needs at least one valid token at position 0 (responses are right-padded; "

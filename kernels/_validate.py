@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from ._library import values_readable
+
 
 def require(condition: bool, message: str) -> None:
     if not condition:
@@ -22,14 +24,15 @@ def check_labels(name: str, labels: torch.Tensor, n_rows: int, vocab_size: int |
     """labels: int64 [N] on the same device, every id in [0, vocab_size) when vocab_size is given.
 
     The range check reads labels' min/max, which synchronises a CUDA stream once per call; an out-of-range
-    id would otherwise be an out-of-bounds read inside the kernel.
+    id would otherwise be an out-of-bounds read inside the kernel. It is skipped where values cannot be read
+    (fake tensors, torch.compile tracing: kernels/_library.py).
     """
     require(isinstance(labels, torch.Tensor), f"{name} must be a torch.Tensor, got {type(labels).__name__}")
     require(labels.dtype == torch.int64, f"{name} must be int64, got dtype {labels.dtype}")
     require(labels.dim() == 1 and labels.shape[0] == n_rows,
             f"{name} must have shape [{n_rows}] (one id per logits row), got {tuple(labels.shape)}")
     require(labels.device == device, f"{name} is on {labels.device} but logits are on {device}")
-    if vocab_size is not None and labels.numel() > 0:
+    if vocab_size is not None and labels.numel() > 0 and values_readable(labels):
         lo, hi = int(labels.min()), int(labels.max())
         require(lo >= 0 and hi < vocab_size,
                 f"{name} must lie in [0, {vocab_size}) (the vocabulary), got values in [{lo}, {hi}]")

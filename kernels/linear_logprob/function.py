@@ -9,25 +9,23 @@ here (inside the op, unlike verl) so callers get the full dhidden.
 
 from __future__ import annotations
 
-from types import ModuleType
-
 import torch
 import torch.distributed as dist
 
 from ..vocab_parallel import all_gather_merge, local_labels, vocab_shard_offset
-from . import cpu
+from . import custom_ops
 
 
 class LinearTokenLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden_NH, weight_VH, labels_N, temperature: float, with_entropy: bool,
-                tp_group: dist.ProcessGroup | None, impl: ModuleType):
+                tp_group: dist.ProcessGroup | None, impl: str):
         labels_local_N = labels_N
         if tp_group is not None:
             offset, _ = vocab_shard_offset(weight_VH.shape[0], tp_group)
             labels_local_N = local_labels(labels_N, offset, weight_VH.shape[0])
-        m_N, ls_N, ent_N, zt_N = impl.linear_stats(hidden_NH, weight_VH, labels_local_N, temperature,
-                                                   with_entropy)
+        m_N, ls_N, ent_N, zt_N = custom_ops.linear_stats(hidden_NH, weight_VH, labels_local_N, temperature,
+                                                         with_entropy, impl)
         if tp_group is not None:
             m_N, ls_N, ent_N, zt_N = all_gather_merge(m_N, ls_N, ent_N, zt_N, tp_group)
         ctx.save_for_backward(hidden_NH, weight_VH, labels_local_N, m_N, ls_N, ent_N)
@@ -43,12 +41,9 @@ class LinearTokenLogprobs(torch.autograd.Function):
             return None, None, None, None, None, None, None
         if grad_logp_N is None:
             grad_logp_N = torch.zeros_like(m_N)
-        rows, cols = ctx.impl.grad_chunking(hidden_NH.shape[0], hidden_NH.device)
-        dh_NH, dw_VH = cpu.linear_grad(
-            ctx.impl.dz_fn, rows, cols, grad_logp_N.float().contiguous(),
-            None if grad_ent_N is None else grad_ent_N.float().contiguous(), hidden_NH, weight_VH,
-            labels_local_N, m_N, ls_N, ent_N, ctx.temperature, need_dh, need_dw,
-            dz_dtype=ctx.impl.dz_dtype(hidden_NH.dtype, hidden_NH.device))
+        dh_NH, dw_VH = custom_ops.linear_grad(
+            grad_logp_N.float().contiguous(), None if grad_ent_N is None else grad_ent_N.float().contiguous(),
+            hidden_NH, weight_VH, labels_local_N, m_N, ls_N, ent_N, ctx.temperature, need_dh, need_dw, ctx.impl)
         if need_dh:
             if ctx.tp_group is not None:
                 dist.all_reduce(dh_NH, group=ctx.tp_group)  # each rank saw only its vocab shard

@@ -10,7 +10,6 @@ import torch
 import torch.distributed as dist
 
 from .._backend import Backend, triton_or_torch
-from . import cpu, triton_op
 from .function import LinearTokenLogprobs
 from .validate import check_linear_inputs
 
@@ -36,7 +35,7 @@ def linear_token_logprobs(
     Logits are fp32 accumulations of the input dtype; results are deterministic run to run.
     """
     check_linear_inputs(hidden, weight, labels, temperature, tp_group)
-    impl = triton_op if linear_token_logprobs_backend(hidden) is Backend.TRITON else cpu
+    impl = "triton" if linear_token_logprobs_backend(hidden) is Backend.TRITON else "cpu"
     hidden_NH = hidden if hidden.stride(-1) == 1 else hidden.contiguous()
     weight_VH = weight if weight.stride(-1) == 1 else weight.contiguous()
     return LinearTokenLogprobs.apply(hidden_NH, weight_VH, labels.contiguous(), float(temperature),

@@ -10,7 +10,7 @@ import torch.distributed as dist
 
 from .._backend import Backend, select_backend, triton_or_torch
 from .._validate import check_float_matrix, check_labels, check_temperature
-from . import ref, torch_op, triton_op
+from . import ref
 from .function import ShardedTokenLogprobs
 
 HAS_TRITON_KERNEL = True  # kernel.py / triton_op.py
@@ -96,7 +96,7 @@ def _sharded_or_triton(logits: torch.Tensor, labels: torch.Tensor, temperature: 
     if tp_group is not None:
         vocab = logits.shape[1] * dist.get_world_size(tp_group)  # labels are global ids
     check_labels("labels", labels, logits.shape[0], vocab, logits.device)
-    impl = triton_op if backend is Backend.TRITON else torch_op
+    impl = "triton" if backend is Backend.TRITON else "torch"
     logits_NV = logits if logits.stride(-1) == 1 else logits.contiguous()
     return ShardedTokenLogprobs.apply(logits_NV, labels.contiguous(), float(temperature), return_entropy,
                                       tp_group, impl)

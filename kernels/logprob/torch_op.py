@@ -63,7 +63,8 @@ def token_grad(grad_logp_N: torch.Tensor, grad_ent_N: torch.Tensor | None, logit
     inv_t = 1.0 / temperature
     grad_NV = torch.empty_like(logits_NV)
     for lo, hi in _row_chunks(n_rows, vocab):
-        log_p_CV = logits_NV[lo:hi].float().mul_(inv_t).sub_(m_N[lo:hi, None]).sub_(ls_N[lo:hi, None])
+        # out of place first: for fp32 logits .float() is the saved tensor itself, which mul_ would overwrite
+        log_p_CV = (logits_NV[lo:hi].float() * inv_t).sub_(m_N[lo:hi, None]).sub_(ls_N[lo:hi, None])
         p_CV = torch.exp(log_p_CV)
         dz_CV = p_CV * (-grad_logp_N[lo:hi, None])
         if grad_ent_N is not None:

@@ -15,6 +15,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .._backend import Backend, triton_or_torch
+from .._library import absent, qualified
 from .._rl_validate import validate_ppo_args
 from .ref import PPOStats
 
@@ -63,7 +64,9 @@ def _row_weights(valid_BT: torch.Tensor, agg: str) -> tuple[torch.Tensor, torch.
     n_B = valid_BT.sum(-1, dtype=torch.float32)
     n_valid = n_B.sum()
     if agg == "token-mean":
-        w_B = (1.0 / n_valid.clamp(min=1.0)).expand(n_B.shape[0]).contiguous()
+        # ones / n rather than (1 / n).expand(B).contiguous(): the same values, and a copy of an expanded
+        # tensor has no fake-CUDA kernel in a CPU-only torch (tests/kernels/test_custom_ops.py traces this)
+        w_B = torch.ones_like(n_B) / n_valid.clamp(min=1.0)
     else:
         n_rows = (n_B > 0).sum(dtype=torch.float32).clamp(min=1.0)
         w_B = 1.0 / (n_B.clamp(min=1.0) * n_rows)
@@ -74,9 +77,10 @@ class _PPOClipLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logp, old_logp, advantages, valid_BT, w_B, clip, use_triton):
         need_grad = ctx.needs_input_grad[0]
-        fwd = _forward_triton if use_triton else _forward_torch
-        loss, clip_count, kl_sum, grad_BT = fwd(logp, old_logp, advantages, valid_BT, w_B, clip, need_grad)
-        ctx.grad_BT = grad_BT
+        sums_3, grad_BT = ppo_clip_forward(logp, old_logp, advantages, valid_BT, w_B, clip, need_grad,
+                                           use_triton)
+        loss, clip_count, kl_sum = sums_3.unbind()
+        ctx.save_for_backward(grad_BT)
         ctx.logp_dtype = logp.dtype
         ctx.mark_non_differentiable(clip_count, kl_sum)
         return loss, clip_count, kl_sum
@@ -84,8 +88,26 @@ class _PPOClipLoss(torch.autograd.Function):
     @staticmethod
     @once_differentiable  # the saved gradient is a constant: no double backward
     def backward(ctx, grad_loss, _grad_clip_count, _grad_kl_sum):
-        grad_logp = (ctx.grad_BT * grad_loss).to(ctx.logp_dtype)  # out of place: backward may run twice
+        (grad_BT,) = ctx.saved_tensors
+        grad_logp = (grad_BT * grad_loss).to(ctx.logp_dtype)  # out of place: backward may run twice
         return grad_logp, None, None, None, None, None, None
+
+
+@torch.library.custom_op(qualified("ppo_clip_forward"), mutates_args=())
+def ppo_clip_forward(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, valid_BT: torch.Tensor,
+                     w_B: torch.Tensor, clip: float, need_grad: bool, use_triton: bool
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fp32 [3] = (loss, clipped-token count, sum(old - logp)), d(loss)/d(logp) fp32 [B, T], or [0] when
+    not need_grad): one pass over the inputs, Triton or torch."""
+    fwd = _forward_triton if use_triton else _forward_torch
+    loss, clip_count, kl_sum, grad_BT = fwd(logp, old_logp, advantages, valid_BT, w_B, clip, need_grad)
+    return torch.stack((loss, clip_count, kl_sum)), grad_BT if need_grad else absent(logp)
+
+
+@ppo_clip_forward.register_fake
+def _(logp, old_logp, advantages, valid_BT, w_B, clip, need_grad, use_triton):
+    grad_BT = logp.new_empty(logp.shape, dtype=torch.float32) if need_grad else absent(logp)
+    return logp.new_empty(3, dtype=torch.float32), grad_BT
 
 
 def _forward_torch(logp, old_logp, advantages, valid_BT, w_B, clip, need_grad):

@@ -19,11 +19,18 @@ import torch
 import triton
 
 from .._backend import Backend, triton_or_torch
+from .._library import absent, qualified
 from ..linear_logprob import cpu as linear_cpu
 from ..linear_logprob.triton_op import _dot_fp32, tile_config
 from ..logprob import torch_op as logits_cpu
-from .kernel import prime_rewards_kernel, prime_rewards_seq_kernel
+from . import kernel
 from .types import ModelInput, PrimeLogprobs, check_prime_inputs
+
+# What both paths return: (log-probs fp32 [3, N] in the order policy (0 without one), PRM, reference;
+# reward fp32 [N]; seq_reward_sum fp32 [S]; seq_valid_count int64 [S]), the last two [0] without cu_seqlens.
+# One [3, N] buffer rather than three outputs: the kernel writes it as one, and a custom op's outputs must not
+# be views of each other.
+Pieces = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def prime_token_rewards_backend(labels: torch.Tensor) -> Backend:
@@ -87,7 +94,7 @@ def _finish_seq_sums(head_sum, head_cnt, start_sum, start_cnt, seq_N, cu_seqlens
     return seq_sum, seq_cnt
 
 
-def _triton(labels, prm, ref, policy, beta, mask, cu_seqlens) -> PrimeLogprobs:
+def _triton(labels, prm, ref, policy, beta, mask, cu_seqlens) -> Pieces:
     n_rows = labels.shape[0]
     dev = labels.device
     logp_3N = torch.zeros((3, n_rows), dtype=torch.float32, device=dev)
@@ -104,8 +111,8 @@ def _triton(labels, prm, ref, policy, beta, mask, cu_seqlens) -> PrimeLogprobs:
     n_tiles = triton.cdiv(n_rows, cfg["BLOCK_N"])
     if cu_seqlens is None:
         if n_rows:
-            prime_rewards_kernel[(n_tiles,)](labels, mask_N, logp_3N, reward_N, *models, **meta)
-        return PrimeLogprobs(logp_3N[0] if policy is not None else None, logp_3N[1], logp_3N[2], reward_N)
+            kernel.prime_rewards_kernel[(n_tiles,)](labels, mask_N, logp_3N, reward_N, *models, **meta)
+        return logp_3N, reward_N, absent(reward_N), reward_N.new_empty(0, dtype=torch.int64)
     n_seqs = cu_seqlens.shape[0] - 1
     seq_N = _seq_ids(cu_seqlens, n_rows)
     head_sum = torch.zeros(n_tiles, dtype=torch.float32, device=dev)
@@ -113,12 +120,11 @@ def _triton(labels, prm, ref, policy, beta, mask, cu_seqlens) -> PrimeLogprobs:
     start_sum = torch.zeros(n_seqs, dtype=torch.float32, device=dev)
     start_cnt = torch.zeros(n_seqs, dtype=torch.int32, device=dev)
     if n_rows:
-        prime_rewards_seq_kernel[(n_tiles,)](labels, mask_N, logp_3N, reward_N, seq_N.to(torch.int32),
+        kernel.prime_rewards_seq_kernel[(n_tiles,)](labels, mask_N, logp_3N, reward_N, seq_N.to(torch.int32),
                                              head_sum, head_cnt, start_sum, start_cnt, *models, **meta)
     seq_sum, seq_cnt = _finish_seq_sums(head_sum, head_cnt, start_sum, start_cnt, seq_N, cu_seqlens,
                                         cfg["BLOCK_N"])
-    return PrimeLogprobs(logp_3N[0] if policy is not None else None, logp_3N[1], logp_3N[2], reward_N,
-                         seq_sum, seq_cnt)
+    return logp_3N, reward_N, seq_sum, seq_cnt
 
 
 def _cpu_pieces(model: ModelInput, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -147,21 +153,49 @@ def _cpu_seq_sums(reward_N: torch.Tensor, mask: torch.Tensor | None,
     return seq_sum, csum[cu[1:]] - csum[cu[:-1]]
 
 
-def _cpu(labels, prm, ref, policy, beta, mask, cu_seqlens) -> PrimeLogprobs:
+def _cpu(labels, prm, ref, policy, beta, mask, cu_seqlens) -> Pieces:
     zt_prm, m_prm, ls_prm = _cpu_pieces(prm, labels)
     zt_ref, m_ref, ls_ref = _cpu_pieces(ref, labels)
     reward_N = beta * (((zt_prm - m_prm) - (zt_ref - m_ref)) - (ls_prm - ls_ref))  # grouping: see kernel.py
     if mask is not None:
         reward_N = torch.where(mask != 0, reward_N, torch.zeros_like(reward_N))
-    policy_logp = None
+    policy_logp = torch.zeros_like(reward_N)
     if policy is not None:
         zt_pol, m_pol, ls_pol = _cpu_pieces(policy, labels)
         policy_logp = (zt_pol - m_pol) - ls_pol
-    seq_sum = seq_cnt = None
-    if cu_seqlens is not None:
-        seq_sum, seq_cnt = _cpu_seq_sums(reward_N, mask, cu_seqlens)
-    return PrimeLogprobs(policy_logp, (zt_prm - m_prm) - ls_prm, (zt_ref - m_ref) - ls_ref, reward_N,
-                         seq_sum, seq_cnt)
+    logp_3N = torch.stack((policy_logp, (zt_prm - m_prm) - ls_prm, (zt_ref - m_ref) - ls_ref))
+    if cu_seqlens is None:
+        return logp_3N, reward_N, absent(reward_N), reward_N.new_empty(0, dtype=torch.int64)
+    seq_sum, seq_cnt = _cpu_seq_sums(reward_N, mask, cu_seqlens)
+    return logp_3N, reward_N, seq_sum, seq_cnt
+
+
+def _model(first: torch.Tensor, weight: torch.Tensor | None) -> ModelInput:
+    return first if weight is None else (first, weight)
+
+
+@torch.library.custom_op(qualified("prime_token_rewards"), mutates_args=())
+def _prime_token_rewards(labels: torch.Tensor, prm: torch.Tensor, prm_weight: torch.Tensor | None,
+                         ref: torch.Tensor, ref_weight: torch.Tensor | None, policy: torch.Tensor | None,
+                         policy_weight: torch.Tensor | None, beta: float, mask: torch.Tensor | None,
+                         cu_seqlens: torch.Tensor | None, use_triton: bool) -> Pieces:
+    """A model is its logits (weight None) or (hidden, weight); see `Pieces` for the outputs."""
+    path = _triton if use_triton else _cpu
+    return path(labels, _model(prm, prm_weight), _model(ref, ref_weight),
+                None if policy is None else _model(policy, policy_weight), beta, mask, cu_seqlens)
+
+
+@_prime_token_rewards.register_fake
+def _(labels, prm, prm_weight, ref, ref_weight, policy, policy_weight, beta, mask, cu_seqlens, use_triton):
+    n_rows = labels.shape[0]
+    n_seqs = 0 if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    f32 = dict(dtype=torch.float32, device=labels.device)
+    return (torch.empty(3, n_rows, **f32), torch.empty(n_rows, **f32), torch.empty(n_seqs, **f32),
+            torch.empty(n_seqs, dtype=torch.int64, device=labels.device))
+
+
+def _split(model: ModelInput) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return (model, None) if isinstance(model, torch.Tensor) else (model[0], model[1])
 
 
 @torch.no_grad()
@@ -183,6 +217,11 @@ def prime_token_rewards(labels: torch.Tensor, *, prm: ModelInput, ref: ModelInpu
     fall (its offset in the batch), so, unlike the per-token outputs, it is not batch-invariant bitwise."""
     check_prime_inputs(labels, prm, ref, policy, beta, mask, cu_seqlens)
     labels_N = labels.contiguous()
-    if prime_token_rewards_backend(labels_N) is Backend.TRITON:
-        return _triton(labels_N, prm, ref, policy, beta, mask, cu_seqlens)
-    return _cpu(labels_N, prm, ref, policy, beta, mask, cu_seqlens)
+    policy_args = (None, None) if policy is None else _split(policy)
+    logp_3N, reward_N, seq_sum, seq_cnt = _prime_token_rewards(
+        labels_N, *_split(prm), *_split(ref), *policy_args, float(beta), mask, cu_seqlens,
+        prime_token_rewards_backend(labels_N) is Backend.TRITON)
+    policy_logp, prm_logp, ref_logp = logp_3N.unbind()  # unbind, not [k]: select has no fake-CUDA kernel
+    has_seqs = cu_seqlens is not None
+    return PrimeLogprobs(policy_logp if policy is not None else None, prm_logp, ref_logp, reward_N,
+                         seq_sum if has_seqs else None, seq_cnt if has_seqs else None)

@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import torch
 
+from .._library import values_readable
 from .._validate import check_labels, require
 
 # A model is given either as logits [N, V] or as (hidden [N, H], lm_head weight [V, H]).
@@ -66,6 +67,8 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, n_rows: int, device: torch.device
     require(cu_seqlens.dtype in (torch.int32, torch.int64),
             f"cu_seqlens must be int32 or int64, got dtype {cu_seqlens.dtype}")
     require(cu_seqlens.device == device, f"cu_seqlens is on {cu_seqlens.device} but labels are on {device}")
+    if not values_readable(cu_seqlens):
+        return
     cu = cu_seqlens.to("cpu", torch.int64)
     require(int(cu[0]) == 0 and int(cu[-1]) == n_rows,
             f"cu_seqlens must start at 0 and end at N={n_rows} (the number of labels), "

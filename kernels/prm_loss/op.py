@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .._backend import Backend, triton_or_torch
+from .._library import qualified
 from .._rl_validate import validate_prm_ce_args
 
 # Positions per program: a whole 2k-token row in one tile; grid (T tiles, B) keeps short micro-batches wide.
@@ -50,13 +51,13 @@ def prm_ce_loss(
 class _PRMCELoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, prm_logp, ref_logp, valid_BT, outcome, beta, use_triton):
-        row_sum_B = (_row_sums_triton if use_triton else _row_sums_torch)(prm_logp, ref_logp, valid_BT)
+        row_sum_B = prm_logratio_row_sums(prm_logp, ref_logp, valid_BT, use_triton)
         reward_B = beta * row_sum_B
         o_B = outcome.float()
         loss = -(o_B * F.logsigmoid(reward_B) + (1.0 - o_B) * F.logsigmoid(-reward_B)).mean()
         # d loss / d R_b = (sigmoid(R_b) - o_b) / B; d R_b / d prm_logp[b, t] = beta on valid tokens.
-        ctx.coef_B = beta * (torch.sigmoid(reward_B) - o_B) / reward_B.shape[0]
-        ctx.save_for_backward(valid_BT)
+        coef_B = beta * (torch.sigmoid(reward_B) - o_B) / reward_B.shape[0]
+        ctx.save_for_backward(valid_BT, coef_B)
         ctx.prm_dtype = prm_logp.dtype
         ctx.use_triton = use_triton
         return loss
@@ -64,13 +65,34 @@ class _PRMCELoss(torch.autograd.Function):
     @staticmethod
     @once_differentiable  # built from saved constants (per-row coefficients): no double backward
     def backward(ctx, grad_loss):
-        (valid_BT,) = ctx.saved_tensors
-        coef_B = (ctx.coef_B * grad_loss).contiguous()
-        if ctx.use_triton:
-            grad = _grad_triton(valid_BT, coef_B, ctx.prm_dtype)
-        else:
-            grad = torch.where(valid_BT, coef_B[:, None], 0.0).to(ctx.prm_dtype)
-        return grad, None, None, None, None, None
+        valid_BT, coef_B = ctx.saved_tensors
+        grad = prm_ce_grad(valid_BT, (coef_B * grad_loss).contiguous(), ctx.use_triton)
+        return grad.to(ctx.prm_dtype), None, None, None, None, None
+
+
+@torch.library.custom_op(qualified("prm_logratio_row_sums"), mutates_args=())
+def prm_logratio_row_sums(prm_logp: torch.Tensor, ref_logp: torch.Tensor, valid_BT: torch.Tensor,
+                          use_triton: bool) -> torch.Tensor:
+    """sum over valid t of (prm_logp - ref_logp) per row, fp32 [B]."""
+    return (_row_sums_triton if use_triton else _row_sums_torch)(prm_logp, ref_logp, valid_BT)
+
+
+@prm_logratio_row_sums.register_fake
+def _(prm_logp, ref_logp, valid_BT, use_triton):
+    return prm_logp.new_empty(prm_logp.shape[0], dtype=torch.float32)
+
+
+@torch.library.custom_op(qualified("prm_ce_grad"), mutates_args=())
+def prm_ce_grad(valid_BT: torch.Tensor, coef_B: torch.Tensor, use_triton: bool) -> torch.Tensor:
+    """d(loss)/d(prm_logp) fp32 [B, T]: the row's coefficient on its valid tokens, 0 elsewhere."""
+    if use_triton:
+        return _grad_triton(valid_BT, coef_B)
+    return torch.where(valid_BT, coef_B[:, None], 0.0)
+
+
+@prm_ce_grad.register_fake
+def _(valid_BT, coef_B, use_triton):
+    return coef_B.new_empty(valid_BT.shape, dtype=torch.float32)
 
 
 def _row_sums_torch(prm_logp, ref_logp, valid_BT):
@@ -100,16 +122,16 @@ def _row_sums_triton(prm_logp, ref_logp, valid_BT):
     return part.sum(-1)
 
 
-def _grad_triton(valid_BT, coef_B, dtype):
+def _grad_triton(valid_BT, coef_B):
     import triton
 
     from .kernel import prm_grad_kernel
 
     B, T = valid_BT.shape
     m = valid_BT.contiguous().view(torch.uint8)
-    # fp32 out, cast by torch: Triton 3.9's interpreter truncates fp32->bf16 stores (even with
+    # fp32 out, cast by torch (the caller): Triton 3.9's interpreter truncates fp32->bf16 stores (even with
     # fp_downcast_rounding="rtne"), which would break the bf16 tests; log-probs are fp32 in practice anyway.
     grad = torch.empty(B, T, dtype=torch.float32, device=valid_BT.device)
     BT = _block_t(T)
     prm_grad_kernel[(triton.cdiv(T, BT), B)](m, coef_B, grad, T, m.stride(0), grad.stride(0), BT=BT)
-    return grad.to(dtype)
+    return grad

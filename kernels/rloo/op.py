@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from .._backend import Backend, triton_or_torch
+from .._library import qualified
 from .._rl_validate import validate_rloo_args
 from . import ref
 from .ref import BATCH_NORM_EPS, WHITEN_EPS
@@ -79,19 +80,26 @@ def rloo_advantages(
         process_coef=process_coef,
         outcome_coef=outcome_coef,
     )
-    kwargs = dict(
-        group_size=group_size,
-        gamma_process=float(gamma_process),
-        gamma_outcome=float(gamma_outcome),
-        reward_norm=reward_norm,
-        form=form,
-        whiten=whiten,
-        process_coef=float(process_coef),
-        outcome_coef=float(outcome_coef),
-    )
-    if rloo_advantages_backend(token_rewards) is Backend.TRITON:
-        return rloo_advantages_triton(token_rewards, outcome, valid_BT, **kwargs)
-    return rloo_advantages_torch(token_rewards, outcome, valid_BT, **kwargs)
+    return _rloo_advantages(token_rewards, outcome, valid_BT, group_size, float(gamma_process),
+                            float(gamma_outcome), reward_norm, form, whiten, float(process_coef),
+                            float(outcome_coef), rloo_advantages_backend(token_rewards) is Backend.TRITON)
+
+
+@torch.library.custom_op(qualified("rloo_advantages"), mutates_args=())
+def _rloo_advantages(token_rewards: torch.Tensor, outcome: torch.Tensor, valid_BT: torch.Tensor, group_size: int,
+                     gamma_process: float, gamma_outcome: float, reward_norm: str, form: str, whiten: bool,
+                     process_coef: float, outcome_coef: float, use_triton: bool) -> torch.Tensor:
+    """The advantages fp32 [B, T] of validated inputs, by the Triton or the torch path."""
+    path = rloo_advantages_triton if use_triton else rloo_advantages_torch
+    return path(token_rewards, outcome, valid_BT, group_size=group_size, gamma_process=gamma_process,
+                gamma_outcome=gamma_outcome, reward_norm=reward_norm, form=form, whiten=whiten,
+                process_coef=process_coef, outcome_coef=outcome_coef)
+
+
+@_rloo_advantages.register_fake
+def _(token_rewards, outcome, valid_BT, group_size, gamma_process, gamma_outcome, reward_norm, form, whiten,
+      process_coef, outcome_coef, use_triton):
+    return token_rewards.new_empty(token_rewards.shape, dtype=torch.float32)
 
 
 def _loo_coefficients(

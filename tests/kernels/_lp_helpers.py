@@ -30,7 +30,7 @@ def ensure_interpreter() -> None:
     if type(lp_kernel.token_stats_fwd_kernel).__name__ == "InterpretedFunction":
         return
     for name in ("linear_logprob.kernel", "logprob.kernel", "prime_rewards.kernel",
-                 "linear_logprob.triton_op", "logprob.triton_op", "prime_rewards.op"):
+                 "linear_logprob.triton_op", "logprob.triton_op"):
         importlib.reload(sys.modules[f"primeflow.kernels.{name}"])
 
 

@@ -6,6 +6,11 @@ A batch built on the host and moved once with `TrainBatch.to(device)` must be pa
 (tokens, labels, positions, cu_seqlens), unpacked and gathered into response columns entirely on that
 device, with no device read-back: the layout comes from the batch's host integers.
 
+The per-micro-batch loss shares (PPO, PRM CE) and the PRM's token rewards run on fake CUDA too: the kernels are
+custom ops with fake implementations (kernels/_library.py), and the shares index rows with device index
+tensors, never with Python lists (a synchronous host copy per micro-batch). Forward only: a CPU-only torch
+cannot build an autograd graph on (fake) CUDA tensors; the backward's device placement follows the forward's.
+
 Not covered here: the Megatron forward itself on fake CUDA. On a CPU-only machine the CPU shim
 (models/compat.py) maps Megatron's `torch.cuda.current_device()` allocations (RoPE frequencies) to the CPU,
 and megatron-core 0.16.1's local THD RoPE reads `cu_seqlens` back to the host once per layer; fake mode
@@ -21,7 +26,10 @@ import pytest
 import torch
 from primeflow.models import logprobs as packed_io
 from primeflow.trainer.batch import response_columns
+from primeflow.trainer.config import Config
 from primeflow.trainer.stages.logprobs import micro_batch_plan, micro_batch_tensors
+from primeflow.trainer.stages.policy import ppo_micro_loss
+from primeflow.trainer.stages.prm import prm_micro_loss, token_rewards
 from torch._subclasses.fake_tensor import FakeTensorDeviceMismatchError, FakeTensorMode
 
 _spec = importlib.util.spec_from_file_location("_stage_helpers", Path(__file__).with_name("stage_helpers.py"))
@@ -82,3 +90,43 @@ def test_reading_device_values_on_the_host_is_caught(fake):
     with fake, pytest.raises(Exception, match="nonzero|local_scalar_dense|data-dependent|DynamicOutputShape"):
         batch = host.to(CUDA)
         packed_io.pack_padded(batch.input_ids, batch.attention_mask)
+
+
+def _batch_with_stage_outputs(host, device: torch.device, *, host_extra: str | None = None):
+    """The moved batch with the tensors earlier stages leave in `extra` (made on `device`, except
+    `host_extra`, which stays on the host as a misplaced stage output would)."""
+    batch = host.to(device)
+    shape = batch.response_mask.shape
+    for name in ("old_logp", "advantages", "ref_logp"):
+        batch.extra[name] = torch.randn(shape, device="cpu" if name == host_extra else device)
+    return batch
+
+
+def _loss_shares(batch, rows: list[int]):
+    config = Config()
+    logp = torch.randn(len(rows), batch.response_mask.shape[1], device=batch.device)
+    clipped = torch.zeros(1, dtype=torch.float64, device=batch.device)
+    pg = ppo_micro_loss(None, batch, config, rows, clipped).share(rows, logp)
+    record = torch.zeros(batch.response_mask.shape, device=batch.device)
+    prm = prm_micro_loss(batch, batch.extra["ref_logp"], config, rows, record).share(rows, logp)
+    rewards = token_rewards(record, batch.extra["ref_logp"], batch.response_mask, beta=0.05, granularity="whole")
+    return pg, prm, clipped, record, rewards
+
+
+def test_loss_shares_and_token_rewards_stay_on_the_device_without_host_reads(fake):
+    host = helpers.random_rollouts(1)
+    with fake:
+        batch = _batch_with_stage_outputs(host, CUDA)
+        outputs = _loss_shares(batch, [5, 0, 7])
+    for t in outputs:
+        assert t.device == CUDA
+    pg, prm, _, record, rewards = outputs
+    assert pg.shape == prm.shape == ()
+    assert record.shape == rewards.shape == batch.response_mask.shape
+
+
+@pytest.mark.parametrize("host_extra", ["old_logp", "advantages", "ref_logp"])
+def test_a_stage_output_left_on_the_host_fails_the_loss_shares(fake, host_extra):
+    host = helpers.random_rollouts(1)
+    with fake, pytest.raises((ValueError, FakeTensorDeviceMismatchError), match="on cpu|cpu"):
+        _loss_shares(_batch_with_stage_outputs(host, CUDA, host_extra=host_extra), [5, 0, 7])

@@ -10,7 +10,7 @@ from primeflow.kernels import ppo_clip_loss
 from ..batch import TrainBatch
 from ..config import Config
 from ..models_setup import PrimeModels
-from .logprobs import all_rows_sum, micro_batch_plan
+from .logprobs import all_rows_sum, micro_batch_plan, row_index
 from .optim_step import MicroLoss, chunks, minibatch_step
 
 
@@ -33,8 +33,9 @@ def ppo_micro_loss(policy: torch.nn.Module, batch: TrainBatch, config: Config, m
     total = max(_normaliser(batch, minibatch_rows, ppo.agg), 1.0)
 
     def share(micro: list[int], logp: torch.Tensor) -> torch.Tensor:
-        loss, stats = ppo_clip_loss(logp, old[micro], adv[micro], mask[micro], clip=ppo.clip, agg=ppo.agg,
-                                    return_stats=True)
+        idx = row_index(micro, logp)
+        loss, stats = ppo_clip_loss(logp, old.index_select(0, idx), adv.index_select(0, idx),
+                                    mask.index_select(0, idx), clip=ppo.clip, agg=ppo.agg, return_stats=True)
         if clip_counter is not None:  # stays on the device: read once per step
             clip_counter.add_(stats.clipfrac.double() * sum(batch.response_lens[r] for r in micro))
         return loss * (_normaliser(batch, micro, ppo.agg) / total)

@@ -55,9 +55,11 @@ def prm_micro_loss(batch: TrainBatch, ref_BR: torch.Tensor, config: Config, mini
     mask, beta, n_rows = batch.response_mask, config.prime.beta, len(minibatch_rows)
 
     def share(micro: list[int], prm_logp: torch.Tensor) -> torch.Tensor:
+        idx = row_index(micro, prm_logp)
         if record_BR is not None:
-            record_BR[row_index(micro, record_BR)] = prm_logp.detach()
-        loss = prm_ce_loss(prm_logp, ref_BR[micro], mask[micro], batch.outcome[micro], beta=beta)
+            record_BR.index_copy_(0, idx, prm_logp.detach())
+        loss = prm_ce_loss(prm_logp, ref_BR.index_select(0, idx), mask.index_select(0, idx),
+                           batch.outcome.index_select(0, idx), beta=beta)
         return loss * (len(micro) / n_rows)
 
     return MicroLoss(batch, share)
@@ -85,7 +87,7 @@ def token_rewards(prm_BR: torch.Tensor, ref_BR: torch.Tensor, mask_BR: torch.Ten
         return beta * q_BR
     last_B = mask_BR.sum(-1).clamp(min=1) - 1
     whole = torch.zeros_like(q_BR)
-    whole.scatter_(1, last_B[:, None], beta * q_BR.sum(-1, keepdim=True))
+    whole.scatter_(1, last_B.unsqueeze(1), beta * q_BR.sum(-1, keepdim=True))
     return torch.where(mask_BR, whole, 0.0)
 
 

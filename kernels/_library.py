@@ -1,0 +1,44 @@
+"""What the `torch.library` custom ops of primeflow.kernels share.
+
+Every device computation of the public ops (the Triton launches and their chunked PyTorch twins) is a
+custom op in the `primeflow` namespace (`torch.ops.primeflow.*`, defined in each op's `custom_ops.py`)
+with a fake implementation that only states output shapes, dtypes and devices. That is what lets a model
+that uses the kernels run under `FakeTensorMode` (device-placement tests with fake CUDA tensors on a CPU
+machine), trace under `torch.compile` without graph breaks, and export: tracing never launches a kernel on
+tensors that have no data. The autograd Functions around the ops stay in Python because they also hold
+the tensor-parallel collectives, which a custom op's schema cannot take (a ProcessGroup argument).
+
+Custom-op schemas have no optional outputs: an output that is absent (no entropy requested, no per-sequence
+sums) is returned as an empty [0] tensor and turned back into None by the Python wrapper, which knows from
+its own flags which outputs exist.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch._subclasses.fake_tensor import is_fake
+
+NAMESPACE = "primeflow"
+
+
+def qualified(name: str) -> str:
+    """The op's name as torch.library wants it: `primeflow::<name>`."""
+    return f"{NAMESPACE}::{name}"
+
+
+def values_readable(*tensors: torch.Tensor | None) -> bool:
+    """Whether checks that read tensor values (label ranges, mask contents) can run: not while
+    torch.compile traces (a read would be a graph break and a host sync inside the graph) and not on fake
+    or meta tensors, which carry no data. Shape, dtype and device checks run either way."""
+    if torch.compiler.is_compiling():
+        return False
+    return not any(t is not None and (is_fake(t) or t.is_meta) for t in tensors)
+
+
+def absent(like: torch.Tensor) -> torch.Tensor:
+    """The empty [0] fp32 placeholder for an output that was not requested."""
+    return like.new_empty(0, dtype=torch.float32)
+
+
+def present(output: torch.Tensor, exists: bool) -> torch.Tensor | None:
+    return output if exists else None
