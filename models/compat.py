@@ -20,6 +20,11 @@ One call site moves a tensor with the `Tensor.cuda()` *method* (tied embeddings 
 `LanguageModule.setup_embeddings_and_output_layer` syncs the last stage's copy of the embedding with
 `weight.data.cuda()` before an all-reduce); `tensor_cuda_is_identity()` covers exactly that call and is
 used only by gpt.PrimeGPTModel's override of that method.
+Activation recompute and Megatron's RNG tracker (`megatron.core.tensor_parallel.random`, which sequence
+parallelism's embedding dropout and every recompute checkpoint go through) save and restore the CUDA RNG
+state: on CPU there is none, so inside that module the CUDA RNG calls return an empty state and set nothing,
+and its own `_get_cuda_rng_state` / `_set_cuda_rng_state` helpers are replaced the same way (the CPU RNG,
+which Megatron saves and restores itself, is untouched).
 It is a no-op when CUDA is available (GPU machines run Megatron unmodified), and idempotent.
 `enable_cpu_megatron()` is called by `build_model`; tests check the shimmed paths (RoPE, TP layers, PP
 schedules) against transformers.
@@ -55,6 +60,7 @@ _MODULES = (
     "megatron.core.optimizer.clip_grads",
     "megatron.core.optimizer.grad_scaler",
     "megatron.core.utils",  # the apex-free multi_tensor_l2norm fallback allocates its result on "cuda"
+    "megatron.core.tensor_parallel.random",  # recompute checkpoints and the RNG tracker's CUDA RNG states
 )
 _FACTORIES = ("zeros", "empty", "ones", "full", "tensor", "arange", "zeros_like", "empty_like")
 _MARK = "_primeflow_cpu_shim"
@@ -99,8 +105,27 @@ class _CudaOnCpu(types.SimpleNamespace):
     current_stream = staticmethod(lambda *args, **kwargs: _NoStream())
     stream = staticmethod(lambda *args, **kwargs: contextlib.nullcontext())
 
+    # There is no CUDA RNG on CPU: its state is empty and setting or seeding it does nothing.
+    get_rng_state = staticmethod(lambda *args, **kwargs: _no_rng_state())
+    set_rng_state = staticmethod(lambda *args, **kwargs: None)
+    manual_seed = staticmethod(lambda *args, **kwargs: None)
+    random = types.SimpleNamespace(get_rng_state=lambda *args, **kwargs: _no_rng_state())
+
     def __getattr__(self, name: str) -> Any:
         return getattr(torch.cuda, name)
+
+
+def _no_rng_state() -> torch.Tensor:
+    return torch.empty(0, dtype=torch.uint8)
+
+
+# Module functions replaced on CPU (same signatures): Megatron's own CUDA RNG state helpers.
+_FUNCTIONS = {
+    "megatron.core.tensor_parallel.random": {
+        "_get_cuda_rng_state": lambda *args, **kwargs: _no_rng_state(),
+        "_set_cuda_rng_state": lambda *args, **kwargs: None,
+    },
+}
 
 
 class _TorchOnCpu(types.ModuleType):
@@ -138,6 +163,8 @@ def enable_cpu_megatron() -> bool:
             continue
         proxy = proxy or _TorchOnCpu()
         module.torch = proxy
+        for attr, replacement in _FUNCTIONS.get(name, {}).items():
+            setattr(module, attr, replacement)
         setattr(module, _MARK, True)
     return True
 

@@ -16,24 +16,27 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from megatron.core import parallel_state
+from megatron.core import parallel_state, tensor_parallel
 from megatron.core.models.gpt import GPTModel
-from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
+from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region, gather_from_sequence_parallel_region
 from megatron.core.transformer.transformer_block import get_num_layers_to_build
 from megatron.core.transformer.transformer_config import TransformerConfig
 from primeflow.kernels import linear_token_logprobs, token_logprobs
 
 from .compat import enable_cpu_megatron, tensor_cuda_is_identity
 from .config import ModelConfig
+from .memory import ActivationMemory
 from .spec import block_spec
 
 ROLES = ("policy", "prm", "ref")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def transformer_config(cfg: ModelConfig, *, params_dtype: torch.dtype = torch.float32) -> TransformerConfig:
-    """Megatron TransformerConfig for `cfg` at the current TP/PP sizes. Every fusion is off: the local
-    (non-TE) modules run unfused on CPU, and fused CUDA paths come from our kernels, not from these flags."""
+def transformer_config(cfg: ModelConfig, *, params_dtype: torch.dtype = torch.float32,
+                       memory: ActivationMemory | None = None) -> TransformerConfig:
+    """Megatron TransformerConfig for `cfg` at the current TP/PP sizes, with `memory`'s recompute and
+    sequence parallelism. Every fusion is off: the local (non-TE) modules run unfused on CPU, and fused CUDA
+    paths come from our kernels, not from these flags."""
     tp = parallel_state.get_tensor_model_parallel_world_size()
     pp = parallel_state.get_pipeline_model_parallel_world_size()
     cfg.check_parallel(tp=tp, pp=pp)
@@ -61,7 +64,7 @@ def transformer_config(cfg: ModelConfig, *, params_dtype: torch.dtype = torch.fl
         attention_softmax_in_fp32=True,
         tensor_model_parallel_size=tp,
         pipeline_model_parallel_size=pp,
-        sequence_parallel=False,
+        **(memory or ActivationMemory()).transformer_kwargs(tp),
         params_dtype=params_dtype,
         pipeline_dtype=params_dtype,
         bf16=params_dtype == torch.bfloat16,
@@ -117,6 +120,13 @@ class PrimeGPTModel(GPTModel):
             out = super()._postprocess(**kwargs)
             return self._mask_padded_vocab(out) if self.post_process and labels is None else out
         hidden_sbh = kwargs["hidden_states"]
+        if self.config.sequence_parallel:
+            # Each TP rank holds its slice of the tokens; the head needs all of them (it is the vocabulary
+            # that is split over TP). The fused op all-reduces d(hidden) over TP itself, so the gather's
+            # backward only keeps this rank's slice (tensor_parallel_output_grad=False); the padded-vocab
+            # path below gets the usual reduce-scatter instead.
+            hidden_sbh = gather_from_sequence_parallel_region(
+                hidden_sbh, tensor_parallel_output_grad=self.vocab_size != self.real_vocab_size)
         s, b, h = hidden_sbh.shape
         hidden_NH = hidden_sbh.transpose(0, 1).reshape(b * s, h)
         labels_N = labels.reshape(b * s).to(torch.int64)
@@ -131,14 +141,25 @@ class PrimeGPTModel(GPTModel):
             # (zero weights -> logit 0) would enter the softmax. Until it has one, padded vocabularies
             # (only tiny test vocabularies: 151936 and 128256 divide every TP size <= 128) go through
             # this rank's logits shard with the pad columns at -inf: [N, V/tp] memory.
-            if tp_group is not None:
+            if tp_group is not None and not self.config.sequence_parallel:
                 # Identity forward, all-reduce of d(hidden) backward: each rank's logits cover only its
                 # vocab shard, so the hidden-state gradient is a sum over ranks (as in ColumnParallelLinear).
+                # (Under sequence parallelism the gather above reduce-scatters it.)
                 hidden_NH = copy_to_tensor_model_parallel_region(hidden_NH)
             logits_NV = self._mask_padded_vocab(hidden_NH @ weight_VH.t())
             logp_N = token_logprobs(logits_NV, labels_N, temperature=self.logprob_temperature,
                                    tp_group=tp_group)
         return logp_N.view(b, s)
+
+
+# Megatron's RNG tracker must hold its named states before sequence parallelism (embedding dropout forks the
+# tensor-parallel state) or recompute runs. Every model here has dropout 0, so the seed changes no result.
+_RNG_TRACKER_SEED = 1234
+
+
+def _ensure_rng_tracker() -> None:
+    if "model-parallel-rng" not in tensor_parallel.get_cuda_rng_tracker().get_states():
+        tensor_parallel.model_parallel_cuda_manual_seed(_RNG_TRACKER_SEED)
 
 
 def unwrap_model(model: torch.nn.Module) -> PrimeGPTModel:
@@ -152,12 +173,13 @@ def unwrap_model(model: torch.nn.Module) -> PrimeGPTModel:
 
 
 def build_model(cfg: ModelConfig, *, role: str, params_dtype: torch.dtype | str | None = None,
-                device: torch.device | str | None = None) -> PrimeGPTModel:
+                device: torch.device | str | None = None, memory: ActivationMemory | None = None
+                ) -> PrimeGPTModel:
     """The GPTModel stage of `cfg` for this rank (current TP/PP from megatron parallel_state).
 
     role: "policy" | "prm" | "ref" (the PRIME models share one architecture; "ref" is frozen: no grads).
     params_dtype: defaults to the checkpoint's dtype (cfg.params_dtype). Weights are randomly initialised;
-    use `load_hf_checkpoint` to fill them.
+    use `load_hf_checkpoint` to fill them. memory: recompute and sequence parallelism (default: neither).
     """
     if role not in ROLES:
         raise ValueError(f"role={role!r} is not allowed; allowed: {list(ROLES)}")
@@ -171,10 +193,11 @@ def build_model(cfg: ModelConfig, *, role: str, params_dtype: torch.dtype | str 
         raise ValueError("megatron parallel_state is not initialised: call "
                          "parallel_state.initialize_model_parallel(...) after torch.distributed.init_process_group")
     enable_cpu_megatron()
+    _ensure_rng_tracker()
     device = torch.device(device) if device is not None else (
         torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu"))
 
-    tcfg = transformer_config(cfg, params_dtype=params_dtype)
+    tcfg = transformer_config(cfg, params_dtype=params_dtype, memory=memory)
     tp = tcfg.tensor_model_parallel_size
     n_local_layers = get_num_layers_to_build(tcfg)
     model = PrimeGPTModel(

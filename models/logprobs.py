@@ -37,12 +37,15 @@ def host_to_device(values: list, dtype: torch.dtype, device: torch.device) -> to
     return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
 
 
-def pack_rows(input_ids_BT: torch.Tensor, starts_B: list[int], lengths_B: list[int]) -> PackedBatch:
+def pack_rows(input_ids_BT: torch.Tensor, starts_B: list[int], lengths_B: list[int], *,
+              multiple_of: int = 1) -> PackedBatch:
     """Pack row b's tokens [starts_B[b], starts_B[b] + lengths_B[b]) into one THD row, on input_ids' device.
 
     The layout comes from host integers (the caller knows it: the trainer keeps its rows' lengths on the
     host), so packing never reads device memory: the index tensors are built on the host and copied to the
-    device once (non-blocking), the gathers run on the device, and there is no device-to-host sync."""
+    device once (non-blocking), the gathers run on the device, and there is no device-to-host sync.
+    `multiple_of` > 1 (sequence parallelism: `token_multiple`) appends a padding sequence so the packed
+    length divides evenly over the TP ranks; it attends only to itself and its outputs are never read."""
     if len(starts_B) != input_ids_BT.shape[0] or len(lengths_B) != input_ids_BT.shape[0]:
         raise ValueError(f"{input_ids_BT.shape[0]} rows but {len(starts_B)} starts and {len(lengths_B)} lengths")
     device = input_ids_BT.device
@@ -58,6 +61,13 @@ def pack_rows(input_ids_BT: torch.Tensor, starts_B: list[int], lengths_B: list[i
     cu = [0]
     for n in lengths_B:
         cu.append(cu[-1] + n)
+    pad = -cu[-1] % multiple_of
+    if pad:  # token 0 of row 0 repeated, label 0, positions from 0: one more sequence in cu_seqlens
+        rows += [0] * pad
+        cols += [0] * pad
+        positions += range(pad)
+        is_last += [True] * pad
+        cu.append(cu[-1] + pad)
 
     def to_device(values: list, dtype: torch.dtype) -> torch.Tensor:
         return host_to_device(values, dtype, device)
@@ -71,7 +81,7 @@ def pack_rows(input_ids_BT: torch.Tensor, starts_B: list[int], lengths_B: list[i
     next_t = to_device([r * T + min(c + 1, T - 1) for r, c in zip(rows, cols, strict=True)], torch.int64)
     labels_t = torch.where(to_device(is_last, torch.bool), 0, flat_ids.index_select(0, next_t))
     cu_t = to_device(cu, torch.int32)
-    max_len = max(lengths_B) if lengths_B else 0
+    max_len = max([*lengths_B, pad]) if lengths_B else pad
     params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu_t, cu_seqlens_kv=cu_t, max_seqlen_q=max_len,
                              max_seqlen_kv=max_len)
     positions_t = to_device(positions, torch.int64)
@@ -97,14 +107,24 @@ def row_layout(attention_mask_BT: torch.Tensor) -> tuple[list[int], list[int]]:
     return starts, lengths
 
 
-def pack_padded(input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor) -> PackedBatch:
+def pack_padded(input_ids_BT: torch.Tensor, attention_mask_BT: torch.Tensor, *, multiple_of: int = 1
+                ) -> PackedBatch:
     """Pack the valid tokens of each row (a contiguous run of 1s in attention_mask; left or right padding).
 
     Rows with no valid token are allowed (they contribute nothing)."""
     if attention_mask_BT.shape != input_ids_BT.shape:
         raise ValueError(f"attention_mask shape {list(attention_mask_BT.shape)} != input_ids shape "
                          f"{list(input_ids_BT.shape)}")
-    return pack_rows(input_ids_BT, *row_layout(attention_mask_BT))
+    return pack_rows(input_ids_BT, *row_layout(attention_mask_BT), multiple_of=multiple_of)
+
+
+def token_multiple(model: torch.nn.Module) -> int:
+    """What a packed token count must be a multiple of for `model`: its TP size under sequence parallelism
+    (each TP rank holds t/tp of the tokens between the TP regions), else 1."""
+    from .gpt import unwrap_model
+
+    config = unwrap_model(model).config
+    return config.tensor_model_parallel_size if config.sequence_parallel else 1
 
 
 def unpack_logprobs(logp_1t: torch.Tensor, packed: PackedBatch, T: int) -> torch.Tensor:
@@ -146,12 +166,13 @@ def sequence_logprobs(model, input_ids: torch.Tensor, *, attention_mask: torch.T
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     B, T = input_ids.shape
+    multiple = token_multiple(model)
     if lengths is not None:
-        packed = pack_rows(input_ids, [0] * B, list(lengths))
+        packed = pack_rows(input_ids, [0] * B, list(lengths), multiple_of=multiple)
     elif attention_mask is None:
-        packed = pack_rows(input_ids, [0] * B, [T] * B)
+        packed = pack_rows(input_ids, [0] * B, [T] * B, multiple_of=multiple)
     else:
-        packed = pack_padded(input_ids, attention_mask)
+        packed = pack_padded(input_ids, attention_mask, multiple_of=multiple)
     from .gpt import unwrap_model
 
     unwrapped = unwrap_model(model)

@@ -29,7 +29,6 @@ from megatron.core.transformer.identity_op import IdentityOp
 from megatron.core.transformer.mlp import MLP, MLPSubmodules
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec
-from megatron.core.transformer.torch_norm import WrappedTorchNorm
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
@@ -111,6 +110,22 @@ class SDPAttention(MegatronModule):
         return out_tnd.reshape(t, n * d)
 
 
+class RMSNorm:
+    """torch.nn.RMSNorm built from Megatron's (config, hidden_size, eps) arguments, like Megatron's
+    WrappedTorchNorm, but one that accepts sequence parallelism (WrappedTorchNorm asserts against it). Under
+    sequence parallelism each TP rank normalises only its slice of the tokens, so its weight gradient is a
+    partial sum: the weight is marked `sequence_parallel`, and megatron-core's finalize_model_grads
+    all-reduces such gradients over the TP group."""
+
+    def __new__(cls, config: TransformerConfig, hidden_size: int, eps: float = 1e-5,
+                **_unused) -> torch.nn.RMSNorm:
+        if config.normalization != "RMSNorm":
+            raise ValueError(f"models.spec.RMSNorm builds RMSNorm only, got {config.normalization!r}")
+        norm = torch.nn.RMSNorm(hidden_size, eps=eps)
+        norm.weight.sequence_parallel = config.sequence_parallel
+        return norm
+
+
 _FLASH_DTYPES = (torch.bfloat16, torch.float16)
 _log = logging.getLogger(__name__)
 _logged_choices: set[str] = set()
@@ -175,7 +190,7 @@ def layer_spec(device_type: str = "cpu") -> ModuleSpec:
     return ModuleSpec(
         module=TransformerLayer,
         submodules=TransformerLayerSubmodules(
-            input_layernorm=WrappedTorchNorm,
+            input_layernorm=RMSNorm,
             self_attention=ModuleSpec(
                 module=SelfAttention,
                 params={"attn_mask_type": AttnMaskType.causal},
@@ -188,7 +203,7 @@ def layer_spec(device_type: str = "cpu") -> ModuleSpec:
                 ),
             ),
             self_attn_bda=get_bias_dropout_add,
-            pre_mlp_layernorm=WrappedTorchNorm,
+            pre_mlp_layernorm=RMSNorm,
             mlp=ModuleSpec(module=MLP, submodules=MLPSubmodules(linear_fc1=ColumnParallelLinear,
                                                                 linear_fc2=RowParallelLinear)),
             mlp_bda=get_bias_dropout_add,
@@ -197,6 +212,6 @@ def layer_spec(device_type: str = "cpu") -> ModuleSpec:
 
 
 def block_spec(num_layers_this_stage: int, device_type: str = "cpu") -> TransformerBlockSubmodules:
-    """All layers of this pipeline stage plus the final RMSNorm (torch.nn.RMSNorm via WrappedTorchNorm)."""
+    """All layers of this pipeline stage plus the final RMSNorm."""
     return TransformerBlockSubmodules(layer_specs=[layer_spec(device_type)] * num_layers_this_stage,
-                                      layer_norm=WrappedTorchNorm)
+                                      layer_norm=RMSNorm)

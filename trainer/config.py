@@ -52,6 +52,25 @@ class ParallelConfig:
     distributed_optimizer: bool = False
     overlap_grad_reduce: bool = True    # DDP reduces gradient buckets over DP while backward still runs
     grad_reduce_in_fp32: bool = True    # accumulate and reduce gradients in fp32 (bf16 weights included)
+    # Activation memory of the policy and the PRM (models/memory.py; results unchanged, tested bitwise):
+    # recompute `full` keeps only each checkpointed layer's input (uniform: every recompute_num_layers layers
+    # form one unit; block: the first recompute_num_layers layers per stage), `selective` recomputes only
+    # recompute_modules (core_attn, mlp). sequence_parallel (tp > 1) shards norms/residuals over TP ranks.
+    recompute: str = choice("none", "full", "selective")
+    recompute_method: str = choice("uniform", "block")
+    recompute_num_layers: int = 1
+    recompute_modules: list = field(default_factory=lambda: ["core_attn"])
+    sequence_parallel: bool = False
+
+    def activation_memory(self, *, trained: bool = True):
+        """The models' ActivationMemory; a model that is never trained (the reference) recomputes nothing."""
+        from primeflow.models.memory import ActivationMemory
+
+        return ActivationMemory(recompute=self.recompute if trained else "none",
+                                recompute_method=self.recompute_method,
+                                recompute_num_layers=self.recompute_num_layers,
+                                recompute_modules=tuple(self.recompute_modules),
+                                sequence_parallel=self.sequence_parallel)
 
 
 @dataclass
@@ -302,6 +321,10 @@ def validate(config: Config) -> None:
     for ok, key, message in checks:
         if not ok:
             raise ConfigError(f"{key}: {message}")
+    try:
+        config.parallel.activation_memory()
+    except ValueError as error:
+        raise ConfigError(f"parallel.{error}") from None
     if (config.prime.mode == "prime" and config.prime.ref_type == "freeze"
             and config.model.ref_dtype != config.model.params_dtype):
         raise ConfigError(

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from . import parallel
 from .config import Config, OptimConfig, ParallelConfig
 from .optimizer import MegatronAdamW, WarmupConstantLR, make_optimizer, wrap_for_training
+
+if TYPE_CHECKING:
+    from primeflow.models.memory import ActivationMemory
 
 
 @dataclass
@@ -50,18 +54,20 @@ def trained_model(path: str | Path, *, role: str, dtype: str, optim: OptimConfig
                   ) -> tuple[torch.nn.Module, MegatronAdamW, WarmupConstantLR]:
     """A model filled from an HF checkpoint inside megatron-core's DDP (and Float16Module for bf16), with
     megatron-core's AdamW and the LR schedule."""
-    model = wrap_for_training(load_model(path, role=role, dtype=dtype),
+    model = wrap_for_training(load_model(path, role=role, dtype=dtype, memory=parallel_cfg.activation_memory()),
                               distributed_optimizer=parallel_cfg.distributed_optimizer,
                               overlap_grad_reduce=parallel_cfg.overlap_grad_reduce,
                               grad_reduce_in_fp32=parallel_cfg.grad_reduce_in_fp32)
     return (model, *make_optimizer(model, optim, distributed=parallel_cfg.distributed_optimizer))
 
 
-def load_model(path: str | Path, *, role: str, dtype: str):
-    """A Megatron model for this rank filled from an HF checkpoint."""
+def load_model(path: str | Path, *, role: str, dtype: str, memory: ActivationMemory | None = None):
+    """A Megatron model for this rank filled from an HF checkpoint (`memory`: recompute and sequence
+    parallelism, default neither)."""
     from primeflow.models import ModelConfig, build_model, load_hf_checkpoint
 
-    model = build_model(ModelConfig.from_hf(path), role=role, params_dtype=dtype, device=parallel.device())
+    model = build_model(ModelConfig.from_hf(path), role=role, params_dtype=dtype, device=parallel.device(),
+                        memory=memory)
     load_hf_checkpoint(model, path)
     return model
 
@@ -76,6 +82,7 @@ def build_prime_models(config: Config, sft_path: str | Path) -> PrimeModels:
         prm, prm_optim, prm_sched = trained_model(sft_path, role="prm", dtype=dtype, optim=config.prm.optim,
                                                   parallel_cfg=config.parallel)
         if config.prime.ref_type == "freeze":
-            ref = load_model(sft_path, role="ref", dtype=config.model.ref_dtype)
+            ref = load_model(sft_path, role="ref", dtype=config.model.ref_dtype,
+                             memory=config.parallel.activation_memory(trained=False))
             ref.eval()
     return PrimeModels(policy, prm, ref, policy_optim, policy_sched, prm_optim, prm_sched)

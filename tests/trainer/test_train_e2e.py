@@ -165,9 +165,13 @@ def test_dp2_under_torchrun_and_two_nodes_equal_one_node(sft_model, tmp_path):
 
 
 @pytest.mark.multiproc
-def test_tp2_trainer_and_vllm_under_torchrun(sft_model, tmp_path):
+@pytest.mark.parametrize("memory", [(), ("parallel.sequence_parallel=true", "parallel.recompute=full")],
+                         ids=["plain", "sequence_parallel+recompute"])
+def test_tp2_trainer_and_vllm_under_torchrun(sft_model, tmp_path, memory):
+    """TP=2 training with vLLM at TP=2; with sequence parallelism and full recompute too (the trainer's
+    log-probs still agree with vLLM's, so packing pads for SP and the sharded tokens are gathered right)."""
     run_dir = tmp_path / "tp2"
-    _ok(_train(sft_model, run_dir, 2, "parallel.tp=2", "rollout.tp=2", nproc=2))
+    _ok(_train(sft_model, run_dir, 2, "parallel.tp=2", "rollout.tp=2", *memory, nproc=2))
     rows = _metrics(run_dir)
     assert [r["step"] for r in rows] == [1, 2]
     assert all(r["logprob_mismatch"] < 1e-3 for r in rows)

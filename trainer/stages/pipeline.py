@@ -52,7 +52,7 @@ def run_pipeline(model: torch.nn.Module, batch: TrainBatch, micro_batches: list[
     are accumulated into the parameters' .grad on every stage (nothing is zeroed or reduced here)."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
     from primeflow.models.compat import enable_cpu_megatron
-    from primeflow.models.logprobs import pack_rows, unpack_logprobs
+    from primeflow.models.logprobs import pack_rows, token_multiple, unpack_logprobs
 
     from .logprobs import micro_batch_tensors
 
@@ -64,7 +64,7 @@ def run_pipeline(model: torch.nn.Module, batch: TrainBatch, micro_batches: list[
         rows = next(data_iterator)
         input_ids, idx, lengths = micro_batch_tensors(batch, rows)
         T = input_ids.shape[1]
-        packed = pack_rows(input_ids, [0] * len(rows), lengths)
+        packed = pack_rows(input_ids, [0] * len(rows), lengths, multiple_of=token_multiple(chunk))
         out = chunk(packed.tokens_1t, packed.position_ids_1t, None, labels=packed.labels_1t,
                     packed_seq_params=packed.params)
 
