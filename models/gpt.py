@@ -33,7 +33,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def transformer_config(cfg: ModelConfig, *, params_dtype: torch.dtype = torch.float32,
-                       memory: ActivationMemory | None = None) -> TransformerConfig:
+                       memory: ActivationMemory | None = None, initialize: bool = True) -> TransformerConfig:
     """Megatron TransformerConfig for `cfg` at the current TP/PP sizes, with `memory`'s recompute and
     sequence parallelism. Every fusion is off: the local (non-TE) modules run unfused on CPU, and fused CUDA
     paths come from our kernels, not from these flags."""
@@ -69,10 +69,11 @@ def transformer_config(cfg: ModelConfig, *, params_dtype: torch.dtype = torch.fl
         pipeline_dtype=params_dtype,
         bf16=params_dtype == torch.bfloat16,
         fp16=params_dtype == torch.float16,
-        # Weights come from checkpoints; when they do not (benchmarks), CPU init of the full matrix then
-        # slicing gives the same model for every TP size.
-        use_cpu_initialization=True,
-        perform_initialization=True,
+        # Random weights (initialize=True: benchmarks, tests): CPU init of the full matrix, then slicing,
+        # gives the same model for every TP size. Weights that a checkpoint overwrites anyway
+        # (initialize=False) are allocated empty, straight on the device: no full-matrix init per rank.
+        use_cpu_initialization=initialize,
+        perform_initialization=initialize,
         init_method_std=0.02,
     )
 
@@ -173,13 +174,15 @@ def unwrap_model(model: torch.nn.Module) -> PrimeGPTModel:
 
 
 def build_model(cfg: ModelConfig, *, role: str, params_dtype: torch.dtype | str | None = None,
-                device: torch.device | str | None = None, memory: ActivationMemory | None = None
-                ) -> PrimeGPTModel:
+                device: torch.device | str | None = None, memory: ActivationMemory | None = None,
+                initialize: bool = True) -> PrimeGPTModel:
     """The GPTModel stage of `cfg` for this rank (current TP/PP from megatron parallel_state).
 
     role: "policy" | "prm" | "ref" (the PRIME models share one architecture; "ref" is frozen: no grads).
     params_dtype: defaults to the checkpoint's dtype (cfg.params_dtype). Weights are randomly initialised;
     use `load_hf_checkpoint` to fill them. memory: recompute and sequence parallelism (default: neither).
+    initialize=False leaves the weights uninitialised (torch.empty) for a caller that loads every one of them
+    next (`load_hf_checkpoint` checks that it does): start-up then skips the random init of full matrices.
     """
     if role not in ROLES:
         raise ValueError(f"role={role!r} is not allowed; allowed: {list(ROLES)}")
@@ -197,7 +200,7 @@ def build_model(cfg: ModelConfig, *, role: str, params_dtype: torch.dtype | str 
     device = torch.device(device) if device is not None else (
         torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu"))
 
-    tcfg = transformer_config(cfg, params_dtype=params_dtype, memory=memory)
+    tcfg = transformer_config(cfg, params_dtype=params_dtype, memory=memory, initialize=initialize)
     tp = tcfg.tensor_model_parallel_size
     n_local_layers = get_num_layers_to_build(tcfg)
     model = PrimeGPTModel(

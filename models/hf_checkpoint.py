@@ -9,8 +9,8 @@ Layouts (Megatron local modules, TP size tp, this rank r; ng KV groups, nq query
                      rows (logits of those rows are masked to -inf by the model, see gpt.py).
 Layers: Megatron layer k of this PP stage holds HF layer `layer_number - 1` (layer_number is global).
 
-Loading streams: each rank opens the safetensors files lazily and reads one tensor at a time, keeping only
-its slice. Export gathers TP shards with all-gathers inside each pipeline stage; each stage's TP rank 0
+Loading streams: each rank opens the safetensors files lazily and reads only its own slice of each tensor
+(safetensors slices: the other ranks' rows or columns are never read). Export gathers TP shards with all-gathers inside each pipeline stage; each stage's TP rank 0
 writes its own safetensors file (one file when PP=1), and global rank 0 writes the index, config and
 tokenizer files, so no rank ever holds more than its stage.
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -92,6 +92,14 @@ class _HFReader:
     def get(self, name: str) -> torch.Tensor:
         return self._handles[self._where[name]].get_tensor(name)
 
+    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) only: safetensors reads just those bytes of the file."""
+        return self._handles[self._where[name]].get_slice(name)[start:stop]
+
+    def cols(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Columns [start, stop) of a 2-D tensor only."""
+        return self._handles[self._where[name]].get_slice(name)[:, start:stop]
+
 
 def _validate(reader: _HFReader, cfg: ModelConfig) -> None:
     want = hf_tensor_shapes(cfg)
@@ -112,28 +120,57 @@ def _validate(reader: _HFReader, cfg: ModelConfig) -> None:
 
 # ---- HF -> this rank's Megatron shard ------------------------------------------------------------------
 
-def _rows(t: torch.Tensor, rank: int, tp: int) -> torch.Tensor:
-    return t.chunk(tp, dim=0)[rank]
+def _shard(n: int, rank: int, tp: int) -> tuple[int, int]:
+    """[start, stop) of this rank's contiguous 1/tp of n (n divisible by tp: ModelConfig.check_parallel)."""
+    return rank * n // tp, (rank + 1) * n // tp
 
 
-def _cols(t: torch.Tensor, rank: int, tp: int) -> torch.Tensor:
-    return t.chunk(tp, dim=1)[rank]
+# Each builder reads only this rank's slice of its HF tensor(s) (`_HFReader.rows/cols`) and returns the
+# Megatron shard, so a rank never holds, and never reads from disk, more than its 1/tp of a matrix.
+Build = Callable[[_HFReader, int, int], torch.Tensor]
 
 
-def _vocab_rows(t: torch.Tensor, cfg: ModelConfig, rank: int, tp: int) -> torch.Tensor:
-    pad = cfg.padded_vocab_size(tp) - t.shape[0]
-    if pad:
-        t = torch.cat([t, t.new_zeros(pad, *t.shape[1:])])
-    return _rows(t, rank, tp)
+def _replicated_tensor(name: str) -> Build:
+    return lambda reader, rank, tp: reader.get(name)
 
 
-def _fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: ModelConfig, rank: int, tp: int):
-    """HF q/k/v (weights [out, H] or biases [out]) -> this rank's rows of Megatron's grouped linear_qkv."""
+def _row_shard(*names: str) -> Build:
+    """This rank's rows of each tensor, concatenated (linear_fc1 = [gate rows; up rows])."""
+    def build(reader: _HFReader, rank: int, tp: int) -> torch.Tensor:
+        parts = [reader.rows(n, *_shard(reader.shape(n)[0], rank, tp)) for n in names]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+    return build
+
+
+def _col_shard(name: str) -> Build:
+    return lambda reader, rank, tp: reader.cols(name, *_shard(reader.shape(name)[1], rank, tp))
+
+
+def _vocab_shard(name: str, cfg: ModelConfig) -> Build:
+    """This rank's rows of the vocabulary padded to a multiple of tp (padding rows are zeros)."""
+    def build(reader: _HFReader, rank: int, tp: int) -> torch.Tensor:
+        start, stop = _shard(cfg.padded_vocab_size(tp), rank, tp)
+        real = reader.rows(name, min(start, cfg.vocab_size), min(stop, cfg.vocab_size))
+        pad = (stop - start) - real.shape[0]
+        return torch.cat([real, real.new_zeros(pad, *real.shape[1:])]) if pad else real
+    return build
+
+
+def _qkv_shard(names: list[str], cfg: ModelConfig) -> Build:
+    """HF q/k/v (weights [out, H] or biases [out]) -> this rank's rows of Megatron's grouped linear_qkv:
+    this rank's KV groups (contiguous), each as its query heads, then its key head, then its value head."""
     ng, d = cfg.num_query_groups, cfg.head_dim
     per = cfg.num_attention_heads // ng
-    tail = q.shape[1:]
-    grouped = torch.cat([q.reshape(ng, per * d, *tail), k.reshape(ng, d, *tail), v.reshape(ng, d, *tail)], dim=1)
-    return grouped.chunk(tp, dim=0)[rank].reshape(-1, *tail)
+
+    def build(reader: _HFReader, rank: int, tp: int) -> torch.Tensor:
+        g0, g1 = _shard(ng, rank, tp)
+        q = reader.rows(names[0], g0 * per * d, g1 * per * d)
+        k, v = (reader.rows(n, g0 * d, g1 * d) for n in names[1:])
+        tail, groups = q.shape[1:], g1 - g0
+        grouped = torch.cat([q.reshape(groups, per * d, *tail), k.reshape(groups, d, *tail),
+                             v.reshape(groups, d, *tail)], dim=1)
+        return grouped.reshape(-1, *tail)
+    return build
 
 
 def _local_layers(model) -> dict[int, int]:
@@ -141,31 +178,28 @@ def _local_layers(model) -> dict[int, int]:
     return {layer.layer_number - 1: j for j, layer in enumerate(model.decoder.layers)}
 
 
-def _megatron_targets(model, cfg: ModelConfig) -> Iterator[tuple[str, list[str], object]]:
-    """(megatron param name, HF names it is built from, builder(tensors, rank, tp)) for this stage."""
+def _megatron_targets(model, cfg: ModelConfig) -> Iterator[tuple[str, Build]]:
+    """(megatron param name, builder of this rank's shard from the HF checkpoint) for this stage."""
     if model.pre_process:
-        yield ("embedding.word_embeddings.weight", ["model.embed_tokens.weight"],
-               lambda t, r, n: _vocab_rows(t[0], cfg, r, n))
+        yield "embedding.word_embeddings.weight", _vocab_shard("model.embed_tokens.weight", cfg)
     if model.post_process:
-        yield "decoder.final_layernorm.weight", ["model.norm.weight"], lambda t, r, n: t[0]
+        yield "decoder.final_layernorm.weight", _replicated_tensor("model.norm.weight")
         if not cfg.tie_word_embeddings:
-            yield "output_layer.weight", ["lm_head.weight"], lambda t, r, n: _vocab_rows(t[0], cfg, r, n)
+            yield "output_layer.weight", _vocab_shard("lm_head.weight", cfg)
         elif not model.pre_process:  # tied, PP > 1: the last stage keeps its own copy of the embedding
-            yield "output_layer.weight", ["model.embed_tokens.weight"], lambda t, r, n: _vocab_rows(t[0], cfg, r, n)
+            yield "output_layer.weight", _vocab_shard("model.embed_tokens.weight", cfg)
     for hf_i, j in _local_layers(model).items():
         hf, mg = f"model.layers.{hf_i}.", f"decoder.layers.{j}."
-        yield mg + "input_layernorm.weight", [hf + "input_layernorm.weight"], lambda t, r, n: t[0]
-        yield mg + "pre_mlp_layernorm.weight", [hf + "post_attention_layernorm.weight"], lambda t, r, n: t[0]
-        qkv = [hf + f"self_attn.{x}_proj.weight" for x in "qkv"]
-        yield mg + "self_attention.linear_qkv.weight", qkv, lambda t, r, n: _fuse_qkv(*t, cfg, r, n)
+        yield mg + "input_layernorm.weight", _replicated_tensor(hf + "input_layernorm.weight")
+        yield mg + "pre_mlp_layernorm.weight", _replicated_tensor(hf + "post_attention_layernorm.weight")
+        yield (mg + "self_attention.linear_qkv.weight",
+               _qkv_shard([hf + f"self_attn.{x}_proj.weight" for x in "qkv"], cfg))
         if cfg.qkv_bias:
-            qkv_b = [hf + f"self_attn.{x}_proj.bias" for x in "qkv"]
-            yield mg + "self_attention.linear_qkv.bias", qkv_b, lambda t, r, n: _fuse_qkv(*t, cfg, r, n)
-        yield mg + "self_attention.linear_proj.weight", [hf + "self_attn.o_proj.weight"], lambda t, r, n: _cols(
-            t[0], r, n)
-        yield (mg + "mlp.linear_fc1.weight", [hf + "mlp.gate_proj.weight", hf + "mlp.up_proj.weight"],
-               lambda t, r, n: torch.cat([_rows(t[0], r, n), _rows(t[1], r, n)]))
-        yield mg + "mlp.linear_fc2.weight", [hf + "mlp.down_proj.weight"], lambda t, r, n: _cols(t[0], r, n)
+            yield (mg + "self_attention.linear_qkv.bias",
+                   _qkv_shard([hf + f"self_attn.{x}_proj.bias" for x in "qkv"], cfg))
+        yield mg + "self_attention.linear_proj.weight", _col_shard(hf + "self_attn.o_proj.weight")
+        yield mg + "mlp.linear_fc1.weight", _row_shard(hf + "mlp.gate_proj.weight", hf + "mlp.up_proj.weight")
+        yield mg + "mlp.linear_fc2.weight", _col_shard(hf + "mlp.down_proj.weight")
 
 
 def load_hf_checkpoint(model, path: str | Path) -> None:
@@ -181,14 +215,20 @@ def load_hf_checkpoint(model, path: str | Path) -> None:
     with ExitStack() as stack, torch.no_grad():
         reader = _HFReader(path, stack)
         _validate(reader, cfg)
-        for name, sources, build in _megatron_targets(model, cfg):
+        filled = set()
+        for name, build in _megatron_targets(model, cfg):
             if name not in params:
                 raise RuntimeError(f"model has no parameter {name!r} (model/spec mismatch)")
-            shard = build([reader.get(s) for s in sources], rank, tp)
+            shard = build(reader, rank, tp)
             param = params[name]
             if tuple(shard.shape) != tuple(param.shape):
                 raise RuntimeError(f"{name}: built shard {list(shard.shape)} != parameter {list(param.shape)}")
             param.copy_(shard.to(device=param.device, dtype=param.dtype))
+            filled.add(name)
+    # build_model(initialize=False) leaves weights uninitialised: every one must have come from the file
+    unfilled = sorted(set(params) - filled)
+    if unfilled:
+        raise RuntimeError(f"parameters not filled from the checkpoint (model/spec mismatch): {unfilled[:5]}")
     model.hf_source_path = path
 
 

@@ -67,7 +67,7 @@ def load_model(path: str | Path, *, role: str, dtype: str, memory: ActivationMem
     from primeflow.models import ModelConfig, build_model, load_hf_checkpoint
 
     model = build_model(ModelConfig.from_hf(path), role=role, params_dtype=dtype, device=parallel.device(),
-                        memory=memory)
+                        memory=memory, initialize=False)
     load_hf_checkpoint(model, path)
     return model
 

@@ -34,9 +34,10 @@ def load_hf(ckpt: Path):
     return AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32).eval()
 
 
-def build_loaded(ckpt: Path, role: str = "policy"):
+def build_loaded(ckpt: Path, role: str = "policy", *, initialize: bool = False):
+    """The model as the trainer builds it: uninitialised weights, each rank reading its slices of the file."""
     cfg = ModelConfig.from_hf(ckpt)
-    model = build_model(cfg, role=role, params_dtype=torch.float32)
+    model = build_model(cfg, role=role, params_dtype=torch.float32, initialize=initialize)
     load_hf_checkpoint(model, ckpt)
     return model, cfg
 

@@ -108,3 +108,27 @@ def test_llama3_rope_scaling_matches_transformers(world, helper, tmp_path, seed)
     load_hf_checkpoint(unscaled, ckpt)
     with pytest.raises(AssertionError, match="logits rel err"):
         parity.check_logits(unscaled, hf, cfg, seed)
+
+
+def test_uninitialised_build_loads_bitwise_like_a_randomly_initialised_one(loaded, helper):
+    """The trainer builds its models with initialize=False (no random init of full matrices) and each rank
+    reads only its slices of the file: every parameter must still come out exactly as when the weights were
+    first randomly initialised and then overwritten by the checkpoint."""
+    model, _, cfg, ckpt = loaded  # built with initialize=False
+    reference, _ = helper("parity").build_loaded(ckpt, initialize=True)
+    got, want = dict(model.named_parameters()), dict(reference.named_parameters())
+    assert got.keys() == want.keys()
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
+
+
+def test_loading_refuses_to_leave_a_parameter_unfilled(world, tiny_qwen2, monkeypatch):
+    """An uninitialised (torch.empty) parameter the checkpoint does not fill would be garbage: it is an error."""
+    from primeflow.models import hf_checkpoint
+
+    targets = hf_checkpoint._megatron_targets
+    monkeypatch.setattr(hf_checkpoint, "_megatron_targets",
+                        lambda model, cfg: (t for t in targets(model, cfg) if "final_layernorm" not in t[0]))
+    model = build_model(ModelConfig.from_hf(tiny_qwen2), role="policy", initialize=False)
+    with pytest.raises(RuntimeError, match="not filled from the checkpoint.*final_layernorm"):
+        load_hf_checkpoint(model, tiny_qwen2)
