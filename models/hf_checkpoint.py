@@ -10,9 +10,10 @@ Layouts (Megatron local modules, TP size tp, this rank r; ng KV groups, nq query
 Layers: Megatron layer k of this PP stage holds HF layer `layer_number - 1` (layer_number is global).
 
 Loading streams: each rank opens the safetensors files lazily and reads only its own slice of each tensor
-(safetensors slices: the other ranks' rows or columns are never read). Export gathers TP shards with all-gathers inside each pipeline stage; each stage's TP rank 0
-writes its own safetensors file (one file when PP=1), and global rank 0 writes the index, config and
-tokenizer files, so no rank ever holds more than its stage.
+(safetensors slices: the other ranks' rows or columns are never read). Export gathers TP shards with
+all-gathers inside each pipeline stage; each stage's TP rank 0 writes its own safetensors file (one file
+when PP=1), and global rank 0 writes the index, config and tokenizer files, so no rank ever holds more than
+its stage.
 """
 
 from __future__ import annotations
