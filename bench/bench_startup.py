@@ -1,14 +1,14 @@
-"""Model start-up cost: build one Megatron model for this rank and fill it from an HF checkpoint, as the
-trainer does for each of the policy, the PRM and the reference (`trainer.models_setup.load_model`).
+"""Model start-up cost: build one Megatron model for this rank and fill it from an HF checkpoint, exactly as
+the trainer does for each of the policy, the PRM and the reference (`trainer.models_setup.load_model`).
 
 Run from the repository root (one process = TP=1; under torchrun every rank reports its own numbers):
     .venv/bin/python -m bench.bench_startup --size 0.5B --out bench/results/cpu_startup_0.5B_tp1.json
     torchrun --nproc-per-node 2 -m bench.bench_startup --size 0.5B --tp 2 \\
         --out bench/results/cpu_startup_0.5B_tp2.json
 
-Reported per rank: seconds to build the model (`build_model`), seconds to load the checkpoint
-(`load_hf_checkpoint`), the bytes this rank's parameters hold, and the process's peak resident memory
-(ru_maxrss) before and after (the checkpoint file is memory-mapped: pages it reads count as resident).
+Reported per rank: seconds for `load_model` (build + load), the bytes this rank's parameters hold, and the
+process's peak resident memory (ru_maxrss) before and after (the checkpoint file is memory-mapped: pages
+it reads count as resident). Same script on two commits gives the before/after comparison.
 The checkpoint (bf16, --size's shape from bench.bench_refit.SIZES) is written once into --ckpt-dir
 (default: a temporary directory) and reused when it already exists there.
 """
@@ -54,8 +54,9 @@ def main() -> int:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
 
-    from primeflow.models import ModelConfig, build_model, load_hf_checkpoint
+    from primeflow.models import ModelConfig
     from primeflow.trainer import parallel
+    from primeflow.trainer.models_setup import load_model
 
     layout = parallel.init_distributed(tp=args.tp, pp=1)
     root = args.ckpt_dir or Path(tempfile.gettempdir()) / "primeflow-bench-startup"
@@ -68,13 +69,11 @@ def main() -> int:
 
     rss_before = _peak_rss_bytes()
     start = time.perf_counter()
-    model = build_model(cfg, role="policy", params_dtype="bfloat16", device=parallel.device())
-    built = time.perf_counter()
-    load_hf_checkpoint(model, ckpt)
+    model = load_model(ckpt, role="policy", dtype="bfloat16")
     loaded = time.perf_counter()
     result = {
-        "rank": dist.get_rank(), "tp": args.tp, "size": args.size,
-        "build_s": built - start, "load_s": loaded - built, "total_s": loaded - start,
+        "rank": dist.get_rank(), "tp": args.tp, "size": args.size, "hidden": cfg.hidden_size,
+        "total_s": loaded - start,
         "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
         "peak_rss_before_bytes": rss_before, "peak_rss_after_bytes": _peak_rss_bytes(),
         "checkpoint_bytes": (ckpt / "model.safetensors").stat().st_size,

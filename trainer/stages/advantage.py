@@ -12,6 +12,7 @@ from primeflow.kernels import rloo_advantages
 
 from ..batch import TrainBatch
 from ..config import Config
+from ..rollout.metrics import tis_weights
 
 
 def advantage_stage(batch: TrainBatch, config: Config) -> dict[str, float]:
@@ -31,9 +32,9 @@ def advantage_stage(batch: TrainBatch, config: Config) -> dict[str, float]:
     if cap > 0:
         # Truncated importance sampling (vLLM sampled from pi_vllm, the trainer's pi_old differs slightly):
         # weight w = min(pi_old / pi_vllm, cap) > 0 scales the token's loss; for PPO-clip that equals
-        # scaling its advantage, so the weight is folded into the advantage.
-        w = torch.exp(batch.extra["old_logp"] - batch.vllm_logp).clamp(max=cap)
-        w = torch.where(batch.response_mask, w, 1.0)
+        # scaling its advantage, so the weight is folded into the advantage (0 on padding, which every loss
+        # masks anyway).
+        w = tis_weights(batch.extra["old_logp"], batch.vllm_logp, batch.response_mask, cap=cap)
         adv = adv * w
         metrics["tis_weight_mean"] = float(w[batch.response_mask].mean())
     batch.extra["advantages"] = adv
