@@ -19,7 +19,6 @@ import pytest
 import torch
 from primeflow.trainer.data import (
     AssembledBatch,
-    BatchAssembler,
     FilterStarvationError,
     GroupResults,
     PromptLoader,
@@ -192,17 +191,16 @@ def test_resume_mid_run_gives_identical_batches(seed):
     assert run(b, sb, 12) == tail_a
 
 
-def test_max_fetches_starvation_and_assembler(seed):
+def test_max_fetches_starvation_and_requeue(seed):
     recs = arithmetic_task(50, seed=2)
     loader = PromptLoader(recs, batch_size=5, seed=seed)
     too_easy = Scorer(seed, 4, p_easy=1.0, p_hard=0.0)
     with pytest.raises(FilterStarvationError, match=r"after 3 fetches \(15 groups, mean score 1\.000\) only 0 of 2 "
                                                     r"groups passed the filter \[0\.2, 0\.8\]"):
         assemble_step(loader, too_easy, prompts_per_step=2, group_size=4, max_fetches=3)
-    asm = BatchAssembler(PromptLoader(recs, batch_size=5, seed=seed), Scorer(seed, 4, p_easy=0, p_hard=0),
-                         prompts_per_step=2, group_size=4, filter_accuracy=False)
-    b = asm.next_batch()
-    assert len(b.records) == 2 and b.n_requeued == 3 and asm.total_generated_groups == 5
+    b = assemble_step(PromptLoader(recs, batch_size=5, seed=seed), Scorer(seed, 4, p_easy=0, p_hard=0),
+                      prompts_per_step=2, group_size=4, filter_accuracy=False)
+    assert len(b.records) == 2 and b.n_requeued == 3 and b.n_generated_groups == 5
     m = b.metrics()
     assert m["filter_kept_frac"] == 1.0 and m["data/requeued"] == 3.0 and 0 <= m["outcome_acc"] <= 1
 

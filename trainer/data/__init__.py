@@ -10,7 +10,7 @@
   token ids through the chat template.
 - ``PromptLoader``: seeded epochs, fixed fetch size, the refill buffer, exact state_dict round trip.
 - ``filter_groups(scores, group_size, low=0.2, high=0.8)``: the inclusive, float-safe accuracy filter.
-- ``assemble_step`` / ``BatchAssembler``: PRIME's fill-until-full batch assembly with requeue of the
+- ``assemble_step``: PRIME's fill-until-full batch assembly with requeue of the
   surplus prompts; the trainer provides generation + verification as a callback returning ``GroupResults``.
 
 Usage::
@@ -39,7 +39,6 @@ from .arithmetic import (
 )
 from .assembly import (
     AssembledBatch,
-    BatchAssembler,
     FilterStarvationError,
     GenerateAndScore,
     GroupResults,
@@ -58,7 +57,6 @@ __all__ = [
     "PRIME_SYSTEM_PROMPT",
     "ArithmeticProblem",
     "AssembledBatch",
-    "BatchAssembler",
     "FilterStarvationError",
     "GenerateAndScore",
     "GroupResults",

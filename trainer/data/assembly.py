@@ -179,24 +179,3 @@ def assemble_step(loader: PromptLoader, generate_and_score: GenerateAndScore, *,
         n_generated_groups=n_generated, n_passed_groups=len(kept) + len(surplus), n_requeued=len(surplus),
         n_discarded=0, outcome_acc=score_sum / (n_generated * group_size), epoch=loader.epoch,
         fetch_sizes=fetch_sizes, starved=starved)
-
-
-class BatchAssembler:
-    """``assemble_step`` with its settings bound, plus running totals across steps (for logs)."""
-
-    def __init__(self, loader: PromptLoader, generate_and_score: GenerateAndScore, *, prompts_per_step: int,
-                 group_size: int, low: float = 0.2, high: float = 0.8, filter_accuracy: bool = True,
-                 filter_truncated: bool = False, max_fetches: int | None = None) -> None:
-        self.loader = loader
-        self.generate_and_score = generate_and_score
-        self.kwargs = dict(prompts_per_step=prompts_per_step, group_size=group_size, low=low, high=high,
-                           filter_accuracy=filter_accuracy, filter_truncated=filter_truncated,
-                           max_fetches=max_fetches)
-        self.total_generated_groups = 0
-        self.total_fetches = 0
-
-    def next_batch(self) -> AssembledBatch:
-        batch = assemble_step(self.loader, self.generate_and_score, **self.kwargs)
-        self.total_generated_groups += batch.n_generated_groups
-        self.total_fetches += batch.n_fetches
-        return batch
