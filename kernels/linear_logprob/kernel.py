@@ -2,9 +2,10 @@
 
 Legend: rows n (tokens, BLOCK_N per program), vocab columns v (BLOCK_V per tile), hidden k (BLOCK_H per
 dot step). A logits tile z[BLOCK_N, BLOCK_V] = hidden[rows] @ weight[cols].T / T lives only in registers.
-DOT_FP32 casts both operands to fp32 before tl.dot: needed under TRITON_INTERPRET=1, where a bf16 tl.dot
-returns garbage (environment.md), and harmless for fp32 inputs. On GPUs bf16/fp16 tiles go to the tensor
-cores with an fp32 accumulator.
+DOT_FP32 casts both operands to fp32 before an IEEE-fp32 tl.dot: needed under TRITON_INTERPRET=1, where a
+bf16 tl.dot returns garbage (environment.md), and the fp32-input path on GPUs (true fp32 FMAs, not TF32
+tensor cores: fp32 models are the exactness setting). On GPUs bf16/fp16 tiles go to the tensor cores with
+an fp32 accumulator.
 """
 
 import triton
@@ -26,9 +27,11 @@ def _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_hn, stride_
         h_NK = tl.load(h_rows + (k0 + ks)[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         w_VK = tl.load(w_rows + (k0 + ks)[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
         if DOT_FP32:
-            h_NK = h_NK.to(tl.float32)
-            w_VK = w_VK.to(tl.float32)
-        acc = tl.dot(h_NK, tl.trans(w_VK), acc)
+            # input_precision="ieee": Triton's default for fp32 operands is TF32 (10-bit mantissas) on
+            # sm_80+, arithmetic the fp32 tolerances were never validated against
+            acc = tl.dot(h_NK.to(tl.float32), tl.trans(w_VK.to(tl.float32)), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(h_NK, tl.trans(w_VK), acc)
     z_NV = acc * inv_temperature
     return tl.where(col_ok[None, :], z_NV, float("-inf"))
 

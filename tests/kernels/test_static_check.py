@@ -17,15 +17,24 @@ import sys
 import pytest
 
 
-@pytest.fixture(scope="module")
-def reports(tmp_path_factory) -> list[dict]:
+def _compile(tmp_path_factory, label_filter: str) -> list[dict]:
     out = tmp_path_factory.mktemp("static") / "static.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "primeflow.kernels.static_check", "--filter", "bf16",
+    proc = subprocess.run([sys.executable, "-m", "primeflow.kernels.static_check", "--filter", label_filter,
                            "--json", str(out)], capture_output=True, text=True, env=env, timeout=600)
     print(proc.stdout)
     assert out.exists(), proc.stderr[-4000:]
     return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory) -> list[dict]:
+    return _compile(tmp_path_factory, "bf16")
+
+
+@pytest.fixture(scope="module")
+def fp32_reports(tmp_path_factory) -> list[dict]:
+    return _compile(tmp_path_factory, "fp32,entropy=True")
 
 
 def test_every_bf16_kernel_compiles_for_sm90_and_sm80_without_spills(reports):
@@ -40,9 +49,18 @@ def test_every_bf16_kernel_compiles_for_sm90_and_sm80_without_spills(reports):
 
 def test_fused_head_kernels_use_tensor_cores(reports):
     for r in reports:
-        if r["label"].startswith(("linear", "prime_rewards[bf16,linear")):
+        if r["label"].startswith(("linear_stats_fwd[bf16", "linear_dz[bf16", "prime_rewards[bf16,linear")):
             assert r["mma"] == ("wgmma" if r["arch"] == 90 else "mma.sync"), r
             assert r["async_copy"] in ("cp.async 16B", "TMA"), r  # 128-bit global->shared tile copies
+
+
+def test_fp32_fused_head_kernels_do_not_round_to_tf32(fp32_reports):
+    """fp32 inputs: IEEE fp32 dots (input_precision="ieee"), no tensor-core MMA, which on sm_80/sm_90 would be
+    TF32 (10-bit mantissas) and break the fp32 tolerances the kernels are validated with."""
+    fp32 = [r for r in fp32_reports if r["label"].startswith(("linear_stats_fwd[fp32", "linear_dz[fp32"))]
+    assert fp32
+    for r in fp32:
+        assert r["mma"] == "none", r
 
 
 def test_logits_kernels_load_128_bits(reports):
