@@ -58,14 +58,16 @@ def random_rollouts(vocab: int, rows: int = 16, seed: int = 0):
     return batch.to(parallel.device())
 
 
-def _ppo_inputs(model, batch) -> None:
+def _ppo_inputs(model, batch):
+    """PolicyTargets for the batch: old log-probs near the model's, random advantages."""
     from primeflow.trainer.stages.logprobs import batch_logprobs
+    from primeflow.trainer.stages.results import PolicyTargets
 
     g = torch.Generator().manual_seed(1)
     current = batch_logprobs(model, batch, budget=4096)
     noise = (torch.rand(current.shape, generator=g) - 0.5).to(current.device)
-    batch.extra["old_logp"] = torch.where(batch.response_mask, current + noise, 0.0)
-    batch.extra["advantages"] = torch.randn(current.shape, generator=g).to(current.device)
+    return PolicyTargets(old_logp=torch.where(batch.response_mask, current + noise, 0.0),
+                         advantages=torch.randn(current.shape, generator=g).to(current.device))
 
 
 def _sync() -> None:
@@ -92,19 +94,19 @@ def step_mode(ckpt: Path, vocab: int, repeats: int) -> dict:
     for dtype in ("float32", "bfloat16"):
         model, optim, _ = _trained(ckpt, dtype)
         batch = random_rollouts(vocab)
-        _ppo_inputs(model, batch)
+        targets = _ppo_inputs(model, batch)
         rows = list(range(batch.rows))
-        setups[dtype] = (model, optim, batch, rows, micro_batch_plan(batch, rows, 512))
+        setups[dtype] = (model, optim, batch, targets, rows, micro_batch_plan(batch, rows, 512))
     times: dict[str, list[float]] = {d: [] for d in setups}
     for round_ in range(repeats + 1):
-        for dtype, (model, optim, batch, rows, plan) in setups.items():
+        for dtype, (model, optim, batch, targets, rows, plan) in setups.items():
             _sync()
             t0 = time.perf_counter()
-            minibatch_step(model, optim, plan, ppo_micro_loss(model, batch, config, rows))
+            minibatch_step(model, optim, plan, ppo_micro_loss(model, batch, targets, config, rows))
             _sync()
             if round_ > 0:  # round 0 warms up
                 times[dtype].append(time.perf_counter() - t0)
-    out = {d: {"min_s": min(t), "median_s": statistics.median(t), "micro_batches": len(setups[d][4])}
+    out = {d: {"min_s": min(t), "median_s": statistics.median(t), "micro_batches": len(setups[d][5])}
            for d, t in times.items()}
     out["bf16_over_fp32_median"] = out["bfloat16"]["median_s"] / out["float32"]["median_s"]
     return out
@@ -113,7 +115,6 @@ def step_mode(ckpt: Path, vocab: int, repeats: int) -> dict:
 def _flat_all_reduce(params: list[torch.nn.Parameter]) -> int:
     """The old trainer/grads.py reduction; returns the bytes held at its peak (.grad + flat copy)."""
     import torch.distributed as dist
-
     from primeflow.trainer import parallel
 
     flat = torch.cat([p.grad.reshape(-1).float() for p in params])
@@ -140,10 +141,10 @@ def grad_sync_mode(ckpt: Path, vocab: int, repeats: int) -> dict:
     plain = load_model(ckpt, role="policy", dtype="float32")
     params = [p for p in plain.parameters() if p.requires_grad]
     batch = random_rollouts(vocab)  # the global batch (the same on every rank; micro_batch_plan shares the rows out)
-    _ppo_inputs(ddp_model, batch)
+    targets = _ppo_inputs(ddp_model, batch)
     rows = list(range(batch.rows))
     plan = micro_batch_plan(batch, rows, 512)
-    loss = ppo_micro_loss(ddp_model, batch, config, rows)
+    loss = ppo_micro_loss(ddp_model, batch, targets, config, rows)
 
     def backward(model, last_sync: bool) -> None:
         for i, micro in enumerate(plan):

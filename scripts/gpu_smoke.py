@@ -56,8 +56,12 @@ def _check(name: str, got: torch.Tensor, want: torch.Tensor, bound: float) -> di
 
 
 def kernel_checks(device: torch.device) -> list[dict]:
-    from primeflow.kernels import (linear_token_logprobs, linear_token_logprobs_backend, token_logprobs,
-                                   token_logprobs_backend)
+    from primeflow.kernels import (
+        linear_token_logprobs,
+        linear_token_logprobs_backend,
+        token_logprobs,
+        token_logprobs_backend,
+    )
 
     results = []
     seed = int(time.time()) % 2**31
@@ -145,7 +149,6 @@ def _rl_op_checks(device: torch.device, g: torch.Generator) -> dict:
 
 
 def trainer_step(device: torch.device, size: str, workdir: Path) -> dict:
-    from bench.bench_train_step import checkpoint_of_size, random_rollouts
     from primeflow.trainer import parallel
     from primeflow.trainer.config import Config
     from primeflow.trainer.models_setup import build_prime_models
@@ -153,6 +156,9 @@ def trainer_step(device: torch.device, size: str, workdir: Path) -> dict:
     from primeflow.trainer.stages.logprobs import batch_logprobs
     from primeflow.trainer.stages.policy import policy_stage
     from primeflow.trainer.stages.prm import prm_stage
+    from primeflow.trainer.stages.results import PolicyTargets
+
+    from bench.bench_train_step import checkpoint_of_size, random_rollouts
 
     ckpt = checkpoint_of_size(size, workdir)
     config = Config()
@@ -177,12 +183,16 @@ def trainer_step(device: torch.device, size: str, workdir: Path) -> dict:
     models = stage("build_models", lambda: build_prime_models(config, ckpt))
     batch = random_rollouts(config_vocab(ckpt), rows=64)
     assert batch.device == parallel.device()
-    batch.extra["old_logp"] = stage("old_logp", lambda: batch_logprobs(models.policy, batch, budget=8192))
-    out["prm"] = stage("prm", lambda: prm_stage(models, batch, config))
-    first = batch.extra["token_rewards"][:config.prm.mini_batch_size]
+    old_logp = stage("old_logp", lambda: batch_logprobs(models.policy, batch, budget=8192))
+    scores = stage("prm", lambda: prm_stage(models, batch, config, old_logp=old_logp))
+    out["prm"] = scores.metrics
+    first = scores.token_rewards[:config.prm.mini_batch_size]
     out["first_prm_minibatch_rewards_exactly_zero"] = bool(first.abs().max() == 0)
-    out["advantage"] = stage("advantage", lambda: advantage_stage(batch, config))
-    out["policy"] = stage("policy", lambda: policy_stage(models, batch, config, step=1))
+    adv = stage("advantage", lambda: advantage_stage(batch, config, old_logp=old_logp,
+                                                     token_rewards=scores.token_rewards))
+    out["advantage"] = adv.metrics
+    targets = PolicyTargets(old_logp, adv.advantages)
+    out["policy"] = stage("policy", lambda: policy_stage(models, batch, config, targets, step=1))
     out["tokens"] = int(sum(batch.seq_lens))
     return out
 
@@ -200,8 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run with --device cpu for a dry run")
-    from bench.hardware import environment
     from primeflow.trainer import parallel
+
+    from bench.hardware import environment
 
     parallel.init_distributed(backend="nccl" if args.device == "cuda" else "gloo")
     device = parallel.device()

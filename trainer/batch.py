@@ -28,8 +28,6 @@ class TrainBatch:
     # these integers, so it never reads the device copy of the batch back (no device-to-host syncs)
     seq_lens: list[int] = field(default_factory=list)
     response_lens: list[int] = field(default_factory=list)  # [B] valid response tokens per row, on the host
-    # filled by the stages
-    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -44,7 +42,7 @@ class TrainBatch:
         returns); the stages then allocate everything they make on `batch.device`."""
         moved = {f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)
                  if isinstance(getattr(self, f.name), torch.Tensor)}
-        return replace(self, **moved, extra={k: v.to(device, non_blocking=True) for k, v in self.extra.items()})
+        return replace(self, **moved)
 
 
 

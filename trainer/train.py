@@ -32,6 +32,7 @@ from .stages.advantage import advantage_stage
 from .stages.logprobs import batch_logprobs
 from .stages.policy import policy_stage
 from .stages.prm import prm_stage
+from .stages.results import OldLogprobs, PolicyTargets
 from .stages.rollout import RolloutStage, StageClock
 from .stages.validation import validation_stage
 from .testing_faults import fault_point, set_step
@@ -93,12 +94,12 @@ def to_train_batch(t: Trainer, assembled: AssembledBatch) -> TrainBatch:
     return batch.to(parallel.device())  # the step's one host-to-device move
 
 
-def old_logprobs(t: Trainer, batch: TrainBatch) -> dict[str, float]:
+def old_logprobs(t: Trainer, batch: TrainBatch) -> OldLogprobs:
     """log pi_old of the sampled tokens, recomputed by the trainer at the rollout temperature."""
-    batch.extra["old_logp"] = batch_logprobs(t.models.policy, batch, budget=t.config.train.micro_batch_tokens,
-                                             temperature=t.config.rollout.temperature)
-    mean, worst = logprob_mismatch(batch.vllm_logp, batch.extra["old_logp"], batch.response_mask)
-    return {"logprob_mismatch": mean, "logprob_mismatch_max": worst}
+    logp = batch_logprobs(t.models.policy, batch, budget=t.config.train.micro_batch_tokens,
+                          temperature=t.config.rollout.temperature)
+    mean, worst = logprob_mismatch(batch.vllm_logp, logp, batch.response_mask)
+    return OldLogprobs(logp, {"logprob_mismatch": mean, "logprob_mismatch_max": worst})
 
 
 def refit(t: Trainer) -> dict[str, float]:
@@ -124,16 +125,21 @@ def prime_step(t: Trainer, step: int) -> dict[str, float]:
     metrics.update(assembled.metrics())
     batch = to_train_batch(t, assembled)
     with timed(t, clock, "old_logp"):
-        metrics.update(old_logprobs(t, batch))
+        old = old_logprobs(t, batch)
+    metrics.update(old.metrics)
+    scores = None
     if cfg.prime.mode == "prime":
         with timed(t, clock, "prm"):
             fault_point("prm")
-            metrics.update(prm_stage(t.models, batch, cfg))
+            scores = prm_stage(t.models, batch, cfg, old_logp=old.logp)
+        metrics.update(scores.metrics)
     with timed(t, clock, "advantage"):
-        metrics.update(advantage_stage(batch, cfg))
+        adv = advantage_stage(batch, cfg, old_logp=old.logp,
+                              token_rewards=scores.token_rewards if scores is not None else None)
+    metrics.update(adv.metrics)
     with timed(t, clock, "policy"):
         fault_point("policy")
-        metrics.update(policy_stage(t.models, batch, cfg, step=step))
+        metrics.update(policy_stage(t.models, batch, cfg, PolicyTargets(old.logp, adv.advantages), step=step))
     with timed(t, clock, "refit"):
         metrics.update(refit(t))
     elapsed = time.perf_counter() - t0

@@ -27,6 +27,7 @@ from primeflow.trainer.models_setup import trained_model
 from primeflow.trainer.stages.logprobs import batch_logprobs, micro_batch_plan
 from primeflow.trainer.stages.optim_step import minibatch_step
 from primeflow.trainer.stages.policy import ppo_micro_loss
+from primeflow.trainer.stages.results import PolicyTargets
 
 _spec = importlib.util.spec_from_file_location("stage_helpers", Path(__file__).with_name("stage_helpers.py"))
 helpers = importlib.util.module_from_spec(_spec)
@@ -63,11 +64,11 @@ def one_layout(ckpt: Path, batch, rows: list[int], budget: int, *, dtype: str, d
     model, optim, sched = trained_model(ckpt, role="policy", dtype=dtype, optim=OPTIM, parallel_cfg=pcfg)
     g = torch.Generator().manual_seed(7)
     current = batch_logprobs(model, batch, budget=budget)
-    batch.extra["old_logp"] = torch.where(batch.response_mask,
-                                          current + (torch.rand(current.shape, generator=g) - 0.5), 0.0)
-    batch.extra["advantages"] = torch.randn(current.shape, generator=g)
+    targets = PolicyTargets(
+        old_logp=torch.where(batch.response_mask, current + (torch.rand(current.shape, generator=g) - 0.5), 0.0),
+        advantages=torch.randn(current.shape, generator=g))
     plan = micro_batch_plan(batch, rows, budget)
-    stats = minibatch_step(model, optim, plan, ppo_micro_loss(model, batch, _Cfg, rows))
+    stats = minibatch_step(model, optim, plan, ppo_micro_loss(model, batch, targets, _Cfg, rows))
     grads = {k: v.clone() for k, v in hf_state_dict(model, grads=True).items()}
     after1 = _weights(model)
     flat = torch.cat([w.flatten().float() for w in after1.values()])
@@ -87,7 +88,7 @@ def one_layout(ckpt: Path, batch, rows: list[int], budget: int, *, dtype: str, d
     optim2.load_state_dict(saved["optim"])
     sched2.load_state_dict(saved["sched"])
     for m, o in ((model, optim), (model2, optim2)):
-        minibatch_step(m, o, plan, ppo_micro_loss(m, batch, _Cfg, rows))
+        minibatch_step(m, o, plan, ppo_micro_loss(m, batch, targets, _Cfg, rows))
     resumed, uninterrupted = _weights(model2), _weights(model)
     out["resume_bitwise"] = all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
     held = torch.tensor([_moments_here(optim2)])

@@ -31,6 +31,7 @@ from primeflow.trainer.stages.logprobs import all_rows_sum, batch_logprobs, micr
 from primeflow.trainer.stages.optim_step import accumulate_grads, minibatch_step
 from primeflow.trainer.stages.policy import ppo_micro_loss
 from primeflow.trainer.stages.prm import prm_micro_loss, prm_stage
+from primeflow.trainer.stages.results import PolicyTargets
 from safetensors.torch import load_file
 
 _spec = importlib.util.spec_from_file_location("_stage_helpers", Path(__file__).with_name("stage_helpers.py"))
@@ -67,20 +68,20 @@ def _tokens(batch, plan: list[list[int]]) -> list[int]:
 def check_policy(models, config, batch, seed: int) -> dict:
     g = torch.Generator().manual_seed(seed)
     current = batch_logprobs(models.policy, batch, budget=BUDGET)
-    batch.extra["old_logp"] = torch.where(batch.response_mask,
-                                          current + (torch.rand(current.shape, generator=g) - 0.5), 0.0)
-    batch.extra["advantages"] = torch.randn(current.shape, generator=g)
+    targets = PolicyTargets(
+        old_logp=torch.where(batch.response_mask, current + (torch.rand(current.shape, generator=g) - 0.5), 0.0),
+        advantages=torch.randn(current.shape, generator=g))
     rows = list(range(batch.rows))
     plan = micro_batch_plan(batch, rows, BUDGET)
     clipped = torch.zeros(1, dtype=torch.float64)
     loss = accumulate_grads(models.policy, models.policy_optim, plan,
-                            ppo_micro_loss(models.policy, batch, config, rows, clipped))
+                            ppo_micro_loss(models.policy, batch, targets, config, rows, clipped))
     all_rows_sum(clipped)  # counted on the last stage; as policy_stage does
     grads = _gather_named(hf_state_dict(models.policy, grads=True))
     # config.ppo.optim.grad_clip (main) is far below the norm: the step is clipped, so the TP/PP norm enters
     # the update
     stats = minibatch_step(models.policy, models.policy_optim, plan,
-                           ppo_micro_loss(models.policy, batch, config, rows))
+                           ppo_micro_loss(models.policy, batch, targets, config, rows))
     return {"logp": current, "logp_same": _same_everywhere(current), "loss": loss, "clipped": float(clipped[0]),
             "grads": grads, "grad_norm": stats["grad_norm"], "step_loss": stats["loss"],
             "weights": _gather_named(hf_state_dict(models.policy)), "tokens": _tokens(batch, plan)}
@@ -94,8 +95,10 @@ def check_prm(models, config, batch) -> dict:
     grads = _gather_named(hf_state_dict(models.prm, grads=True))
     config.prm.update, config.prm.mini_batch_size, config.prm.optim.lr = "after", 4, 1e-3
     config.train.micro_batch_tokens = BUDGET
-    metrics = prm_stage(models, batch, config)
-    rewards = batch.extra["token_rewards"]
+    # the frozen reference scores itself (ref_type=freeze); old_logp would only be read for ref_type=policy,
+    # and equals the reference's log-probs here anyway (the untrained policy is the same SFT copy)
+    scores = prm_stage(models, batch, config, old_logp=ref)
+    metrics, rewards = scores.metrics, scores.token_rewards
     return {"loss": loss, "grads": grads, "tokens": _tokens(batch, plan), "metrics": metrics,
             "metrics_same": _same_everywhere(torch.tensor([metrics[k] for k in sorted(metrics)])),
             "rewards": rewards, "rewards_same": _same_everywhere(rewards),

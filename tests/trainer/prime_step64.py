@@ -20,6 +20,7 @@ from primeflow.trainer.stages.advantage import advantage_stage
 from primeflow.trainer.stages.logprobs import batch_logprobs
 from primeflow.trainer.stages.policy import policy_stage
 from primeflow.trainer.stages.prm import prm_stage
+from primeflow.trainer.stages.results import PolicyTargets
 from tolerances import MODEL_PARITY_REL
 from transformers import AutoModelForCausalLM
 
@@ -95,20 +96,20 @@ def swap_prm_and_ref_weights(models) -> None:
 
 def trainer_step(models, batch, config) -> dict:
     """One PRIME step through the real stages, in trainer/train.py:prime_step's order."""
-    batch.extra["old_logp"] = batch_logprobs(models.policy, batch, budget=config.train.micro_batch_tokens,
-                                             temperature=config.rollout.temperature)
-    metrics = {}
-    if config.prime.mode == "prime":
-        metrics.update(prm_stage(models, batch, config))
-    metrics.update(advantage_stage(batch, config))
-    metrics.update(policy_stage(models, batch, config, step=1))
+    old_logp = batch_logprobs(models.policy, batch, budget=config.train.micro_batch_tokens,
+                              temperature=config.rollout.temperature)
+    scores = prm_stage(models, batch, config, old_logp=old_logp) if config.prime.mode == "prime" else None
+    adv = advantage_stage(batch, config, old_logp=old_logp,
+                          token_rewards=None if scores is None else scores.token_rewards)
+    metrics = {**(scores.metrics if scores else {}), **adv.metrics,
+               **policy_stage(models, batch, config, PolicyTargets(old_logp, adv.advantages), step=1)}
     out = {
-        "advantages": batch.extra["advantages"].detach().cpu(),
+        "advantages": adv.advantages.detach().cpu(),
         "pg_loss": metrics["pg_loss"],
         "policy_params": {k: v.detach().cpu().clone() for k, v in hf_state_dict(models.policy).items()},
     }
     if config.prime.mode == "prime":
-        out["token_rewards"] = batch.extra["token_rewards"].detach().cpu()
+        out["token_rewards"] = scores.token_rewards.detach().cpu()
         out["prm_loss"] = metrics["prm_loss"]
         out["prm_params"] = {k: v.detach().cpu().clone() for k, v in hf_state_dict(models.prm).items()}
     return out

@@ -26,32 +26,32 @@ PRODUCT_REL = 2.0 ** -21
 
 
 def _batch(seed: int):
+    """(batch with vLLM log-probs, old log-probs, token rewards)"""
     batch = helpers.random_rollouts(seed)
     gen = torch.Generator().manual_seed(seed)
     mask = batch.response_mask
     vllm = torch.where(mask, -torch.rand(mask.shape, generator=gen) * 3, 0.0)
     old = torch.where(mask, vllm + (torch.rand(mask.shape, generator=gen) - 0.5) * 2.0, 0.0)  # ratios e^+-1
-    batch = dataclasses.replace(batch, vllm_logp=vllm)
-    batch.extra["old_logp"] = old
-    batch.extra["token_rewards"] = torch.where(mask, torch.randn(mask.shape, generator=gen) * 0.1, 0.0)
-    return batch
+    rewards = torch.where(mask, torch.randn(mask.shape, generator=gen) * 0.1, 0.0)
+    return dataclasses.replace(batch, vllm_logp=vllm), old, rewards
 
 
-def _advantages(batch, cap: float):
-    run = dataclasses.replace(batch, extra=dict(batch.extra))
+def _advantages(inputs, cap: float):
+    batch, old, rewards = inputs
     config = Config()
     config.rollout.tis_cap = cap
-    metrics = advantage_stage(run, config)
-    return run.extra["advantages"], metrics
+    result = advantage_stage(batch, config, old_logp=old, token_rewards=rewards)
+    return result.advantages, result.metrics
 
 
 @pytest.mark.parametrize("cap", [1.5, 2.0])
 def test_tis_scales_each_valid_advantage_by_its_capped_ratio(seed, cap):
-    batch = _batch(seed)
-    plain, _ = _advantages(batch, 0.0)
-    weighted, metrics = _advantages(batch, cap)
+    inputs = _batch(seed)
+    batch, old, _ = inputs
+    plain, _ = _advantages(inputs, 0.0)
+    weighted, metrics = _advantages(inputs, cap)
     mask = batch.response_mask
-    ratio = torch.exp(batch.extra["old_logp"].double() - batch.vllm_logp.double())
+    ratio = torch.exp(old.double() - batch.vllm_logp.double())
     assert bool((ratio[mask] > cap).any()) and bool((ratio[mask] < 1).any())  # both cases exercised
     w64 = torch.where(mask, ratio.clamp(max=cap), 0.0)
     want = plain.double() * w64
@@ -62,8 +62,9 @@ def test_tis_scales_each_valid_advantage_by_its_capped_ratio(seed, cap):
 
 
 def test_tis_off_leaves_the_advantages_alone(seed):
-    batch = _batch(seed)
-    plain, metrics = _advantages(batch, 0.0)
+    inputs = _batch(seed)
+    plain, metrics = _advantages(inputs, 0.0)
     assert "tis_weight_mean" not in metrics
-    weighted, _ = _advantages(batch, 2.0)
-    assert not torch.equal(plain[batch.response_mask], weighted[batch.response_mask])
+    weighted, _ = _advantages(inputs, 2.0)
+    mask = inputs[0].response_mask
+    assert not torch.equal(plain[mask], weighted[mask])

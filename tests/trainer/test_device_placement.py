@@ -30,6 +30,7 @@ from primeflow.trainer.config import Config
 from primeflow.trainer.stages.logprobs import micro_batch_plan, micro_batch_tensors
 from primeflow.trainer.stages.policy import ppo_micro_loss
 from primeflow.trainer.stages.prm import prm_micro_loss, token_rewards
+from primeflow.trainer.stages.results import PolicyTargets
 from torch._subclasses.fake_tensor import FakeTensorDeviceMismatchError, FakeTensorMode
 
 _spec = importlib.util.spec_from_file_location("_stage_helpers", Path(__file__).with_name("stage_helpers.py"))
@@ -93,31 +94,31 @@ def test_reading_device_values_on_the_host_is_caught(fake):
 
 
 def _batch_with_stage_outputs(host, device: torch.device, *, host_extra: str | None = None):
-    """The moved batch with the tensors earlier stages leave in `extra` (made on `device`, except
-    `host_extra`, which stays on the host as a misplaced stage output would)."""
+    """The moved batch and the tensors earlier stages hand on (made on `device`, except `host_extra`, which
+    stays on the host as a misplaced stage output would)."""
     batch = host.to(device)
     shape = batch.response_mask.shape
-    for name in ("old_logp", "advantages", "ref_logp"):
-        batch.extra[name] = torch.randn(shape, device="cpu" if name == host_extra else device)
-    return batch
+    made = {name: torch.randn(shape, device="cpu" if name == host_extra else device)
+            for name in ("old_logp", "advantages", "ref_logp")}
+    return batch, PolicyTargets(made["old_logp"], made["advantages"]), made["ref_logp"]
 
 
-def _loss_shares(batch, rows: list[int]):
+def _loss_shares(batch, targets, ref_logp, rows: list[int]):
     config = Config()
     logp = torch.randn(len(rows), batch.response_mask.shape[1], device=batch.device)
     clipped = torch.zeros(1, dtype=torch.float64, device=batch.device)
-    pg = ppo_micro_loss(None, batch, config, rows, clipped).share(rows, logp)
+    pg = ppo_micro_loss(None, batch, targets, config, rows, clipped).share(rows, logp)
     record = torch.zeros(batch.response_mask.shape, device=batch.device)
-    prm = prm_micro_loss(batch, batch.extra["ref_logp"], config, rows, record).share(rows, logp)
-    rewards = token_rewards(record, batch.extra["ref_logp"], batch.response_mask, beta=0.05, granularity="whole")
+    prm = prm_micro_loss(batch, ref_logp, config, rows, record).share(rows, logp)
+    rewards = token_rewards(record, ref_logp, batch.response_mask, beta=0.05, granularity="whole")
     return pg, prm, clipped, record, rewards
 
 
 def test_loss_shares_and_token_rewards_stay_on_the_device_without_host_reads(fake):
     host = helpers.random_rollouts(1)
     with fake:
-        batch = _batch_with_stage_outputs(host, CUDA)
-        outputs = _loss_shares(batch, [5, 0, 7])
+        batch, targets, ref_logp = _batch_with_stage_outputs(host, CUDA)
+        outputs = _loss_shares(batch, targets, ref_logp, [5, 0, 7])
     for t in outputs:
         assert t.device == CUDA
     pg, prm, _, record, rewards = outputs
@@ -129,4 +130,4 @@ def test_loss_shares_and_token_rewards_stay_on_the_device_without_host_reads(fak
 def test_a_stage_output_left_on_the_host_fails_the_loss_shares(fake, host_extra):
     host = helpers.random_rollouts(1)
     with fake, pytest.raises((ValueError, FakeTensorDeviceMismatchError), match="on cpu|cpu"):
-        _loss_shares(_batch_with_stage_outputs(host, CUDA, host_extra=host_extra), [5, 0, 7])
+        _loss_shares(*_batch_with_stage_outputs(host, CUDA, host_extra=host_extra), [5, 0, 7])

@@ -26,6 +26,7 @@ from primeflow.trainer.models_setup import trained_model
 from primeflow.trainer.stages.logprobs import batch_logprobs, micro_batch_plan
 from primeflow.trainer.stages.optim_step import accumulate_grads
 from primeflow.trainer.stages.policy import ppo_micro_loss
+from primeflow.trainer.stages.results import PolicyTargets
 
 _spec = importlib.util.spec_from_file_location("_stage_helpers", Path(__file__).with_name("stage_helpers.py"))
 helpers = importlib.util.module_from_spec(_spec)
@@ -56,11 +57,12 @@ def test_bf16_step_updates_fp32_masters_and_rounds_them_into_the_weights(ckpt, s
     batch = helpers.random_rollouts(seed)
     g = torch.Generator().manual_seed(seed)
     current = batch_logprobs(model, batch, budget=10_000)
-    batch.extra["old_logp"] = torch.where(batch.response_mask, current + (torch.rand(current.shape, generator=g) - 0.5),
-                                          0.0)
-    batch.extra["advantages"] = torch.randn(current.shape, generator=g)
+    targets = PolicyTargets(
+        old_logp=torch.where(batch.response_mask, current + (torch.rand(current.shape, generator=g) - 0.5), 0.0),
+        advantages=torch.randn(current.shape, generator=g))
     rows = list(range(batch.rows))
-    accumulate_grads(model, optim, micro_batch_plan(batch, rows, 40), ppo_micro_loss(model, batch, config, rows))
+    accumulate_grads(model, optim, micro_batch_plan(batch, rows, 40),
+                     ppo_micro_loss(model, batch, targets, config, rows))
 
     inner = optim._chained()
     pairs = [(w, m) for ws, ms in zip(inner.float16_groups, inner.fp32_from_float16_groups, strict=True)

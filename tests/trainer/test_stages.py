@@ -21,6 +21,7 @@ from primeflow.trainer.stages.logprobs import batch_logprobs, micro_batch_plan
 from primeflow.trainer.stages.optim_step import accumulate_grads
 from primeflow.trainer.stages.policy import ppo_micro_loss
 from primeflow.trainer.stages.prm import prm_stage, token_rewards
+from primeflow.trainer.stages.results import PolicyTargets
 from transformers import AutoModelForCausalLM
 
 _spec = importlib.util.spec_from_file_location("_stage_helpers", Path(__file__).with_name("stage_helpers.py"))
@@ -68,17 +69,18 @@ def test_policy_gradient_matches_float64_reference_for_any_packing(ckpt, seed, a
     g = torch.Generator().manual_seed(seed)
     current = batch_logprobs(models.policy, batch, budget=10_000)
     # old log-probs off by up to +-0.5 nats so that both clip sides are exercised
-    batch.extra["old_logp"] = torch.where(batch.response_mask, current + (torch.rand(current.shape, generator=g) - 0.5),
-                                          0.0)
-    batch.extra["advantages"] = torch.randn(current.shape, generator=g)
+    targets = PolicyTargets(
+        old_logp=torch.where(batch.response_mask, current + (torch.rand(current.shape, generator=g) - 0.5), 0.0),
+        advantages=torch.randn(current.shape, generator=g))
     rows = list(range(batch.rows))
-    want = _reference_ppo_grads(ckpt, batch, batch.extra["old_logp"], batch.extra["advantages"], rows,
+    want = _reference_ppo_grads(ckpt, batch, targets.old_logp, targets.advantages, rows,
                                 clip=config.ppo.clip, agg=agg, temperature=config.rollout.temperature)
     results = []
     for budget in (10_000, 40):  # everything in one micro-batch vs micro-batches of 1-3 rows
         plan = micro_batch_plan(batch, rows, budget)
         assert sorted(r for mb in plan for r in mb) == rows
-        accumulate_grads(models.policy, models.policy_optim, plan, ppo_micro_loss(models.policy, batch, config, rows))
+        accumulate_grads(models.policy, models.policy_optim, plan,
+                         ppo_micro_loss(models.policy, batch, targets, config, rows))
         results.append((len(plan), hf_state_dict(models.policy, grads=True)))
     assert results[0][0] == 1 and results[1][0] >= 4, "the two packings must differ"
     for n_micro, got in results:
@@ -103,13 +105,14 @@ def test_prm_loss_is_ln2_at_step0_and_after_mode_scores_with_pre_update_prm(ckpt
     config.prm.mini_batch_size = 4  # 3 PRM optimizer steps over the 12 responses
     config.prm.optim.lr = 1e-3
     batch = helpers.random_rollouts(seed)
-    batch.extra["old_logp"] = batch_logprobs(models.policy, batch, budget=10_000)
+    old_logp = batch_logprobs(models.policy, batch, budget=10_000)
     before = [p.detach().clone() for p in models.prm.parameters()]
-    metrics = prm_stage(models, batch, config)
+    scores = prm_stage(models, batch, config, old_logp=old_logp)
+    metrics, rewards = scores.metrics, scores.token_rewards
     # first mini-batch: PRM == ref exactly, so its CE is ln 2 and its rewards are exactly 0
-    assert batch.extra["token_rewards"][:4].abs().max() == 0.0
+    assert rewards[:4].abs().max() == 0.0
     # later mini-batches are scored by a PRM that already took 1-2 steps: rewards move
-    assert batch.extra["token_rewards"][4:][batch.response_mask[4:]].abs().max() > 0
+    assert rewards[4:][batch.response_mask[4:]].abs().max() > 0
     assert any(not torch.equal(a, b) for a, b in zip(before, models.prm.parameters(), strict=True))
     assert math.isfinite(metrics["prm_loss"]) and abs(metrics["prm_loss"] - math.log(2)) < 0.05
 
@@ -118,14 +121,14 @@ def test_prm_loss_is_ln2_at_step0_and_after_mode_scores_with_pre_update_prm(ckpt
 def test_prm_none_mode_keeps_loss_exactly_ln2_and_before_mode_scores_with_updated_prm(ckpt, seed, dtype):
     models, config = helpers.tiny_models(ckpt, _config(dtype))
     batch = helpers.random_rollouts(seed)
-    batch.extra["old_logp"] = batch_logprobs(models.policy, batch, budget=10_000)
+    old_logp = batch_logprobs(models.policy, batch, budget=10_000)
     config.prm.update = "none"
-    metrics = prm_stage(models, batch, config)
-    assert batch.extra["token_rewards"].abs().max() == 0.0
-    assert metrics["prm_loss"] == float(torch.tensor(math.log(2), dtype=torch.float32))  # ln 2 in fp32, exactly
+    scores = prm_stage(models, batch, config, old_logp=old_logp)
+    assert scores.token_rewards.abs().max() == 0.0
+    # ln 2 in fp32, exactly
+    assert scores.metrics["prm_loss"] == float(torch.tensor(math.log(2), dtype=torch.float32))
     config.prm.update, config.prm.optim.lr = "before", 1e-3
-    prm_stage(models, batch, config)
-    rewards, mask = batch.extra["token_rewards"], batch.response_mask
+    rewards, mask = prm_stage(models, batch, config, old_logp=old_logp).token_rewards, batch.response_mask
     # unlike `after`, even the first PRM mini-batch is scored by the already-updated PRM: nonzero rewards
     assert rewards[:4][mask[:4]].abs().max() > 0
 

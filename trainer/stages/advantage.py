@@ -13,13 +13,16 @@ from primeflow.kernels import rloo_advantages
 from ..batch import TrainBatch
 from ..config import Config
 from ..rollout.metrics import tis_weights
+from .results import Advantages
 
 
-def advantage_stage(batch: TrainBatch, config: Config) -> dict[str, float]:
-    """Sets batch.extra["advantages"] ([B, R] fp32, TIS-weighted when rollout.tis_cap > 0)."""
+def advantage_stage(batch: TrainBatch, config: Config, *, old_logp: torch.Tensor,
+                    token_rewards: torch.Tensor | None) -> Advantages:
+    """RLOO advantages from the PRM's token rewards and the outcomes (outcome-only RLOO when token_rewards is
+    None); TIS-weighted with old_logp vs vLLM's log-probs when rollout.tis_cap > 0."""
     p = config.prime
-    rewards = batch.extra.get("token_rewards")
-    outcome_only = rewards is None
+    outcome_only = token_rewards is None
+    rewards = token_rewards
     if outcome_only:
         rewards = torch.zeros(batch.response_mask.shape, dtype=torch.float32, device=batch.device)
     adv = rloo_advantages(rewards, batch.outcome, batch.response_mask, group_size=batch.group_size,
@@ -34,11 +37,10 @@ def advantage_stage(batch: TrainBatch, config: Config) -> dict[str, float]:
         # weight w = min(pi_old / pi_vllm, cap) > 0 scales the token's loss; for PPO-clip that equals
         # scaling its advantage, so the weight is folded into the advantage (0 on padding, which every loss
         # masks anyway).
-        w = tis_weights(batch.extra["old_logp"], batch.vllm_logp, batch.response_mask, cap=cap)
+        w = tis_weights(old_logp, batch.vllm_logp, batch.response_mask, cap=cap)
         adv = adv * w
         metrics["tis_weight_mean"] = float(w[batch.response_mask].mean())
-    batch.extra["advantages"] = adv
     valid = adv[batch.response_mask]
     metrics["adv_mean"] = float(valid.mean())
     metrics["adv_std"] = float(valid.std()) if valid.numel() > 1 else 0.0
-    return metrics
+    return Advantages(adv, metrics)

@@ -12,6 +12,7 @@ from ..config import Config
 from ..models_setup import PrimeModels
 from .logprobs import all_rows_sum, micro_batch_plan, row_index
 from .optim_step import MicroLoss, chunks, minibatch_step
+from .results import PolicyTargets
 
 
 def _normaliser(batch: TrainBatch, rows: list[int], agg: str) -> float:
@@ -21,15 +22,15 @@ def _normaliser(batch: TrainBatch, rows: list[int], agg: str) -> float:
     return float(sum(n_tokens) if agg == "token-mean" else sum(n > 0 for n in n_tokens))
 
 
-def ppo_micro_loss(policy: torch.nn.Module, batch: TrainBatch, config: Config, minibatch_rows: list[int],
-                   clip_counter: torch.Tensor | None = None) -> MicroLoss:
+def ppo_micro_loss(policy: torch.nn.Module, batch: TrainBatch, targets: PolicyTargets, config: Config,
+                   minibatch_rows: list[int], clip_counter: torch.Tensor | None = None) -> MicroLoss:
     """The micro-batch loss share for a mini-batch: ppo_clip_loss on the micro-batch times
     (micro-batch count / mini-batch count) of the aggregation's unit, so shares sum to the mini-batch loss.
     `policy` is the model the shares are taken from (log-probs at the rollout temperature; accumulate_grads
     runs it). `clip_counter` collects clipped-token counts (on the last pipeline stage)."""
     del policy  # the model is given to accumulate_grads; kept for the call sites' readability
     ppo = config.ppo
-    old, adv, mask = batch.extra["old_logp"], batch.extra["advantages"], batch.response_mask
+    old, adv, mask = targets.old_logp, targets.advantages, batch.response_mask
     total = max(_normaliser(batch, minibatch_rows, ppo.agg), 1.0)
 
     def share(micro: list[int], logp: torch.Tensor) -> torch.Tensor:
@@ -43,7 +44,8 @@ def ppo_micro_loss(policy: torch.nn.Module, batch: TrainBatch, config: Config, m
     return MicroLoss(batch, share, temperature=config.rollout.temperature)
 
 
-def policy_stage(models: PrimeModels, batch: TrainBatch, config: Config, *, step: int) -> dict[str, float]:
+def policy_stage(models: PrimeModels, batch: TrainBatch, config: Config, targets: PolicyTargets, *,
+                 step: int) -> dict[str, float]:
     ppo = config.ppo
     gen = torch.Generator().manual_seed(config.train.seed * 1_000_003 + step)
     losses, norms = [], []
@@ -52,7 +54,7 @@ def policy_stage(models: PrimeModels, batch: TrainBatch, config: Config, *, step
         order = torch.randperm(batch.rows, generator=gen).tolist()
         for rows in chunks(order, ppo.mini_batch_size):
             plan = micro_batch_plan(batch, rows, config.train.micro_batch_tokens)
-            loss_fn = ppo_micro_loss(models.policy, batch, config, rows, clipped)
+            loss_fn = ppo_micro_loss(models.policy, batch, targets, config, rows, clipped)
             stats = minibatch_step(models.policy, models.policy_optim, plan, loss_fn)
             losses.append(stats["loss"])
             norms.append(stats["grad_norm"])

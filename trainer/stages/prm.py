@@ -17,6 +17,7 @@ from ..config import Config
 from ..models_setup import PrimeModels
 from .logprobs import all_rows_sum, batch_logprobs, micro_batch_plan, row_index
 from .optim_step import MicroLoss, chunks, minibatch_step
+from .results import PRMScores
 
 MiniBatches = list[tuple[list[int], list[list[int]]]]  # per PRM mini-batch: (rows, this rank's micro-batches)
 
@@ -35,8 +36,8 @@ def prm_scoring_plan(batch: TrainBatch, config: Config, minibatches: MiniBatches
     return micro_batch_plan(batch, list(range(batch.rows)), config.train.micro_batch_tokens)
 
 
-def reference_logprobs(models: PrimeModels, batch: TrainBatch, config: Config, plan: list[list[int]]
-                       ) -> torch.Tensor:
+def reference_logprobs(models: PrimeModels, batch: TrainBatch, config: Config, plan: list[list[int]],
+                       old_logp: torch.Tensor) -> torch.Tensor:
     """[B, R] log pi_ref: the frozen SFT copy, or the policy's old log-probs (ref_type=policy).
 
     The reference is scored on the PRM's own micro-batches: while the PRM still equals the reference (step
@@ -44,7 +45,7 @@ def reference_logprobs(models: PrimeModels, batch: TrainBatch, config: Config, p
     host. Another packing changes the GEMM heights, and BLAS may sum in another order per height (1e-7 seen
     on AVX2-only hosts)."""
     if config.prime.ref_type == "policy":
-        return batch.extra["old_logp"]
+        return old_logp
     return batch_logprobs(models.ref, batch, budget=config.train.micro_batch_tokens, plan=plan)
 
 
@@ -91,11 +92,12 @@ def token_rewards(prm_BR: torch.Tensor, ref_BR: torch.Tensor, mask_BR: torch.Ten
     return torch.where(mask_BR, whole, 0.0)
 
 
-def prm_stage(models: PrimeModels, batch: TrainBatch, config: Config) -> dict[str, float]:
-    """Sets batch.extra["token_rewards"] ([B, R] fp32); returns prm_loss, prm_acc, prm_acc_before."""
+def prm_stage(models: PrimeModels, batch: TrainBatch, config: Config, *, old_logp: torch.Tensor) -> PRMScores:
+    """Scores the reference and the PRM and updates the PRM (prm.update: before / after the scoring, or
+    none); the metrics are prm_loss and prm_acc."""
     minibatches = prm_minibatches(batch, config)
     scoring_plan = prm_scoring_plan(batch, config, minibatches)  # the reference is scored on the same one
-    ref_BR = reference_logprobs(models, batch, config, scoring_plan)
+    ref_BR = reference_logprobs(models, batch, config, scoring_plan, old_logp)
     budget, mode = config.train.micro_batch_tokens, config.prm.update
     losses: list[float] = []
     if mode == "after":
@@ -108,12 +110,12 @@ def prm_stage(models: PrimeModels, batch: TrainBatch, config: Config) -> dict[st
         prm_BR = batch_logprobs(models.prm, batch, budget=budget, plan=scoring_plan)
     rewards = token_rewards(prm_BR, ref_BR, batch.response_mask, beta=config.prime.beta,
                             granularity=config.prime.granularity)
-    batch.extra["ref_logp"], batch.extra["prm_logp"], batch.extra["token_rewards"] = ref_BR, prm_BR, rewards
     with torch.no_grad():
         monitor = float(prm_ce_loss(prm_BR, ref_BR, batch.response_mask, batch.outcome, beta=config.prime.beta))
         acc = float(prm_pairwise_accuracy(rewards, batch.response_mask, batch.outcome, group_size=batch.group_size))
-    return {
+    metrics = {
         # the training loss of the update (mean over PRM mini-batches); `none` reports the CE of the scores
         "prm_loss": sum(losses) / len(losses) if losses else monitor,
         "prm_acc": acc,
     }
+    return PRMScores(ref_BR, prm_BR, rewards, metrics)

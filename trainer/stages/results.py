@@ -1,0 +1,45 @@
+"""What the PRIME stages hand to one another: small typed results, passed explicitly by the loop
+(trainer/train.py prime_step), never a string-keyed bag on the batch. Tensors are fp32 [B, R] response
+columns on the batch's device, 0 on padding; `metrics` are the stage's public metric keys (architecture.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class OldLogprobs:
+    """log pi_old of the sampled tokens, recomputed by the trainer at the rollout temperature."""
+
+    logp: torch.Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PRMScores:
+    """The implicit PRM's scores: reference and PRM log-probs and the token rewards beta * log-ratio (on every
+    valid token, or summed on the last one for granularity=whole)."""
+
+    ref_logp: torch.Tensor
+    prm_logp: torch.Tensor
+    token_rewards: torch.Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Advantages:
+    """PRIME advantages (TIS-weighted when rollout.tis_cap > 0)."""
+
+    advantages: torch.Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PolicyTargets:
+    """What the PPO-clip update needs beyond the batch: the old log-probs and the advantages."""
+
+    old_logp: torch.Tensor
+    advantages: torch.Tensor
