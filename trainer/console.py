@@ -42,6 +42,15 @@ def _fmt(value: Any, spec: str) -> str:
     return spec.format(value)
 
 
+
+def step_seconds(metrics: Mapping[str, Any]) -> float | None:
+    """A step's wall time: `time/step` (the whole step, measured once), else the sum of its stage times
+    (`time/<stage>`; records without `time/step`). Never both: `time/step` already contains the stages."""
+    if metrics.get("time/step") is not None:
+        return float(metrics["time/step"])
+    stages = [v for k, v in metrics.items() if k.startswith("time/") and v is not None]
+    return float(sum(stages)) if stages else None
+
 class _Bar:
     """Handle of one stage's progress bar: `advance(n)`, `update(total=...)`."""
 
@@ -92,9 +101,9 @@ class RunConsole:
         total = f"/{self.total_steps}" if self.total_steps is not None else ""
         parts = [f"step {step}{total}"]
         parts += [f"{label} {_fmt(metrics[key], spec)}" for key, label, spec in SUMMARY_KEYS if key in metrics]
-        times = [v for k, v in metrics.items() if k.startswith("time/") and v is not None]
-        if times:
-            parts.append(f"{sum(times):.1f}s")
+        seconds = step_seconds(metrics)
+        if seconds is not None:
+            parts.append(f"{seconds:.1f}s")
         return " | ".join(parts)
 
     def step_summary(self, step: int, metrics: Mapping[str, Any]) -> None:
@@ -113,7 +122,7 @@ class RunConsole:
             table.add_column(label, justify="right")
         table.add_column("time (s)", justify="right")
         for r in records:
-            times = [v for k, v in r.items() if k.startswith("time/") and v is not None]
+            seconds = step_seconds(r)
             table.add_row(str(r["step"]), *[_fmt(r.get(k), spec) for k, _, spec in present],
-                          f"{sum(times):.1f}" if times else "-")
+                          f"{seconds:.1f}" if seconds is not None else "-")
         self._console.print(table)

@@ -90,6 +90,19 @@ def test_step_line_and_final_table():
     assert "prm_loss" in table and "clip" not in table  # only columns some step has
 
 
+def test_step_time_is_the_measured_step_not_its_stages_counted_twice():
+    """The trainer logs time/step (the whole step) beside time/<stage>; summing all time/* keys doubled it."""
+    con, buf = _console()
+    metrics = {"outcome_acc": 0.5, "time/rollout": 2.0, "time/policy": 0.75, "time/step": 3.0}
+    con.step_summary(1, metrics)
+    assert buf.getvalue().rstrip("\n").endswith("| 3.0s")
+    buf.truncate(0)
+    buf.seek(0)
+    con.final_table([{"step": 1, **metrics}])
+    (row,) = [r for r in buf.getvalue().splitlines() if r.strip().startswith(("│", "|"))]
+    assert row.rstrip("│| ").endswith("3.0") and "5.8" not in row and "6.0" not in row
+
+
 def test_progress_bar_on_a_terminal_and_plain_elsewhere():
     con, buf = _console(terminal=True)
     with con.stage("rollout", total=4) as bar:
