@@ -1,4 +1,4 @@
-"""plot_curves: the run's curves.png from metrics.jsonl (outcome accuracy, PRM loss / accuracy, response
+"""plot_curves: the run's curves.png from metrics.jsonl (outcome and validation accuracy, PRM loss / accuracy, response
 length, stacked stage times). Uses matplotlib's Agg canvas directly (no pyplot global state, no display).
 A panel whose keys are absent says so instead of failing: a run without a PRM (outcome-only RLOO) or an
 early crash still gets a picture."""
@@ -12,6 +12,9 @@ from .metrics_log import read_metrics
 
 STAGE_ORDER = ("time/rollout", "time/verify", "time/old_logp", "time/prm", "time/advantage", "time/policy",
                "time/refit")
+
+
+VALIDATION_KEY = "val/avg/avg@1"  # stages/validation.py: the mean over the validation benchmarks
 
 
 def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -35,10 +38,11 @@ def plot_curves(metrics_jsonl: str | os.PathLike, out_png: str | os.PathLike) ->
     (ax_acc, ax_prm), (ax_len, ax_time) = fig.subplots(2, 2)
 
     drew = False
-    for key, label in (("outcome_acc", "outcome accuracy"), ("filter_kept_frac", "filter kept fraction")):
+    for key, label in (("outcome_acc", "outcome accuracy"), ("filter_kept_frac", "filter kept fraction"),
+                       (VALIDATION_KEY, "validation accuracy (avg@1)")):
         x, y = _series(records, key)
         if x:
-            ax_acc.plot(x, y, marker="o", ms=3, label=label)
+            ax_acc.plot(x, y, marker="D" if key == VALIDATION_KEY else "o", ms=3, label=label)
             drew = True
     ax_acc.set_title("outcome accuracy")
     ax_acc.set_ylim(-0.02, 1.02)

@@ -65,6 +65,15 @@ def test_curves_show_the_data(tmp_path, seed):
     assert pa.shape == pb.shape and not np.array_equal(pa, pb)
 
 
+def test_curves_show_validation_accuracy(tmp_path, seed):
+    """Validation steps (val/avg/avg@1 every few steps) are drawn: the picture changes with their values."""
+    a = [dict(r, **({"val/avg/avg@1": 0.2} if r["step"] % 3 == 0 else {})) for r in _full_records(seed)]
+    b = [dict(r, **({"val/avg/avg@1": 0.9} if r["step"] % 3 == 0 else {})) for r in _full_records(seed)]
+    pa = _png_pixels(plot_curves(_write(tmp_path / "a.jsonl", a), tmp_path / "a.png"))
+    pb = _png_pixels(plot_curves(_write(tmp_path / "b.jsonl", b), tmp_path / "b.png"))
+    assert pa.shape == pb.shape and not np.array_equal(pa, pb)
+
+
 def _console(terminal: bool = False) -> tuple[RunConsole, io.StringIO]:
     buf = io.StringIO()
     rich_console = Console(file=buf, width=200, force_terminal=terminal, color_system=None)
