@@ -206,6 +206,19 @@ def test_cli_errors(data_dir, tmp_path, capsys):
     assert "no such directory" in capsys.readouterr().err
 
 
+def test_an_unwritable_out_fails_first_in_one_line(tmp_path, capsys):
+    """--out is checked before any data is read or any engine starts (here the data dir does not even
+    exist, so a late check would have reported the data instead); nothing is left behind."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    argv = ["--backend", "oracle", "--benchmarks", "aime24", "--data-dir", str(tmp_path / "no_data"),
+            "--out", str(blocker / "results")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--out {blocker / 'results'}: cannot write there" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
 def test_cli_oracle_on_a_user_data_dir(data_dir, tmp_path):
     out = tmp_path / "o"
     assert (

@@ -29,7 +29,7 @@ from .backends import GenerationBackend, oracle_backend, wrong_oracle_backend
 from .benchmarks import BENCHMARKS, ENV_DATA_DIR, BenchmarkDataError, load_benchmark, parse_benchmark_names
 from .model_dir import ModelSpec, parse_model_arg
 from .prompts import SYSTEM_PROMPTS, PromptBuilder
-from .report import ModelResult, markdown_table, write_outputs
+from .report import ModelResult, check_writable, markdown_table, write_outputs
 from .runner import SamplingSettings, evaluate_records
 
 DEFAULT_BENCHMARKS = "math500,aime24,amc23,minerva,olympiadbench"
@@ -137,6 +137,7 @@ def _init_world(tp: int) -> int:
 
 def run(args: argparse.Namespace) -> int:
     benchmarks = parse_benchmark_names(args.benchmarks)
+    check_writable(args.out)  # before any data is loaded or any engine starts
     settings = SamplingSettings(args.samples, args.temperature, args.top_p, args.max_tokens, args.seed)
     data = {b: load_benchmark(b, args.data_dir, limit=args.limit) for b in benchmarks}
     model_args = list(args.model) + list(args.compare)

@@ -100,6 +100,27 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
 
 
+def check_writable(out_dir: str | Path) -> Path:
+    """Prove that `out_dir` can be created and written, before anything is generated: an unwritable --out
+    found after the benchmarks ran would lose every result. Probes the directory, or its nearest existing
+    ancestor, with a temporary file it removes again (nothing is left behind). ValueError names the
+    directory and why."""
+    out = Path(out_dir)
+    probe_dir = out
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    try:
+        if not probe_dir.is_dir():
+            raise NotADirectoryError(f"{probe_dir} is a file")
+        fd, probe = tempfile.mkstemp(prefix=".primeflow-write-test-", dir=probe_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise ValueError(f"--out {out}: cannot write there ({error.strerror or error}); choose a writable "
+                         "directory") from None
+    return out
+
+
 def write_outputs(
     out_dir: str | Path,
     models: Sequence[ModelResult],
