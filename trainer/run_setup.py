@@ -3,11 +3,15 @@ saved), logging, the starting model (given, or the embedded default's tiny model
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import random
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -15,9 +19,17 @@ import torch
 from . import parallel
 from .config import Config, dump_yaml
 from .console import RunConsole
-from .data import (PromptLoader, PromptRecord, apply_prime_suffix, arithmetic_sft_pairs, arithmetic_task,
-                   drop_long_prompts, load_prompts)
+from .data import (
+    PromptLoader,
+    PromptRecord,
+    apply_prime_suffix,
+    arithmetic_sft_pairs,
+    arithmetic_task,
+    drop_long_prompts,
+    load_prompts,
+)
 from .metrics_log import MetricsLogger
+from .run_lock import lock_run_dir
 
 
 @dataclass
@@ -27,6 +39,7 @@ class Run:
     layout: parallel.ParallelLayout
     console: RunConsole
     logger: MetricsLogger
+    lock: IO | None = None  # rank 0's hold on run.dir/.lock (run_lock.py), released when the process ends
 
 
 def start_run(config: Config) -> Run:
@@ -41,6 +54,8 @@ def start_run(config: Config) -> Run:
     run_dir = Path(config.run.dir)
     if layout.is_rank0:
         run_dir.mkdir(parents=True, exist_ok=True)
+    lock = lock_run_dir(run_dir, is_rank0=layout.is_rank0)  # before anything in the directory is written
+    if layout.is_rank0:
         tmp = run_dir / ".config.yaml.tmp"
         tmp.write_text(dump_yaml(config))
         os.replace(tmp, run_dir / "config.yaml")
@@ -48,7 +63,7 @@ def start_run(config: Config) -> Run:
     console = RunConsole(total_steps=config.train.steps, enabled=layout.is_rank0)
     wandb = {"project": config.logging.wandb_project, "dir": str(run_dir)} if config.logging.wandb_project else None
     logger = MetricsLogger(run_dir, tensorboard=config.logging.tensorboard, wandb=wandb)
-    return Run(config, run_dir, layout, console, logger)
+    return Run(config, run_dir, layout, console, logger, lock)
 
 
 def seed_everything(seed: int) -> None:
@@ -98,9 +113,65 @@ def prompt_loader(config: Config, records: list[PromptRecord], tokenizer, log=pr
     return PromptLoader(kept, batch_size=config.data.prompts_per_step, seed=config.train.seed)
 
 
-def starting_model(run: Run) -> Path:
+SFT_RECIPE = "primeflow_sft_recipe.json"
+
+
+class StaleSFTModel(ValueError):
+    """run.dir/sft_model was built from other settings than the config's, and the run resumes from it."""
+
+
+def _sft_recipe(config: Config) -> dict:
+    """Every setting that decides the embedded default's SFT model (JSON-normalised for comparison)."""
+    arithmetic = _arithmetic_kwargs(config)
+    arithmetic.pop("n", None)
+    recipe = {"sft": dataclasses.asdict(config.sft), "train.seed": config.train.seed,
+              "train.micro_batch_tokens": config.train.micro_batch_tokens,
+              "model.tiny_overrides": config.model.tiny_overrides, "data.arithmetic": arithmetic,
+              "data.prompt_suffix": config.data.prompt_suffix, "data.system_prompt": config.data.system_prompt}
+    return json.loads(json.dumps(recipe, sort_keys=True))
+
+
+def _recipe_changes(saved: dict, current: dict) -> list[str]:
+    changes = []
+    for key in sorted(set(saved) | set(current)):
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += [f"{key}.{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+                        if old.get(k) != new.get(k)]
+        elif old != new:
+            changes.append(f"{key}: {old!r} -> {new!r}")
+    return changes
+
+
+def _reusable_sft_model(run: Run, sft_dir: Path, recipe: dict, *, resuming: bool) -> bool:
+    """Whether run.dir/sft_model may be reused: it exists and was built from these settings. A resumed run
+    whose SFT model was built from other settings is refused (its reference model and checkpoints come from
+    that SFT model); a fresh start rebuilds it."""
+    if not (sft_dir / "config.json").is_file():
+        return False
+    saved_file = sft_dir / SFT_RECIPE
+    if not saved_file.is_file():  # built before recipes were recorded: nothing to compare
+        return True
+    changes = _recipe_changes(json.loads(saved_file.read_text()), recipe)
+    if not changes:
+        return True
+    if resuming:
+        raise StaleSFTModel(
+            f"{sft_dir} was built from other settings than this config ({'; '.join(changes)}), and the run "
+            f"resumes from checkpoints trained on it: keep the old values, or start a new run.dir")
+    run.console.print(f"rebuilding {sft_dir}: its settings changed ({'; '.join(changes)})")
+    if run.layout.is_rank0:
+        trash = sft_dir.with_name(f".trash-sft_model-{os.getpid()}")
+        os.replace(sft_dir, trash)
+        shutil.rmtree(trash)
+    parallel.barrier()
+    return False
+
+
+def starting_model(run: Run, *, resuming: bool = False) -> Path:
     """model.path, or (embedded default) a tiny random Qwen2 checkpoint SFT'd on the arithmetic task in
-    run_dir/sft_model (reused when it exists, e.g. on resume)."""
+    run_dir/sft_model (reused when it exists and its recorded settings match the config; see
+    `_reusable_sft_model`)."""
     config = run.config
     if config.model.path:
         path = Path(config.model.path)
@@ -112,7 +183,8 @@ def starting_model(run: Run) -> Path:
     from .sft import run_sft
 
     sft_dir = run.dir / "sft_model"
-    if (sft_dir / "config.json").is_file():
+    recipe = _sft_recipe(config)
+    if _reusable_sft_model(run, sft_dir, recipe, resuming=resuming):
         return sft_dir
     base = run.dir / "base_model"
     if run.layout.is_rank0:
@@ -127,6 +199,7 @@ def starting_model(run: Run) -> Path:
     run_sft(base, tmp, pairs, config.sft, seed=config.train.seed,
             micro_batch_tokens=config.train.micro_batch_tokens, log=run.console.print)
     if run.layout.is_rank0:
+        (tmp / SFT_RECIPE).write_text(json.dumps(recipe, indent=1, sort_keys=True) + "\n")
         os.replace(tmp, sft_dir)
     parallel.barrier()
     return sft_dir

@@ -27,7 +27,8 @@ from .memory_stats import peak_memory_metrics
 from .models_setup import PrimeModels, build_prime_models
 from .rollout import RolloutEngine, logprob_mismatch
 from .rollout.handoff import after_rollout, refit_and_wake
-from .run_setup import Run, prompt_loader, prompt_records, start_run, starting_model
+from .run_lock import RunDirInUse
+from .run_setup import Run, StaleSFTModel, prompt_loader, prompt_records, start_run, starting_model
 from .stages.advantage import advantage_stage
 from .stages.logprobs import batch_logprobs
 from .stages.policy import policy_stage
@@ -195,7 +196,7 @@ def build_trainer(config: Config) -> Trainer:
     checkpoints = CheckpointManager(run.dir, keep_last=config.train.keep_last)
     resume_from = checkpoints.resolve(config.run.resume)  # a bad --resume fails here, before any model
     records = prompt_records(config)  # bad data too
-    sft_path = starting_model(run)
+    sft_path = starting_model(run, resuming=resume_from is not None)
     tokenizer = AutoTokenizer.from_pretrained(str(sft_path))
     loader = prompt_loader(config, records, tokenizer, log=run.console.print)
     models = build_prime_models(config, sft_path)
@@ -282,7 +283,7 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         outcome = train(config)
-    except CheckpointError as error:  # an unusable --resume target: one line, nothing overwritten
+    except (CheckpointError, RunDirInUse, StaleSFTModel) as error:  # one line, nothing overwritten
         print(f"primeflow train: {error}", file=sys.stderr)
         return 2
     finally:
