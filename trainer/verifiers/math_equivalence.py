@@ -8,9 +8,12 @@ ToRA/Qwen-style ``math_equal`` (sympy, numeric tolerance 1e-4). Here:
    integers, ``\\frac12``/``\\sqrt2`` shorthands). Equal normal forms are equal answers.
 2. math-verify (HF) parses both sides and compares them symbolically and numerically (intervals, tuples,
    sets, matrices, ``\\sqrt``, ``\\pi``, unreduced fractions, scientific notation).
-3. A numeric fallback with PRIME's relative tolerance 1e-4, except that two integers must be equal exactly
-   (PRIME's stage (a) rule: rel. 1e-4 would accept 1000050 for 1000000), and ``\\pi`` is also tried as 3.14
-   when the reference is a decimal (PRIME does the same).
+3. A numeric fallback with PRIME's relative tolerance 1e-4, except that an integer reference needs exactly
+   that value (two integers: PRIME's stage (a) rule, rel. 1e-4 would accept 1000050 for 1000000; a decimal
+   answer too: 1000050.5 is not 1000000, 2.0 is 2), and ``\\pi`` is also tried as 3.14 when the reference is
+   a decimal (PRIME does the same).
+Before 2 and 3, an answer that is not one value is refused (``_malformed``): a relation with no unknown on
+its left ("7=3"), or an approximation, alternative or hedge the reference does not have.
 
 Deliberate difference from PRIME: its ``math_equal`` also accepts ``gt*100`` and ``gt/100`` for any answer,
 so 5000 would match 50. Here the percent scaling only happens when a ``%`` is written (math-verify reads
@@ -185,6 +188,8 @@ def _numeric_equal(pred_n: str, gt_n: str, gt_parsed: list, pred_parsed: list) -
     if gv is not None and pv is not None:
         if _INT.match(gt_n) and _INT.match(pred_n):
             return int(gt_n) == int(pred_n)
+        if _INT.match(gt_n):  # an integer reference and a decimal answer: the value must be that integer
+            return pv == gv
         return _close(pv, gv)
     import sympy
 
@@ -221,6 +226,27 @@ def _parse(s: str) -> list:
     )
 
 
+# Answers that state something other than one value. A relation whose left side names no unknown ("7=3",
+# "2+2=5": math-verify would compare its right side), or an approximation / alternative / hedge the reference
+# does not contain ("3 \approx 4", "3 \lor 4", "3 \text{ (or maybe 4)}"). "x = 3" stays an answer of 3.
+_HEDGES = ("\\approx", "\\lor", "\\vee", "\\sim", "\\simeq")
+_HEDGE_WORDS = re.compile(r"\b(?:or|maybe|perhaps|possibly|approximately|about|roughly)\b", re.IGNORECASE)
+_LATEX_COMMAND = re.compile(r"\\[a-zA-Z]+")
+
+
+def _malformed(pred: str, ground_truth: str) -> bool:
+    for hedge in _HEDGES:
+        if hedge in pred and hedge not in ground_truth:
+            return True
+    if _HEDGE_WORDS.search(pred) and not _HEDGE_WORDS.search(ground_truth):
+        return True
+    if "=" in pred and "=" not in ground_truth:
+        lhs = _LATEX_COMMAND.sub("", pred.split("=", 1)[0])
+        if not re.search(r"[a-zA-Z]", lhs):  # no unknown on the left: a claim, not an assignment
+            return True
+    return False
+
+
 def answers_equivalent(pred: str | None, ground_truth: str) -> bool:
     """True if the extracted answer ``pred`` is mathematically equal to ``ground_truth``.
 
@@ -234,6 +260,8 @@ def answers_equivalent(pred: str | None, ground_truth: str) -> bool:
         return False
     if pred_n == gt_n:
         return True
+    if _malformed(pred, ground_truth):
+        return False
     gb, pb = _BASE_NUMERAL.match(gt_n), _BASE_NUMERAL.match(pred_n)
     if gb or pb:  # sympy reads "52_8" as a subscripted symbol; a base-b numeral must match digit for digit
         return bool(gb and pb and gb.groups() == pb.groups())
