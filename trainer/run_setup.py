@@ -81,8 +81,20 @@ def _arithmetic_kwargs(config: Config) -> dict:
     return a
 
 
+class DataError(ValueError):
+    """The prompt data cannot be used (a malformed row, named by file and line; an unknown data.arithmetic
+    key; a missing file): a user error, reported in one line before any model starts."""
+
+
 def prompt_records(config: Config) -> list[PromptRecord]:
     """The RL prompts: data.train_files, or the built-in arithmetic task when none are given."""
+    try:
+        return _prompt_records(config)
+    except (ValueError, OSError) as error:
+        raise DataError(str(error)) from None
+
+
+def _prompt_records(config: Config) -> list[PromptRecord]:
     if not config.data.train_files:
         kw = _arithmetic_kwargs(config)
         n = kw.pop("n", 2000)

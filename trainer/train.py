@@ -28,7 +28,8 @@ from .models_setup import PrimeModels, build_prime_models
 from .rollout import RolloutEngine, logprob_mismatch
 from .rollout.handoff import after_rollout, refit_and_wake
 from .run_lock import RunDirInUse
-from .run_setup import Run, StaleSFTModel, prompt_loader, prompt_records, start_run, starting_model
+from .run_setup import (DataError, Run, StaleSFTModel, prompt_loader, prompt_records, start_run,
+                        starting_model)
 from .stages.advantage import advantage_stage
 from .stages.logprobs import batch_logprobs
 from .stages.policy import policy_stage
@@ -285,6 +286,9 @@ def main(argv: list[str]) -> int:
         outcome = train(config)
     except (CheckpointError, RunDirInUse, StaleSFTModel) as error:  # one line, nothing overwritten
         print(f"primeflow train: {error}", file=sys.stderr)
+        return 2
+    except DataError as error:
+        print(f"primeflow train: bad data: {error}", file=sys.stderr)
         return 2
     finally:
         from .verifiers import close_verifiers

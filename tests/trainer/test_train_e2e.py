@@ -227,7 +227,11 @@ def test_malformed_data_and_missing_checkpoint_fail_naming_them(sft_model, tmp_p
     bad_data = _args(sft_model, run_dir, 1, f"data.train_files=[{data}]")
     proc = subprocess.run([sys.executable, "-m", "primeflow", *bad_data],
                           capture_output=True, text=True, timeout=300, env=_env())
-    assert proc.returncode != 0 and f"{data}:2:" in proc.stderr, proc.stderr[-2000:]
+    # a user error like a bad config: one line naming file and line, exit 2, no traceback
+    assert proc.returncode == 2 and f"{data}:2:" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert [line for line in proc.stderr.splitlines() if line.startswith("primeflow train:")] == [
+        next(line for line in proc.stderr.splitlines() if f"{data}:2:" in line)]
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "metrics.jsonl").exists()
     proc = subprocess.run([sys.executable, "-m", "primeflow", *_args(sft_model, run_dir, 1, "run.resume=7")],
                           capture_output=True, text=True, timeout=600, env=_env())
