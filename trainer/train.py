@@ -28,8 +28,7 @@ from .models_setup import PrimeModels, build_prime_models
 from .rollout import RolloutEngine, logprob_mismatch
 from .rollout.handoff import after_rollout, refit_and_wake
 from .run_lock import RunDirInUse
-from .run_setup import (DataError, Run, StaleSFTModel, prompt_loader, prompt_records, start_run,
-                        starting_model)
+from .run_setup import DataError, Run, StaleSFTModel, prompt_loader, prompt_records, start_run, starting_model
 from .stages.advantage import advantage_stage
 from .stages.logprobs import batch_logprobs
 from .stages.policy import policy_stage
