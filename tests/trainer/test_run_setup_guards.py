@@ -50,7 +50,9 @@ def test_a_held_run_dir_is_refused_and_a_killed_holder_leaves_no_stale_lock(tmp_
 def test_a_second_trainer_on_a_held_run_dir_exits_2_in_one_line_and_writes_nothing(tmp_path):
     holder = _holder(tmp_path)
     try:
-        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+        # a fresh process world: the pytest process may hold MASTER_PORT for its own gloo world
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TRITON_INTERPRET")}
         start = time.monotonic()
         done = subprocess.run([sys.executable, "-m", "primeflow", "train", "--set", f"run.dir={tmp_path}"],
                               capture_output=True, text=True, timeout=600, env=env)
