@@ -105,11 +105,10 @@ class _CudaOnCpu(types.SimpleNamespace):
     current_stream = staticmethod(lambda *args, **kwargs: _NoStream())
     stream = staticmethod(lambda *args, **kwargs: contextlib.nullcontext())
 
-    # There is no CUDA RNG on CPU: its state is empty and setting or seeding it does nothing.
+    # There is no CUDA RNG on CPU: its state is empty and seeding it does nothing (the RNG tracker's add and
+    # model_parallel_cuda_manual_seed call these; its set/get helpers are replaced below, _FUNCTIONS).
     get_rng_state = staticmethod(lambda *args, **kwargs: _no_rng_state())
-    set_rng_state = staticmethod(lambda *args, **kwargs: None)
     manual_seed = staticmethod(lambda *args, **kwargs: None)
-    random = types.SimpleNamespace(get_rng_state=lambda *args, **kwargs: _no_rng_state())
 
     def __getattr__(self, name: str) -> Any:
         return getattr(torch.cuda, name)
