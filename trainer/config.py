@@ -81,7 +81,12 @@ class DataConfig:
     max_prompt_len: int = 128
     system_prompt: bool = False         # PRIME's action-centric CoT system prompt
     prompt_suffix: bool = False         # PRIME's math/code answer-format instruction
+    # The built-in task used when train_files is empty (trainer/data/builtin.py): `arithmetic` (one
+    # expression, knobs in data.arithmetic) or `chain` (chained arithmetic written step by step, knobs in
+    # data.chain; its step labels drive the prm/localisation metrics)
+    task: str = choice("arithmetic", "chain")
     arithmetic: dict = field(default_factory=lambda: {"n": 2000, "digits": 2, "ops": ["+"], "n_operands": 2})
+    chain: dict = field(default_factory=lambda: {"n": 2000, "steps": 3, "digits": 2, "ops": ["+", "-"]})
 
 
 @dataclass

@@ -1,7 +1,7 @@
-"""plot_curves: the run's curves.png from metrics.jsonl (outcome and validation accuracy, PRM loss / accuracy, response
-length, stacked stage times). Uses matplotlib's Agg canvas directly (no pyplot global state, no display).
-A panel whose keys are absent says so instead of failing: a run without a PRM (outcome-only RLOO) or an
-early crash still gets a picture."""
+"""plot_curves: the run's curves.png from metrics.jsonl (outcome and validation accuracy, PRM loss / accuracy, the
+PRM's error localisation vs chance, response length, stacked stage times). Uses matplotlib's Agg canvas directly
+(no pyplot global state, no display). A panel whose keys are absent says so instead of failing: a run without a
+PRM (outcome-only RLOO) or an early crash still gets a picture."""
 
 from __future__ import annotations
 
@@ -26,16 +26,33 @@ def _no_data(ax, keys: str) -> None:
     ax.text(0.5, 0.5, f"no data ({keys})", ha="center", va="center", transform=ax.transAxes, color="gray")
 
 
+def _plot_localisation(ax, records: list[dict]) -> None:
+    """prm/localisation (stages/localisation.py) against its chance rate: above chance, the PRM's lowest step
+    reward lands on the first wrong step more often than a random step would."""
+    drew = False
+    for key, label, style in (("prm/localisation", "lowest step = first wrong step", "-"),
+                              ("prm/localisation_chance", "chance (1 / steps)", "--")):
+        x, y = _series(records, key)
+        if x:
+            ax.plot(x, y, linestyle=style, marker="o" if style == "-" else None, ms=3, label=label)
+            drew = True
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(loc="best", fontsize=8) if drew else _no_data(ax, "prm/localisation: a task with step labels")
+    ax.set_title("PRM error localisation (wrong responses)")
+
+
 def plot_curves(metrics_jsonl: str | os.PathLike, out_png: str | os.PathLike) -> Path:
-    """Write a 2x2 figure of the run's curves to `out_png` (atomically); returns its path."""
+    """Write the run's curves (five panels) to `out_png` (atomically); returns its path."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     records = read_metrics(metrics_jsonl)
-    fig = Figure(figsize=(11, 7.5), dpi=100)
+    fig = Figure(figsize=(15, 7.5), dpi=100)
     FigureCanvasAgg(fig)
-    (ax_acc, ax_prm), (ax_len, ax_time) = fig.subplots(2, 2)
+    grid = fig.add_gridspec(2, 6)
+    ax_acc, ax_prm, ax_loc = (fig.add_subplot(grid[0, 2 * i:2 * i + 2]) for i in range(3))
+    ax_len, ax_time = fig.add_subplot(grid[1, 0:3]), fig.add_subplot(grid[1, 3:6])
 
     drew = False
     for key, label in (("outcome_acc", "outcome accuracy"), ("filter_kept_frac", "filter kept fraction"),
@@ -62,6 +79,8 @@ def plot_curves(metrics_jsonl: str | os.PathLike, out_png: str | os.PathLike) ->
         _no_data(ax_prm, "prm_loss, prm_acc")
     ax_prm.set_title("PRM loss / accuracy")
 
+    _plot_localisation(ax_loc, records)
+
     x, y = _series(records, "response_len")
     ax_len.plot(x, y, color="tab:green", marker="o", ms=3) if x else _no_data(ax_len, "response_len")
     ax_len.set_title("mean response length (tokens)")
@@ -80,7 +99,7 @@ def plot_curves(metrics_jsonl: str | os.PathLike, out_png: str | os.PathLike) ->
         _no_data(ax_time, "time/*")
     ax_time.set_title("stage times per step (stacked)")
 
-    for ax in (ax_acc, ax_prm, ax_len, ax_time):
+    for ax in (ax_acc, ax_prm, ax_loc, ax_len, ax_time):
         ax.set_xlabel("step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)

@@ -23,11 +23,11 @@ from .data import (
     PromptLoader,
     PromptRecord,
     apply_prime_suffix,
-    arithmetic_sft_pairs,
-    arithmetic_task,
     drop_long_prompts,
     load_prompts,
 )
+from .data.builtin import BuiltinTask, builtin_task
+from .data.chain_steps import StepLabeller
 from .metrics_log import MetricsLogger
 from .run_lock import lock_run_dir
 
@@ -72,22 +72,27 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _arithmetic_kwargs(config: Config) -> dict:
-    a = dict(config.data.arithmetic)
-    allowed = {"n", "digits", "ops", "n_operands", "allow_negative", "template"}
-    unknown = sorted(set(a) - allowed)
-    if unknown:
-        raise ValueError(f"data.arithmetic.{unknown[0]} is not a known key; allowed: {sorted(allowed)}")
-    return a
+def task_of(config: Config) -> BuiltinTask:
+    """The built-in task data.task with its knobs (data.arithmetic or data.chain); bad knobs raise."""
+    return builtin_task(config.data.task, dict(getattr(config.data, config.data.task)))
+
+
+def step_labeller(config: Config) -> StepLabeller | None:
+    """The step labeller of the training prompts (the built-in chain task only; None otherwise)."""
+    if config.data.train_files:
+        return None
+    task = task_of(config)
+    return task.step_labeller(task.n, seed=config.train.seed, suffix=config.data.prompt_suffix,
+                              system_prompt=config.data.system_prompt)
 
 
 class DataError(ValueError):
     """The prompt data cannot be used (a malformed row, named by file and line; an unknown data.arithmetic
-    key; a missing file): a user error, reported in one line before any model starts."""
+    / data.chain key; a missing file): a user error, reported in one line before any model starts."""
 
 
 def prompt_records(config: Config) -> list[PromptRecord]:
-    """The RL prompts: data.train_files, or the built-in arithmetic task when none are given."""
+    """The RL prompts: data.train_files, or the built-in task data.task when none are given."""
     try:
         return _prompt_records(config)
     except (ValueError, OSError) as error:
@@ -96,10 +101,9 @@ def prompt_records(config: Config) -> list[PromptRecord]:
 
 def _prompt_records(config: Config) -> list[PromptRecord]:
     if not config.data.train_files:
-        kw = _arithmetic_kwargs(config)
-        n = kw.pop("n", 2000)
-        return arithmetic_task(n, seed=config.train.seed, suffix=config.data.prompt_suffix,
-                               system_prompt=config.data.system_prompt, **kw)
+        task = task_of(config)
+        return task.records(task.n, seed=config.train.seed, suffix=config.data.prompt_suffix,
+                            system_prompt=config.data.system_prompt)
     loaded = load_prompts(config.data.train_files, on_error=config.data.on_bad_row)
     if loaded.skipped:
         print(f"primeflow: skipped {len(loaded.skipped)} malformed rows (first: {loaded.skipped[0]})",
@@ -134,12 +138,18 @@ class StaleSFTModel(ValueError):
 
 def _sft_recipe(config: Config) -> dict:
     """Every setting that decides the embedded default's SFT model (JSON-normalised for comparison)."""
-    arithmetic = _arithmetic_kwargs(config)
-    arithmetic.pop("n", None)
+    task = task_of(config)
     recipe = {"sft": dataclasses.asdict(config.sft), "train.seed": config.train.seed,
               "train.micro_batch_tokens": config.train.micro_batch_tokens,
-              "model.tiny_overrides": config.model.tiny_overrides, "data.arithmetic": arithmetic,
+              "model.tiny_overrides": config.model.tiny_overrides,
               "data.prompt_suffix": config.data.prompt_suffix, "data.system_prompt": config.data.system_prompt}
+    # the arithmetic task's recipe keeps its original shape, so SFT models built before data.task existed
+    # are still reused; another task names itself and its knobs
+    if task.name == "arithmetic":
+        recipe["data.arithmetic"] = task.knobs
+    else:
+        recipe["data.task"] = task.name
+        recipe[f"data.{task.name}"] = task.knobs
     return json.loads(json.dumps(recipe, sort_keys=True))
 
 
@@ -202,11 +212,10 @@ def starting_model(run: Run, *, resuming: bool = False) -> Path:
     if run.layout.is_rank0:
         make_tiny_checkpoint(base, seed=config.train.seed, **config.model.tiny_overrides)
     parallel.barrier()
-    kw = _arithmetic_kwargs(config)
-    kw.pop("n", None)
-    pairs = arithmetic_sft_pairs(config.sft.examples, seed=config.train.seed + 1, suffix=config.data.prompt_suffix,
-                                 system_prompt=config.data.system_prompt, **kw)
-    run.console.print(f"SFT warm-start of a tiny model: {config.sft.steps} steps x {config.sft.batch_size} examples")
+    pairs = task_of(config).sft_pairs(config.sft.examples, seed=config.train.seed + 1,
+                                      suffix=config.data.prompt_suffix, system_prompt=config.data.system_prompt)
+    run.console.print(f"SFT warm-start of a tiny model on the {config.data.task} task: {config.sft.steps} steps x "
+                      f"{config.sft.batch_size} examples")
     tmp = run.dir / "sft_model.tmp"
     run_sft(base, tmp, pairs, config.sft, seed=config.train.seed,
             micro_batch_tokens=config.train.micro_batch_tokens, log=run.console.print)

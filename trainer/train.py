@@ -23,13 +23,24 @@ from .batch import TrainBatch, build_train_batch
 from .checkpointing import CheckpointError, CheckpointManager
 from .config import Config, ConfigError, load_config
 from .data import AssembledBatch, PromptLoader, assemble_step
+from .data.chain_steps import StepLabeller
 from .memory_stats import peak_memory_metrics
 from .models_setup import PrimeModels, build_prime_models
 from .rollout import RolloutEngine, logprob_mismatch
 from .rollout.handoff import after_rollout, refit_and_wake
 from .run_lock import RunDirInUse
-from .run_setup import DataError, Run, StaleSFTModel, prompt_loader, prompt_records, start_run, starting_model
+from .run_setup import (
+    DataError,
+    Run,
+    StaleSFTModel,
+    prompt_loader,
+    prompt_records,
+    start_run,
+    starting_model,
+    step_labeller,
+)
 from .stages.advantage import advantage_stage
+from .stages.localisation import localisation_stage
 from .stages.logprobs import batch_logprobs
 from .stages.policy import policy_stage
 from .stages.prm import prm_stage
@@ -50,6 +61,7 @@ class Trainer:
     tokenizer: object
     resume_from: Path | None = None  # run.resume resolved when the run started (None: a fresh start)
     policy_version: int = 0
+    labeller: StepLabeller | None = None  # step labels of a task with written steps (prm/localisation)
 
     @property
     def config(self) -> Config:
@@ -134,6 +146,10 @@ def prime_step(t: Trainer, step: int) -> dict[str, float]:
             fault_point("prm")
             scores = prm_stage(t.models, batch, cfg, old_logp=old.logp)
         metrics.update(scores.metrics)
+        if t.labeller is not None:  # measurement only: where the PRM's lowest step reward falls
+            with timed(t, clock, "localisation"):
+                metrics.update(localisation_stage(t.labeller, assembled.payload, scores, batch, t.tokenizer,
+                                                  beta=cfg.prime.beta).metrics())
     with timed(t, clock, "advantage"):
         adv = advantage_stage(batch, cfg, old_logp=old.logp,
                               token_rewards=scores.token_rewards if scores is not None else None)
@@ -206,7 +222,7 @@ def build_trainer(config: Config) -> Trainer:
                            gpu_memory_utilization=r.gpu_memory_utilization, enable_sleep=r.sleep_between_steps)
     return Trainer(run=run, models=models, engine=engine, rollout=RolloutStage(engine, tokenizer, config),
                    loader=loader, tokenizer=tokenizer,
-                   checkpoints=checkpoints, resume_from=resume_from)
+                   checkpoints=checkpoints, resume_from=resume_from, labeller=step_labeller(config))
 
 
 @dataclass

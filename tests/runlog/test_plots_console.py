@@ -134,3 +134,14 @@ def test_silent_on_other_ranks(monkeypatch, capsys):
     con.final_table([{"step": 1, "outcome_acc": 1.0}])
     con.print("x")
     assert capsys.readouterr() == ("", "")
+
+
+def test_curves_show_error_localisation(tmp_path, seed):
+    """prm/localisation and its chance rate are drawn: the picture changes with the localisation values."""
+    def with_loc(value: float) -> list[dict]:
+        return [dict(r, **{"prm/localisation": value, "prm/localisation_chance": 0.3, "prm/localisation_n": 5.0})
+                for r in _full_records(seed)]
+
+    pa = _png_pixels(plot_curves(_write(tmp_path / "a.jsonl", with_loc(0.3)), tmp_path / "a.png"))
+    pb = _png_pixels(plot_curves(_write(tmp_path / "b.jsonl", with_loc(0.8)), tmp_path / "b.png"))
+    assert pa.shape == pb.shape and not np.array_equal(pa, pb)

@@ -82,3 +82,10 @@ def test_prm_and_reference_must_share_one_precision():
     assert load_config(None, ["model.ref_dtype=bfloat16", "prime.ref_type=policy"]).model.ref_dtype == "bfloat16"
     both = load_config(None, ["model.params_dtype=bfloat16", "model.ref_dtype=bfloat16"])
     assert both.model.params_dtype == "bfloat16"
+
+
+def test_the_built_in_task_is_selectable():
+    assert load_config(None, ["data.task=chain"]).data.task == "chain"
+    assert load_config().data.task == "arithmetic"
+    with pytest.raises(ConfigError, match=r"data\.task: 'sorting' is not allowed.*'arithmetic', 'chain'"):
+        load_config(None, ["data.task=sorting"])

@@ -101,3 +101,14 @@ def test_changed_sft_settings_rebuild_on_a_fresh_start_and_are_refused_on_resume
 
 def test_an_sft_model_without_a_recorded_recipe_is_reused_as_before(tmp_path):
     assert _reusable_sft_model(_run(), _sft_dir(tmp_path, None), _sft_recipe(Config()), resuming=False)
+
+
+def test_the_built_in_task_is_part_of_the_sft_recipe(tmp_path):
+    arithmetic = _sft_recipe(Config())
+    assert "data.task" not in arithmetic and "data.arithmetic" in arithmetic  # the recipe's original shape
+    config = Config()
+    config.data.task = "chain"
+    chain = _sft_recipe(config)
+    assert chain["data.task"] == "chain" and chain["data.chain"] == {"steps": 3, "digits": 2, "ops": ["+", "-"]}
+    with pytest.raises(StaleSFTModel, match=r"data\.task: None -> 'chain'"):
+        _reusable_sft_model(_run(), _sft_dir(tmp_path, arithmetic), chain, resuming=True)

@@ -43,3 +43,21 @@ class PolicyTargets:
 
     old_logp: torch.Tensor
     advantages: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Localisation:
+    """Error localisation of the implicit PRM (stages/localisation.py): over `n` wrong responses with a wrong
+    written step, the (tie-shared) fraction whose lowest step reward is on the first wrong step, and the
+    chance rate mean(1 / steps). Both None when n is 0."""
+
+    localised: float | None
+    chance: float | None
+    n: int
+
+    def metrics(self) -> dict[str, float]:
+        out = {"prm/localisation_n": float(self.n)}
+        if self.n:
+            out["prm/localisation"] = self.localised
+            out["prm/localisation_chance"] = self.chance
+        return out

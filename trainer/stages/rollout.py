@@ -91,7 +91,8 @@ class RolloutStage:
                 local.append({"prompt_ids": out.prompt_ids[j * K], "response_ids": [out.response_ids[r] for r in rows],
                               "logprobs": [out.logprobs[r] for r in rows],
                               "finish": [out.finish_reasons[r] for r in rows], "scores": scores[j],
-                              "text": texts[j], "policy_version": self.policy_version})
+                              "text": texts[j], "uid": records[lo + j].uid,  # step labels look it up
+                              "policy_version": self.policy_version})
         else:
             self.clock.add("rollout", time.perf_counter() - t0)
         groups = self._gather(local)

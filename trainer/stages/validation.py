@@ -2,24 +2,25 @@
 on the live, weight-synced rollout engine (no second engine), greedy.
 
 `train.validation_benchmarks` names benchmark files of `primeflow eval` (math500, aime24, ...), plus
-"arithmetic": held-out problems of the built-in task (a seed no training or SFT prompt uses), asked exactly
-like the training prompts — what the embedded tiny run can actually solve. Metrics are logged as
-`val/<benchmark>/avg@1` and `val/avg/avg@1`.
+"arithmetic": held-out problems of the built-in task data.task (2-digit arithmetic or the chain task; a
+seed no training or SFT prompt uses), asked exactly like the training prompts — what the embedded tiny run
+can actually solve. Metrics are logged as `val/<benchmark>/avg@1` and `val/avg/avg@1`.
 """
 
 from __future__ import annotations
 
 from ..config import Config
-from ..data import PromptRecord, arithmetic_task
+from ..data import PromptRecord
+from ..data.builtin import builtin_task
 from ..evaluation import EvalRecord, PromptBuilder, RolloutEngineBackend, load_benchmarks, run_validation
 
 HELD_OUT_SEED_OFFSET = 7_777  # training prompts use train.seed, SFT pairs train.seed + 1
 
 
 def held_out_arithmetic(config: Config) -> list[PromptRecord]:
-    kw = {k: v for k, v in config.data.arithmetic.items() if k != "n"}
-    return arithmetic_task(config.train.validation_limit, seed=config.train.seed + HELD_OUT_SEED_OFFSET,
-                           suffix=config.data.prompt_suffix, system_prompt=config.data.system_prompt, **kw)
+    task = builtin_task(config.data.task, dict(getattr(config.data, config.data.task)))
+    return task.records(config.train.validation_limit, seed=config.train.seed + HELD_OUT_SEED_OFFSET,
+                        suffix=config.data.prompt_suffix, system_prompt=config.data.system_prompt)
 
 
 def validation_stage(engine, tokenizer, config: Config, step: int) -> dict[str, float]:
