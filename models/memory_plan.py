@@ -75,7 +75,8 @@ def rank_shape(cfg: ModelConfig, *, tp: int, pp: int = 1, stage: int = 0) -> Ran
     return RankShape(hidden=cfg.hidden_size, ffn=cfg.ffn_hidden_size // tp, heads=cfg.num_attention_heads // tp,
                      groups=cfg.num_query_groups // tp, head_dim=cfg.head_dim, layers=cfg.num_layers // pp,
                      vocab=cfg.padded_vocab_size(tp) // tp,
-                     vocab_padded=cfg.padded_vocab_size(tp) != cfg.vocab_size, qkv_bias=cfg.qkv_bias, tied=cfg.tie_word_embeddings,
+                     vocab_padded=cfg.padded_vocab_size(tp) != cfg.vocab_size, qkv_bias=cfg.qkv_bias,
+                     tied=cfg.tie_word_embeddings,
                      pre_process=stage == 0, post_process=stage == pp - 1, tp=tp)
 
 

@@ -1,4 +1,4 @@
-"""The `primeflow` command (also `python -m primeflow`): train, sft, eval, export, bench.
+"""The `primeflow` command (also `python -m primeflow`): train, sft, eval, export, plan.
 
 Each subcommand is one module with a `main(argv) -> int`; this file only dispatches, so each command's
 arguments are documented where they are implemented (`primeflow <command> --help`).
@@ -16,6 +16,7 @@ COMMANDS = {
     "sft": ("primeflow.trainer.sft", "supervised warm-start: cross-entropy on prompt -> response pairs"),
     "eval": ("primeflow.trainer.evaluation", "benchmark evaluation (MATH-500, AIME24, AMC23, Minerva, ...)"),
     "export": ("primeflow.trainer.export", "export a run checkpoint's policy and PRM as HF checkpoints"),
+    "plan": ("primeflow.trainer.plan", "per-GPU memory of a config by component and stage of a step"),
 }
 
 

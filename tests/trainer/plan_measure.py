@@ -12,7 +12,8 @@ megatron-core DDP, Float16Module for bf16), scores `rows` packed sequences of `s
   counted once, parameters excluded (they are resident anyway), broken down by the module that saved them;
 * train_peak_bytes: the peak of allocated-minus-freed bytes from the start of the forward to the end of the
   backward (torch.profiler memory events: allocator-level, unlike RSS), above what was allocated before;
-* forward_peak_bytes: the same for a no-grad forward (the old/ref log-prob stages).
+* forward_peak_bytes: the same for a no-grad forward (the old/ref log-prob stages);
+* params: this rank's parameter elements.
 """
 
 from __future__ import annotations
@@ -28,8 +29,14 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))  # tests/models/dist.py only
 import dist as dist_helper  # noqa: E402
-from primeflow.models import ModelConfig, build_model, load_hf_checkpoint, make_tiny_checkpoint  # noqa: E402
-from primeflow.models import sequence_logprobs, unwrap_model  # noqa: E402
+from primeflow.models import (  # noqa: E402  # noqa: E402
+    ModelConfig,
+    build_model,
+    load_hf_checkpoint,
+    make_tiny_checkpoint,
+    sequence_logprobs,
+    unwrap_model,
+)
 from primeflow.models.memory import ActivationMemory  # noqa: E402
 from primeflow.trainer.optimizer import wrap_for_training  # noqa: E402
 
@@ -96,7 +103,8 @@ def measure(case: dict, root: Path) -> dict:
     model.eval()
     with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         sequence_logprobs(model, ids)
-    return {"case": case, "saved_bytes": hooks.total, "saved_by_module": hooks.by_module,
+    return {"case": case, "params": sum(p.numel() for p in inner.parameters()), "saved_bytes": hooks.total,
+            "saved_by_module": hooks.by_module,
             "train_peak_bytes": train_peak, "forward_peak_bytes": _peak(prof)}
 
 
