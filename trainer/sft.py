@@ -80,12 +80,14 @@ def run_sft(base: str | Path, out: str | Path, pairs: list[tuple[list[dict], str
 
 
 def sft_pairs(source: str, *, n: int, seed: int) -> list[tuple[list[dict], str]]:
-    """(messages, target response) pairs: the arithmetic task, or a prompt file whose ground truth becomes
-    the response `\\boxed{answer}` (math rows only)."""
-    from .data import arithmetic_sft_pairs, load_prompts
+    """(messages, target response) pairs: a built-in task with its default knobs ("arithmetic"; "chain",
+    written step by step), or a prompt file whose ground truth becomes the response `\\boxed{answer}` (math
+    rows only)."""
+    from .data import load_prompts
+    from .data.builtin import TASKS, builtin_task
 
-    if source == "arithmetic":
-        return arithmetic_sft_pairs(n, seed=seed)
+    if source in TASKS:
+        return builtin_task(source, {}).sft_pairs(n, seed=seed)
     records = [r for r in load_prompts(source).records if r.ability == "math"]
     if not records:
         raise ValueError(f"{source}: no math rows to build SFT targets from")
@@ -98,8 +100,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--model", required=True, help="HF checkpoint to start from")
     parser.add_argument("--out", required=True, help="where to write the fine-tuned HF checkpoint")
     parser.add_argument("--data", default="arithmetic",
-                        help="'arithmetic' (the built-in task) or a JSONL of {problem, answer} / Eurus rows "
-                             "whose answer becomes the target response '\\boxed{answer}'")
+                        help="'arithmetic' or 'chain' (the built-in tasks) or a JSONL of {problem, answer} / Eurus "
+                             "rows whose answer becomes the target response '\\boxed{answer}'")
     parser.add_argument("--steps", type=int, default=SFTConfig.steps)
     parser.add_argument("--batch-size", type=int, default=SFTConfig.batch_size)
     parser.add_argument("--lr", type=float, default=SFTConfig.lr)
