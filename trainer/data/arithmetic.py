@@ -19,7 +19,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .prompt_format import MATH_SUFFIX, PRIME_SYSTEM_PROMPT, SUFFIX_SEPARATOR
+from .prompt_format import math_prompt_record
 from .records import PromptRecord
 
 OPS = ("+", "-", "*")
@@ -114,18 +114,8 @@ def arithmetic_problems(n: int, *, seed: int, digits: int = 2, ops: Sequence[str
 
 def _record(i: int, seed: int, p: ArithmeticProblem, template: str, suffix: bool,
             system_prompt: bool | str) -> PromptRecord:
-    content = template.format(expr=p.expression)
-    if suffix:
-        content = content.rstrip() + SUFFIX_SEPARATOR + MATH_SUFFIX
-    messages = [{"role": "user", "content": content}]
-    if system_prompt is True:
-        messages.insert(0, {"role": "system", "content": PRIME_SYSTEM_PROMPT})
-    elif isinstance(system_prompt, str):
-        messages.insert(0, {"role": "system", "content": system_prompt})
-    elif system_prompt is not False:
-        raise ValueError(f"system_prompt must be a bool or a str, got {type(system_prompt).__name__}")
-    return PromptRecord(uid=f"arith:{seed}:{i}", messages=messages, ability="math",
-                        ground_truth=str(p.answer), data_source=DATA_SOURCE)
+    return math_prompt_record(f"arith:{seed}:{i}", p.expression, p.answer, template=template, suffix=suffix,
+                              system_prompt=system_prompt, data_source=DATA_SOURCE)
 
 
 def _check_template(template: str) -> None:

@@ -63,3 +63,21 @@ def apply_prime_suffix(record: PromptRecord, *, system_prompt: bool | str = Fals
             raise ValueError(f"system_prompt must be a bool or a str, got {type(system_prompt).__name__}")
         messages.insert(0, {"role": "system", "content": text})
     return dataclasses.replace(record, messages=messages)
+
+
+def math_prompt_record(uid: str, expression: str, answer: int, *, template: str, suffix: bool,
+                       system_prompt: bool | str, data_source: str) -> PromptRecord:
+    """One built-in math task's prompt: `template` filled with `expression`, optionally PRIME's boxed-answer
+    suffix and a system prompt (True: PRIME's; a str: that one; False: none)."""
+    content = template.format(expr=expression)
+    if suffix:
+        content = content.rstrip() + SUFFIX_SEPARATOR + MATH_SUFFIX
+    messages = [{"role": "user", "content": content}]
+    if system_prompt is True:
+        messages.insert(0, {"role": "system", "content": PRIME_SYSTEM_PROMPT})
+    elif isinstance(system_prompt, str):
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    elif system_prompt is not False:
+        raise ValueError(f"system_prompt must be a bool or a str, got {type(system_prompt).__name__}")
+    return PromptRecord(uid=uid, messages=messages, ability="math", ground_truth=str(answer),
+                        data_source=data_source)
