@@ -80,7 +80,11 @@ def test_samples_contiguous_complete_and_masked(single_process_run, checks):
 
 def test_stop_tokens_end_the_response_and_the_mask(single_process_run, checks):
     res = single_process_run
-    assert len(res["stop"]) == len(res["prompts"])
+    # Every greedy row with a token that first appears at step j >= 2 hosts one case (the random tiny model
+    # sometimes repeats one or two tokens for a whole row: that row has no such stop token to test).
+    hosts = [row for row, ids in enumerate(res["greedy"]["response_ids"])
+             if any(ids[j] not in ids[:j] for j in range(2, len(ids)))]
+    assert [case["row"] for case in res["stop"]] == hosts and hosts, (hosts, len(res["prompts"]))
     for case in res["stop"]:
         d = case["batch"]
         greedy = res["greedy"]["response_ids"][case["row"]]
