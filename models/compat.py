@@ -61,6 +61,14 @@ _MODULES = (
     "megatron.core.optimizer.grad_scaler",
     "megatron.core.utils",  # the apex-free multi_tensor_l2norm fallback allocates its result on "cuda"
     "megatron.core.tensor_parallel.random",  # recompute checkpoints and the RNG tracker's CUDA RNG states
+    # dist_checkpointing (trainer/checkpointing/sharded.py): torch.cuda.synchronize() after host copies and
+    # the small int tensors of its cross-rank validation and save-plan agreement
+    "megatron.core.dist_checkpointing.strategies.filesystem_async",
+    "megatron.core.dist_checkpointing.strategies.state_dict_saver",
+    "megatron.core.dist_checkpointing.strategies.fully_parallel",
+    "megatron.core.dist_checkpointing.strategies.async_utils",
+    "megatron.core.dist_checkpointing.exchange_utils",
+    "megatron.core.dist_checkpointing.tensor_aware_state_dict",
 )
 _FACTORIES = ("zeros", "empty", "ones", "full", "tensor", "arange", "zeros_like", "empty_like")
 _MARK = "_primeflow_cpu_shim"

@@ -50,6 +50,11 @@ class ParallelConfig:
     # moments are sharded over the DP ranks (ZeRO-1; gradients reduce-scattered, updated weights all-gathered).
     # Same numerics; 12 B/param (16 with bf16 weights' fp32 masters) -> 12/dp (+2 or 4 for the weights).
     distributed_optimizer: bool = False
+    # How checkpoints hold the distributed optimizer's state (megatron-core's sharding types): dp_reshardable
+    # writes each DP rank's shard as it is (fastest; a resume may change DP only), fully_reshardable gathers
+    # it over DP into per-parameter tensors (a resume may change TP, PP and DP). Without the distributed
+    # optimizer the state is per parameter anyway: any layout. Models always reshard.
+    optimizer_checkpoint: str = choice("dp_reshardable", "fully_reshardable")
     overlap_grad_reduce: bool = True    # DDP reduces gradient buckets over DP while backward still runs
     grad_reduce_in_fp32: bool = True    # accumulate and reduce gradients in fp32 (bf16 weights included)
     # Activation memory of the policy and the PRM (models/memory.py; results unchanged, tested bitwise):

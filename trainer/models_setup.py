@@ -30,16 +30,11 @@ class PrimeModels:
     prm_optim: MegatronAdamW | None
     prm_sched: WarmupConstantLR | None
 
-    def checkpoint_parts(self, *, for_save: bool) -> tuple[dict, dict, dict]:
-        """(models, optimizers, schedulers) by name, for the checkpoint manager. for_save with the
-        distributed optimizer is collective: every DP rank must call it (DP rank 0 receives every shard's
-        state, and the manager writes from DP rank 0 only). Loading scatters it back (also collective)."""
+    def checkpoint_parts(self) -> tuple[dict, dict, dict]:
+        """(models, optimizers, schedulers) by name, for the checkpoint manager (which saves each model with
+        its megatron-core optimizer through dist_checkpointing)."""
         from primeflow.models import unwrap_model
 
-        if for_save:
-            for optim in (self.policy_optim, self.prm_optim):
-                if optim is not None:
-                    optim.gather_state()
         models = {"policy": unwrap_model(self.policy)}
         optims = {"policy": self.policy_optim}
         scheds = {"policy": self.policy_sched}
@@ -58,7 +53,8 @@ def trained_model(path: str | Path, *, role: str, dtype: str, optim: OptimConfig
                               distributed_optimizer=parallel_cfg.distributed_optimizer,
                               overlap_grad_reduce=parallel_cfg.overlap_grad_reduce,
                               grad_reduce_in_fp32=parallel_cfg.grad_reduce_in_fp32)
-    return (model, *make_optimizer(model, optim, distributed=parallel_cfg.distributed_optimizer))
+    return (model, *make_optimizer(model, optim, distributed=parallel_cfg.distributed_optimizer,
+                                   checkpoint_format=parallel_cfg.optimizer_checkpoint))
 
 
 def load_model(path: str | Path, *, role: str, dtype: str, memory: ActivationMemory | None = None):

@@ -25,6 +25,9 @@ import torch
 
 from .config import OptimConfig
 
+# megatron-core's sharding types for the distributed optimizer's checkpointed state (sharded_state_dict).
+CHECKPOINT_FORMATS = ("dp_reshardable", "fully_reshardable")
+
 def wrap_for_training(model: torch.nn.Module, *, distributed_optimizer: bool, overlap_grad_reduce: bool = True,
                       grad_reduce_in_fp32: bool = True) -> torch.nn.Module:
     """Float16Module (when the parameters are bf16/fp16) inside megatron-core's DistributedDataParallel.
@@ -54,14 +57,14 @@ def _cuda_type_names():
 
 class MegatronAdamW:
     """megatron-core's AdamW for one DDP-wrapped model, with the interface the trainer and the checkpoint
-    manager use: `zero_grad`, `step() -> grad norm`, `param_groups`, `state_dict` / `load_state_dict`.
+    manager use: `zero_grad`, `step() -> grad norm`, `param_groups`, `sharded_state_dict` /
+    `load_sharded_state_dict` (megatron-core's dist_checkpointing, reshardable).
 
     AdamW applies weight decay to every parameter (torch's AdamW and PRIME's released trainer do; Megatron's
-    default would skip biases and norms). With the distributed optimizer, `gather_state()` (collective over
-    DP) must run on every rank before DP rank 0 reads `state_dict()`; `load_state_dict` is collective too
-    (DP rank 0's copy of the full state is scattered to the shards)."""
+    default would skip biases and norms)."""
 
-    def __init__(self, model: torch.nn.Module, cfg: OptimConfig, *, distributed: bool):
+    def __init__(self, model: torch.nn.Module, cfg: OptimConfig, *, distributed: bool,
+                 checkpoint_format: str = "dp_reshardable"):
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
         from primeflow.models import unwrap_model
@@ -69,7 +72,10 @@ class MegatronAdamW:
         inner = unwrap_model(model)
         self.model = model
         self.distributed = distributed
-        self._gathered: dict | None = None
+        if checkpoint_format not in CHECKPOINT_FORMATS:
+            raise ValueError(f"parallel.optimizer_checkpoint={checkpoint_format!r} is not allowed; allowed: "
+                             f"{list(CHECKPOINT_FORMATS)}")
+        self.checkpoint_format = checkpoint_format
         optim_config = OptimizerConfig(
             optimizer="adam", lr=cfg.lr, min_lr=cfg.lr, weight_decay=cfg.weight_decay,
             adam_beta1=float(cfg.betas[0]), adam_beta2=float(cfg.betas[1]), adam_eps=1e-8,
@@ -101,38 +107,68 @@ class MegatronAdamW:
             raise RuntimeError(f"expected one optimizer for a dense model, megatron built {len(members)}")
         return members[0]
 
-    def gather_state(self) -> None:
-        """Collective over DP with the distributed optimizer: DP rank 0 receives every shard's state."""
-        if self.distributed:
-            self._gathered = self._chained().get_parameter_state_dp_zero()
+    def sharded_state_dict(self, model_state: dict, *, is_loading: bool, sharding: str | None = None) -> dict:
+        """megatron-core's sharded optimizer state for dist_checkpointing (trainer/checkpointing/sharded.py),
+        its tensors keyed by the model's parameter keys in `model_state` (the model's sharded_state_dict).
 
-    def state_dict(self) -> dict:
-        state = {"optimizer": self.optim.state_dict()}
-        if self.distributed:
-            if self._gathered is None:
-                raise RuntimeError("the distributed optimizer's state_dict needs gather_state() on every rank first")
-            state["param_state"], self._gathered = self._gathered, None
-        return state
+        Without the distributed optimizer the fp32 masters and moments are per parameter, in model space:
+        any layout can load them. With it, `checkpoint_format` picks megatron-core's sharding type:
+        `dp_reshardable` saves each DP rank's flat shard of the buffers as it is (no communication; a load
+        may change DP only), `fully_reshardable` first gathers every shard over DP into per-parameter tensors
+        (through the gloo DP group, so GPU memory does not hold the gathered copy) and can be loaded at any
+        TP/PP/DP. is_loading=True builds the structure a load fills (collective with the distributed
+        optimizer); `sharding` then names the type the checkpoint was saved with (default: this optimizer's
+        `checkpoint_format`)."""
+        if is_loading:
+            self._allocate_state()
+        metadata = {"distrib_optim_sharding_type": sharding or self.checkpoint_format,
+                    "distrib_optim_fully_reshardable_mem_efficient": True}
+        with _cuda_type_names():
+            return self._chained().sharded_state_dict(model_state, is_loading=is_loading, metadata=metadata)
 
-    def load_state_dict(self, state: dict) -> None:
-        if set(state) != ({"optimizer", "param_state"} if self.distributed else {"optimizer"}):
-            raise ValueError(f"optimizer state has keys {sorted(state)}: saved with "
-                             f"parallel.distributed_optimizer={'param_state' in state}, loading with {self.distributed}")
-        # no_grad: fp32 main parameters of the distributed optimizer are views of the model's parameters
-        with _cuda_type_names(), torch.no_grad():
-            self.optim.load_state_dict(state["optimizer"])
-            if self.distributed:
-                self._load_sharded_state(state["param_state"])
+    def checkpoint_layout(self) -> dict:
+        """What a checkpoint records about this optimizer's saved state: whether it is the distributed
+        optimizer's and its sharding type (`model_space` without the distributed optimizer)."""
+        return {"distributed": self.distributed,
+                "sharding": self.checkpoint_format if self.distributed else "model_space"}
 
-    def _load_sharded_state(self, param_state: dict) -> None:
-        """megatron-core 0.16.1 with torch's AdamW (no TE/apex, e.g. on CPU): `load_state_dict` gives every
-        parameter's state the same `step` tensor, and `load_parameter_state_from_dp_zero` then expects a
-        `step` entry the saved shards never have (KeyError). Load the shards without it, then give each
+    def load_sharded_state_dict(self, state: dict) -> None:
+        """Restore what `dist_checkpointing.load` filled into `sharded_state_dict(..., is_loading=True)`."""
+        member = self._chained()
+        with _cuda_type_names(), torch.no_grad():  # the fp32 masters are views the model's weights share
+            if not self.distributed:
+                member.load_state_dict(state)
+                return
+            state = dict(state)
+            param_state, kind = state.pop("param_state"), state.pop("param_state_sharding_type")
+            member.load_state_dict(state)  # hyperparameters and the step count only
+            loader = {"dp_reshardable": member.load_parameter_state_from_dp_reshardable,
+                      "fully_reshardable": member.load_parameter_state_from_fully_reshardable}.get(kind)
+            if loader is None:
+                raise ValueError(f"distributed optimizer state of sharding type {kind!r}: primeflow saves "
+                                 "dp_reshardable or fully_reshardable")
+            self._without_step(lambda: loader(param_state))
+
+    def _allocate_state(self) -> None:
+        """Give every parameter of a fresh torch AdamW its state tensors before a load. megatron-core 0.16.1
+        without TE/apex (CPU; GPU without TE) reads a per-parameter `step` in `state_dict()` and copies into
+        the existing state tensors when it loads, so the state must exist; the values are overwritten."""
+        torch_optim = self._chained().optimizer
+        for group in torch_optim.param_groups:
+            for p in group["params"]:
+                if not torch_optim.state[p]:
+                    torch_optim.state[p].update(step=torch.zeros((), dtype=torch.float32),
+                                                exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+
+    def _without_step(self, fn) -> None:
+        """megatron-core 0.16.1 with torch's AdamW: `load_state_dict` gives every parameter's state the same
+        `step` tensor, and the distributed optimizer's parameter-state loaders then copy every key of the
+        state from the checkpoint, which never has `step` (KeyError). Run `fn` without it, then give each
         parameter its own copy of the step (a shared tensor would be incremented once per parameter)."""
         torch_optim = self._chained().optimizer
         steps = {p: s.pop("step") for p, s in torch_optim.state.items() if "step" in s}
         try:
-            self._chained().load_parameter_state_from_dp_zero(param_state)
+            fn()
         finally:
             for p, step in steps.items():
                 torch_optim.state[p]["step"] = step.clone()
@@ -167,11 +203,11 @@ class WarmupConstantLR:
         self._apply()
 
 
-def make_optimizer(model: torch.nn.Module, cfg: OptimConfig, *, distributed: bool = False
-                   ) -> tuple[MegatronAdamW, WarmupConstantLR]:
+def make_optimizer(model: torch.nn.Module, cfg: OptimConfig, *, distributed: bool = False,
+                   checkpoint_format: str = "dp_reshardable") -> tuple[MegatronAdamW, WarmupConstantLR]:
     """Megatron's AdamW for a model from `wrap_for_training` (built with the same `distributed` flag), and
     the LR schedule."""
-    optim = MegatronAdamW(model, cfg, distributed=distributed)
+    optim = MegatronAdamW(model, cfg, distributed=distributed, checkpoint_format=checkpoint_format)
     return optim, WarmupConstantLR(optim, cfg)
 
 

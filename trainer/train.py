@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import parallel
 from .batch import TrainBatch, build_train_batch
-from .checkpointing import CheckpointError, CheckpointManager
+from .checkpointing import CheckpointError, CheckpointManager, layout_changed, read_manifest
 from .config import Config, ConfigError, load_config
 from .data import AssembledBatch, PromptLoader, assemble_step
 from .data.chain_steps import StepLabeller
@@ -175,7 +175,7 @@ def prime_step(t: Trainer, step: int) -> dict[str, float]:
 
 
 def save_checkpoint(t: Trainer, step: int) -> None:
-    models, optims, scheds = t.models.checkpoint_parts(for_save=True)
+    models, optims, scheds = t.models.checkpoint_parts()
     t.checkpoints.save(step, models=models, optimizers=optims, schedulers=scheds,
                        trainer_state={"step": step, "loader": t.loader.state_dict()})
 
@@ -193,15 +193,19 @@ def resume(t: Trainer) -> int:
         t.run.logger.truncate_after(0)
         t.checkpoints.discard_after(0)
         return 0
-    models, optims, scheds = t.models.checkpoint_parts(for_save=False)
-    state = t.checkpoints.load(path, models=models, optimizers=optims, schedulers=scheds)
+    models, optims, scheds = t.models.checkpoint_parts()
+    # At another layout the weights, optimizer state and schedule reshard; the per-rank RNG streams cannot
+    # follow (nothing in a step draws from them outside vLLM, which is seeded per step)
+    resharded = layout_changed(path)
+    state = t.checkpoints.load(path, models=models, optimizers=optims, schedulers=scheds, rng=not resharded)
     t.loader.load_state_dict(state["loader"])
     step = int(state["step"])
     # resuming from an older checkpoint abandons the later steps: their metrics and checkpoints go
     t.run.logger.truncate_after(step)
     t.checkpoints.discard_after(step)
     refit(t)  # vLLM starts from the SFT weights: give it the restored policy
-    t.run.console.print(f"resumed from {path} (step {step})")
+    how = f", resharded from {read_manifest(path)['layout']}" if resharded else ""
+    t.run.console.print(f"resumed from {path} (step {step}{how})")
     return step
 
 

@@ -9,22 +9,28 @@ from pathlib import Path
 import numpy as np
 import torch
 from primeflow.models import ModelConfig, build_model, load_hf_checkpoint
+from primeflow.trainer.config import OptimConfig
+from primeflow.trainer.optimizer import finalize_grads, make_optimizer, wrap_for_training
 
 
-def build_set(ckpt: Path, *, init_seed: int, load: bool = True, roles=("policy", "prm")):
-    """{role: model}, {role: AdamW}, {role: LambdaLR}. With load=False the weights are a fresh random init
-    (a different `init_seed` gives different weights: the target of a checkpoint load must not already
-    equal the source)."""
+def build_set(ckpt: Path, *, init_seed: int, load: bool = True, roles=("policy", "prm"), distributed: bool = False,
+              checkpoint_format: str = "dp_reshardable", dtype: str = "float32"):
+    """{role: Megatron model}, {role: MegatronAdamW}, {role: WarmupConstantLR}: the trainer's own machinery
+    (megatron-core DDP, its optimizer, `distributed` = the distributed optimizer). With load=False the weights
+    are a fresh random init (a different `init_seed` gives different weights: the target of a checkpoint load
+    must not already equal the source). Forward through `opts[role].model` (the DDP wrapper)."""
     cfg = ModelConfig.from_hf(ckpt)
     torch.manual_seed(init_seed)
     models, opts, scheds = {}, {}, {}
+    optim_cfg = OptimConfig(lr=1e-3, betas=[0.9, 0.95], weight_decay=0.01, warmup_steps=3)
     for role in roles:
-        model = build_model(cfg, role=role)
+        model = build_model(cfg, role=role, params_dtype=dtype)
         if load:
             load_hf_checkpoint(model, ckpt)
+        wrapped = wrap_for_training(model, distributed_optimizer=distributed)
         models[role] = model
-        opts[role] = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.01)
-        scheds[role] = torch.optim.lr_scheduler.LambdaLR(opts[role], lambda s: 1.0 / (1.0 + 0.5 * s))
+        opts[role], scheds[role] = make_optimizer(wrapped, optim_cfg, distributed=distributed,
+                                                  checkpoint_format=checkpoint_format)
     return models, opts, scheds
 
 
@@ -35,22 +41,32 @@ def train_step(models, opts, scheds, *, seed: int, vocab: int, batch=2, seq=12) 
     from megatron.core import parallel_state
 
     g = torch.Generator().manual_seed(seed)
-    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
-        for role, model in models.items():
-            opts[role].zero_grad(set_to_none=True)
-            for p in model.parameters():
-                p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
-            opts[role].step()
-            scheds[role].step()
-        return
     ids = torch.randint(0, vocab, (batch, seq), generator=g)
     pos = torch.arange(seq).expand(batch, seq)
-    for role, model in models.items():
-        opts[role].zero_grad(set_to_none=True)
-        logp = model(input_ids=ids, position_ids=pos, attention_mask=None, labels=torch.roll(ids, -1, 1))
-        (-logp.mean()).backward()
-        opts[role].step()
+    for role in models:
+        opt = opts[role]
+        opt.zero_grad()
+        if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+            for p in models[role].parameters():
+                p.main_grad.copy_(torch.randn(p.shape, generator=g))
+        else:
+            logp = opt.model(input_ids=ids, position_ids=pos, attention_mask=None, labels=torch.roll(ids, -1, 1))
+            (-logp.float().mean()).backward()
+            finalize_grads(opt.model)
+        opt.step()
         scheds[role].step()
+
+
+def optimizer_tensors(opt) -> dict[str, torch.Tensor]:
+    """This rank's optimizer state: every fp32 main parameter (or shard of one) and its AdamW state."""
+    torch_opt = opt._chained().optimizer
+    out = {}
+    for gi, group in enumerate(torch_opt.param_groups):
+        for pi, main in enumerate(group["params"]):
+            out[f"{gi}.{pi}.main"] = main.detach().clone()
+            for k, v in torch_opt.state[main].items():
+                out[f"{gi}.{pi}.{k}"] = v.clone()
+    return out
 
 
 def snapshot(models, opts, scheds) -> dict:
@@ -58,13 +74,12 @@ def snapshot(models, opts, scheds) -> dict:
     out = {"params": {}, "opt": {}, "sched": {}}
     for role, model in models.items():
         out["params"][role] = {n: p.detach().clone() for n, p in model.named_parameters()}
-        sd = opts[role].state_dict()
-        out["opt"][role] = {
-            "state": {i: {k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()}
-                      for i, s in sd["state"].items()},
-            "param_groups": [dict(g) for g in sd["param_groups"]],
-        }
-        out["sched"][role] = {k: v for k, v in scheds[role].state_dict().items() if k != "lr_lambdas"}
+        # A group's "step" is megatron-core's carrier of the step count into a loaded distributed optimizer
+        # (absent before any load); the per-parameter steps compared in `tensors` are the real state.
+        out["opt"][role] = {"tensors": optimizer_tensors(opts[role]),
+                            "param_groups": [{k: v for k, v in g.items() if k not in ("params", "step")}
+                                             for g in opts[role].param_groups]}
+        out["sched"][role] = scheds[role].state_dict()
     return out
 
 
@@ -80,12 +95,11 @@ def assert_snapshots_equal(a: dict, b: dict) -> int:
             n += 1
         sa, sb = a["opt"][role], b["opt"][role]
         assert sa["param_groups"] == sb["param_groups"], f"{role} optimizer param_groups differ"
-        assert sa["state"].keys() == sb["state"].keys() and len(sa["state"]) > 0, f"{role} optimizer state"
-        for i in sa["state"]:
-            assert sa["state"][i].keys() == sb["state"][i].keys()
-            for k, v in sa["state"][i].items():
-                assert torch.equal(v, sb["state"][i][k]), f"{role} optimizer state[{i}][{k}] differs"
-                n += 1
+        ta, tb = sa["tensors"], sb["tensors"]
+        assert ta.keys() == tb.keys() and any(k.endswith("exp_avg") for k in ta), f"{role} optimizer state"
+        for k in ta:
+            assert ta[k].dtype == tb[k].dtype and torch.equal(ta[k], tb[k]), f"{role} optimizer {k} differs"
+            n += 1
         assert a["sched"][role] == b["sched"][role], f"{role} scheduler state differs"
     return n
 

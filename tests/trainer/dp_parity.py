@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from primeflow.models import hf_state_dict
+from primeflow.models import hf_state_dict, unwrap_model
 from primeflow.trainer import parallel
+from primeflow.trainer.checkpointing import CheckpointManager
 from primeflow.trainer.config import OptimConfig, ParallelConfig, PPOConfig
 from primeflow.trainer.models_setup import trained_model
 from primeflow.trainer.stages.logprobs import batch_logprobs, micro_batch_plan
@@ -75,18 +76,13 @@ def one_layout(ckpt: Path, batch, rows: list[int], budget: int, *, dtype: str, d
     out = {"grads": grads, "weights": after1, "grad_norm": stats["grad_norm"], "loss": stats["loss"],
            "ranks_equal": _all_ranks_equal(flat), "micro_batches_here": len(plan)}
 
-    # checkpoint round trip of the optimizer state, then one more step from both
-    optim.gather_state()
-    path = workdir / f"optim_{dtype}_{int(distributed)}.pt"
-    if parallel.layout().dp_rank == 0:
-        torch.save({"optim": optim.state_dict(), "sched": sched.state_dict(),
-                    "model": model.state_dict()}, path)
-    dist.barrier()
-    saved = torch.load(path, weights_only=False)
+    # checkpoint round trip (megatron-core's dist_checkpointing), then one more step from both
+    checkpoints = CheckpointManager(workdir / f"run_{dtype}_{int(distributed)}")
+    checkpoints.save(1, models={"policy": unwrap_model(model)}, optimizers={"policy": optim},
+                     schedulers={"policy": sched}, trainer_state={}, rng=False)
     model2, optim2, sched2 = trained_model(ckpt, role="policy", dtype=dtype, optim=OPTIM, parallel_cfg=pcfg)
-    model2.load_state_dict(saved["model"])
-    optim2.load_state_dict(saved["optim"])
-    sched2.load_state_dict(saved["sched"])
+    checkpoints.load(1, models={"policy": unwrap_model(model2)}, optimizers={"policy": optim2},
+                     schedulers={"policy": sched2}, rng=False)
     for m, o in ((model, optim), (model2, optim2)):
         minibatch_step(m, o, plan, ppo_micro_loss(m, batch, targets, _Cfg, rows))
     resumed, uninterrupted = _weights(model2), _weights(model)

@@ -1,15 +1,23 @@
 """CheckpointManager: sharded, atomic, verified checkpoints of a (TP x PP x DP) training run.
 
 Layout of `run_dir/checkpoints/step_<N>/`:
-    model.<name>.tp<TT>-pp<PP>.pt       model state_dict of one TP/PP shard (written by dp_rank 0 only: DP
-    optim.<name>.tp<TT>-pp<PP>.pt       replicas hold the same model, optimizer and scheduler state)
-    sched.<name>.tp<TT>-pp<PP>.pt
+    dist/<name>/                        a Megatron model and its megatron-core optimizer through megatron-core's
+                                        dist_checkpointing (sharded.py): every rank writes its part, and a
+                                        later run at another TP / PP / DP layout reads the slices it needs
+    model.<name>.tp<TT>-pp<PP>.pt       a plain torch module / torch optimizer (no sharded_state_dict), one
+    optim.<name>.tp<TT>-pp<PP>.pt       file per TP/PP shard written by dp_rank 0: loadable at the same TP/PP
+    sched.<name>.pt                     LR schedule (the same on every rank; written by rank 0)
     rng.<rank id>.pt                    every rank: python / numpy / torch CPU / CUDA (+ named generators)
     trainer_state.<rank id>.json        every rank: the loop's JSON state (dataloader, refill buffer, ...)
     hf/<name>/config.json, tokenizer*   HF side files of each model (so export needs nothing outside)
     manifest.json                       written last by rank 0: step, layout, components, model metadata,
-                                        every file with its size and sha256
+                                        every file with its size and sha256 (dist/ files hashed by their writer)
 where <rank id> = rank<R>-tp<TT>-pp<PP>-dp<DDD>.
+
+Resuming at another layout: the dist/ parts reshard (a distributed optimizer saved as `dp_reshardable`
+only over DP: parallel.optimizer_checkpoint); per-rank RNG streams cannot be mapped to other ranks, so such
+a load passes rng=False, and every rank reads rank 0's trainer_state. On an unchanged layout every tensor,
+stream and state is restored bitwise (tests/checkpoint).
 
 Atomicity: all ranks write into `checkpoints/.tmp-step_<N>-<nonce>/` (each file fsynced), rank 0 writes the
 manifest, fsyncs the directory, renames it to `step_<N>` and fsyncs `checkpoints/`. A process killed at any
@@ -41,9 +49,10 @@ import torch.distributed as dist
 
 from ..parallel import ParallelLayout
 from . import rng as rng_state
+from . import sharded
 from .files import fsync_dir, sha256_file, write_bytes, write_json, write_torch
 
-FORMAT = "primeflow-checkpoint/1"
+FORMAT = "primeflow-checkpoint/2"
 MANIFEST = "manifest.json"
 HF_SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                  "special_tokens_map.json", "chat_template.jinja", "vocab.json", "merges.txt")
@@ -147,6 +156,82 @@ def _model_meta(model: torch.nn.Module) -> dict[str, Any]:
         "hf_source_path": str(src) if src is not None else None,
         "params_dtype": str(first.dtype).removeprefix("torch.") if first is not None else None,
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class _Parts:
+    """How each named part is saved: Megatron models (with their megatron-core optimizer, when they have
+    one) through dist_checkpointing, plain torch modules and optimizers as torch.save shards."""
+
+    sharded_models: tuple[str, ...]
+    plain_models: tuple[str, ...]
+    plain_optimizers: tuple[str, ...]
+    sharded_optimizers: dict[str, dict[str, Any]]  # name -> MegatronAdamW.checkpoint_layout()
+
+
+def _split_parts(models: Mapping[str, Any], optimizers: Mapping[str, Any]) -> _Parts:
+    sharded_models = tuple(n for n, m in models.items() if sharded.is_sharded_model(m))
+    sharded_optimizers, plain_optimizers = {}, []
+    for name, opt in optimizers.items():
+        if not sharded.is_sharded_optimizer(opt):
+            plain_optimizers.append(name)
+        elif name not in sharded_models:
+            raise CheckpointError(f"optimizer {name!r} is megatron-core's: it is saved with model {name!r}, "
+                                  "which must be a Megatron model (sharded_state_dict) passed under that name")
+        else:
+            sharded_optimizers[name] = opt.checkpoint_layout()
+    plain_models = tuple(n for n in models if n not in sharded_models)
+    return _Parts(sharded_models, plain_models, tuple(plain_optimizers), sharded_optimizers)
+
+
+def _describe_layouts(saved: Mapping[str, int], lay: ParallelLayout) -> str:
+    return (f"saved with layout tp={saved.get('tp')} pp={saved.get('pp')} dp={saved.get('dp')} (world "
+            f"{saved.get('world_size')}), this run has tp={lay.tp} pp={lay.pp} dp={lay.dp} (world {lay.world_size})")
+
+
+def _check_layout(path: Path, manifest: dict[str, Any], parts: _Parts, lay: ParallelLayout, *, rng: bool) -> None:
+    """Refuse, naming the setting, a load whose parts cannot follow a change of layout."""
+    saved = manifest["layout"]
+    moved = [k for k in ("tp", "pp") if saved.get(k) != getattr(lay, k)]
+    desc = _describe_layouts(saved, lay)
+    plain = sorted({*parts.plain_models, *parts.plain_optimizers})
+    if moved and plain:
+        raise CheckpointError(
+            f"{path}: {desc}; {plain} are plain torch modules / optimizers, saved as torch.save shards of that "
+            "TP/PP layout: resharding a checkpoint is not supported for them (Megatron models and megatron-core "
+            "optimizers reshard): resume with the saved layout")
+    saved_optimizers = manifest["components"].get("sharded_optimizers", {})
+    for name, now in parts.sharded_optimizers.items():
+        before = saved_optimizers.get(name)
+        if before is None:
+            raise CheckpointError(f"{path}: optimizer {name!r} was not saved as megatron-core sharded state")
+        if before["distributed"] != now["distributed"]:
+            raise CheckpointError(
+                f"{path}: optimizer {name!r} was saved with parallel.distributed_optimizer="
+                f"{str(before['distributed']).lower()}, this run has {str(now['distributed']).lower()}: resume "
+                "with the saved value")
+        if moved and before["sharding"] == "dp_reshardable":
+            raise CheckpointError(
+                f"{path}: {desc}; the distributed optimizer state of {name!r} was saved as dp_reshardable, which "
+                f"can change DP only: resume at tp={saved.get('tp')} pp={saved.get('pp')}, or save with "
+                "parallel.optimizer_checkpoint=fully_reshardable to change TP/PP")
+    if rng and saved != _layout_dict(lay):
+        raise CheckpointError(f"{path}: {desc}; RNG states were saved per rank and cannot move to another "
+                              "layout: load with rng=False")
+
+
+def _load_sharded(source: Path, name: str, model: torch.nn.Module, optimizer: Any | None,
+                  sharding: str | None) -> None:
+    what = f"model {name!r}" + (" and its optimizer" if optimizer is not None else "")
+    try:
+        sharded.load(source, model, optimizer, sharding=sharding)
+    except Exception as exc:  # noqa: BLE001 - megatron-core raises several types; all mean "does not fit"
+        raise CheckpointError(f"{source}: does not fit {what}: {type(exc).__name__}: {exc}") from exc
+
+
+def layout_changed(path: Path) -> bool:
+    """Whether checkpoint `path` was saved at another (TP, PP, DP) layout than the running one."""
+    return read_manifest(path)["layout"] != _layout_dict(current_layout())
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -321,6 +406,8 @@ class CheckpointManager:
                            lambda: str(self._prepare(step)) if lay.is_rank0 else None)
         tmp = Path(_broadcast(tmp_name))
 
+        split = _agreed(f"checkpoint step {step}", lambda: _split_parts(models, optimizers))
+
         def write_rank_files() -> dict[str, Any]:
             if not tmp.is_dir():
                 raise CheckpointError(f"{tmp}: not visible on this rank (run_dir must be on a shared filesystem)")
@@ -332,23 +419,41 @@ class CheckpointManager:
 
             if lay.dp_rank == 0:
                 shard = _shard_id(lay)
-                for name, model in models.items():
-                    put(f"model.{name}.{shard}.pt", write_torch(model.state_dict(), tmp / f"model.{name}.{shard}.pt"))
-                for name, opt in optimizers.items():
-                    put(f"optim.{name}.{shard}.pt", write_torch(opt.state_dict(), tmp / f"optim.{name}.{shard}.pt"))
-                for name, sched in schedulers.items():
-                    put(f"sched.{name}.{shard}.pt", write_torch(sched.state_dict(), tmp / f"sched.{name}.{shard}.pt"))
+                for kind, names, objects in (("model", split.plain_models, models),
+                                             ("optim", split.plain_optimizers, optimizers)):
+                    for name in names:
+                        file = f"{kind}.{name}.{shard}.pt"
+                        put(file, write_torch(objects[name].state_dict(), tmp / file))
             rid = _rank_id(lay)
             put(f"trainer_state.{rid}.json", write_bytes(state_bytes, tmp / f"trainer_state.{rid}.json"))
             if rng:
                 put(f"rng.{rid}.pt", write_torch(rng_state.capture(dict(generators or {})), tmp / f"rng.{rid}.pt"))
             if lay.is_rank0:
+                for name, sched in schedulers.items():
+                    put(f"sched.{name}.pt", write_torch(sched.state_dict(), tmp / f"sched.{name}.pt"))
                 for name, model in models.items():
                     for rel, entry in self._copy_hf_side_files(model, tmp, name).items():
                         put(rel, entry)
             return files
 
         per_rank = _agreed(f"checkpoint step {step}: writing into {tmp}", write_rank_files)
+        for name in split.sharded_models:  # collective: every rank writes its part of each model
+            target = tmp / sharded.DIST_DIR / name
+            _agreed(f"checkpoint step {step}: writing {target}",
+                    lambda target=target, name=name: sharded.save(
+                        target, models[name], optimizers[name] if name in split.sharded_optimizers else None))
+
+        def hash_dist_files() -> dict[str, Any]:
+            # megatron-core writes these files itself, so each rank hashes (reads back) the ones it wrote
+            files = {}
+            for name in split.sharded_models:
+                for f in sharded.files_written_by(tmp / sharded.DIST_DIR / name, lay.rank):
+                    rel = sharded.relative(f, tmp)
+                    files[rel] = {"size": f.stat().st_size, "sha256": sha256_file(f), "rank": lay.rank}
+                    _hook("file", f)
+            return files
+
+        per_rank.update(_agreed(f"checkpoint step {step}: hashing {tmp / sharded.DIST_DIR}", hash_dist_files))
         per_rank = _all_gather(per_rank)
         meta = {name: _model_meta(m) for name, m in models.items()}
 
@@ -362,7 +467,9 @@ class CheckpointManager:
                 "format": FORMAT, "step": step, "created_unix": time.time(), "layout": _layout_dict(lay),
                 "components": {"models": sorted(models), "optimizers": sorted(optimizers),
                                "schedulers": sorted(schedulers), "rng": bool(rng),
-                               "generators": sorted(generators or {})},
+                               "generators": sorted(generators or {}),
+                               "sharded_models": sorted(split.sharded_models),
+                               "sharded_optimizers": split.sharded_optimizers},
                 "models": meta, "files": dict(sorted(files.items())),
             }
             write_json(manifest, tmp / MANIFEST)
@@ -458,12 +565,14 @@ class CheckpointManager:
              schedulers: Mapping[str, torch.optim.lr_scheduler.LRScheduler], rng: bool = True,
              generators: Mapping[str, torch.Generator] | None = None, strict: bool = True,
              verify: str = "sha256") -> dict[str, Any]:
-        """Restore this rank's shards (collective); returns this rank's trainer_state.
+        """Restore this rank's part of every model, optimizer and schedule (collective); returns this rank's
+        trainer_state (rank 0's when the layout changed).
 
-        Verifies the manifest, that the saved layout equals the current one (tp, pp and, when strict, dp),
-        and each file this rank reads (presence, size, sha256 with verify="sha256"). strict=True: the
-        names of models/optimizers/schedulers/generators must be exactly the saved ones; strict=False:
-        any subset (used by export, which restores models only)."""
+        Verifies the manifest, that the parts can follow a change of layout (_check_layout), and the files:
+        rank 0 the presence and size of all, each rank the files it reads (sha256 with verify="sha256"; the
+        dist/ files split over the ranks). strict=True: the names of models/optimizers/schedulers/generators
+        must be exactly the saved ones; strict=False: any subset (used by export, which restores models
+        only)."""
         if verify not in VERIFY_MODES:
             raise ValueError(f"verify={verify!r} is not allowed; allowed: {list(VERIFY_MODES)}")
         for kind, named in (("models", models), ("optimizers", optimizers), ("schedulers", schedulers),
@@ -472,17 +581,10 @@ class CheckpointManager:
         path = self.step_dir(step_or_path) if isinstance(step_or_path, int) else Path(step_or_path)
         lay = current_layout()
 
-        def check() -> dict[str, Any]:
+        def check() -> tuple[dict[str, Any], _Parts]:
             manifest = read_manifest(path)
-            saved = manifest["layout"]
-            now = _layout_dict(lay)
-            keys = ("tp", "pp", "dp") if strict else ("tp", "pp")
-            if any(saved.get(k) != now[k] for k in keys):
-                raise CheckpointError(
-                    f"{path}: saved with layout tp={saved.get('tp')} pp={saved.get('pp')} dp={saved.get('dp')} "
-                    f"(world {saved.get('world_size')}), this run has tp={lay.tp} pp={lay.pp} dp={lay.dp} "
-                    f"(world {lay.world_size}); resharding a checkpoint is not supported: resume with the saved "
-                    "layout, or export it (`primeflow export`) and start a new run from the HF checkpoint")
+            parts = _split_parts(models, optimizers)
+            saved, now = manifest["layout"], _layout_dict(lay)
             comp = manifest["components"]
             asked = {"models": models, "optimizers": optimizers, "schedulers": schedulers,
                      "generators": generators or {}}
@@ -492,13 +594,12 @@ class CheckpointManager:
                     raise CheckpointError(f"{path}: saved {kind} {sorted(have)}, asked to load {sorted(want)}")
             if rng and not comp.get("rng"):
                 raise CheckpointError(f"{path}: saved without RNG states (rng=False at save); load with rng=False")
+            _check_layout(path, manifest, parts, lay, rng=rng)
             rid, shard = _rank_id(lay), _shard_id(lay)
-            if rng and lay.dp != saved["dp"]:
-                raise CheckpointError(f"{path}: RNG states were saved per rank at dp={saved['dp']}; this run "
-                                      f"has dp={lay.dp}: load with rng=False")
-            wanted = [f"model.{n}.{shard}.pt" for n in models] + [f"optim.{n}.{shard}.pt" for n in optimizers]
-            wanted += [f"sched.{n}.{shard}.pt" for n in schedulers]
-            if strict:
+            wanted = [f"model.{n}.{shard}.pt" for n in parts.plain_models]
+            wanted += [f"optim.{n}.{shard}.pt" for n in parts.plain_optimizers]
+            wanted += [f"sched.{n}.pt" for n in schedulers]
+            if strict and saved == now:
                 wanted.append(f"trainer_state.{rid}.json")
             if rng:
                 wanted.append(f"rng.{rid}.pt")
@@ -507,31 +608,44 @@ class CheckpointManager:
                     _verify_file(path, name, manifest, "size")
             for name in wanted:
                 _verify_file(path, name, manifest, verify)
-            return manifest
+            if verify == "sha256":  # the dist/ files are read by whichever ranks need them: split the hashing
+                prefixes = tuple(f"{sharded.DIST_DIR}/{n}/" for n in parts.sharded_models)
+                dist_files = sorted(n for n in manifest["files"] if n.startswith(prefixes))
+                for name in dist_files[lay.rank::lay.world_size]:
+                    _verify_file(path, name, manifest, "sha256")
+            return manifest, parts
 
-        manifest = _agreed(f"loading checkpoint {path}", check)
+        manifest, parts = _agreed(f"loading checkpoint {path}", check)
+        saved_optimizers = manifest["components"].get("sharded_optimizers", {})
+        for name in parts.sharded_models:  # collective: every rank reads the slices of its layout
+            opt = optimizers.get(name) if name in parts.sharded_optimizers else None
+            sharding = saved_optimizers.get(name, {}).get("sharding") if opt is not None else None
+            source = path / sharded.DIST_DIR / name
+            _agreed(f"loading {source}", lambda source=source, name=name, opt=opt, sharding=sharding:
+                    _load_sharded(source, name, models[name], opt, sharding))
 
         def restore() -> dict[str, Any]:
             shard, rid = _shard_id(lay), _rank_id(lay)
-            for name, model in models.items():
+            for name in parts.plain_models:
                 file = path / f"model.{name}.{shard}.pt"
                 try:
-                    model.load_state_dict(_torch_load(file), strict=True)
+                    models[name].load_state_dict(_torch_load(file), strict=True)
                 except RuntimeError as exc:
                     raise CheckpointError(f"{file}: does not fit model {name!r}: {exc}") from exc
-            for name, opt in optimizers.items():
+            for name in parts.plain_optimizers:
                 file = path / f"optim.{name}.{shard}.pt"
                 try:
-                    opt.load_state_dict(_torch_load(file))
+                    optimizers[name].load_state_dict(_torch_load(file))
                 except (ValueError, KeyError, RuntimeError) as exc:
                     raise CheckpointError(f"{file}: does not fit optimizer {name!r}: {exc}") from exc
             for name, sched in schedulers.items():
-                sched.load_state_dict(_torch_load(path / f"sched.{name}.{shard}.pt"))
+                sched.load_state_dict(_torch_load(path / f"sched.{name}.pt"))
             if rng:
                 file = path / f"rng.{rid}.pt"
                 rng_state.restore(_torch_load(file), dict(generators or {}), source=str(file))
             state_file = path / f"trainer_state.{rid}.json"
-            if not state_file.is_file():  # strict=False and a layout with other ranks: rank 0's state
+            if not state_file.is_file() or manifest["layout"] != _layout_dict(lay):
+                # another layout (or strict=False): rank 0's state, which the loop keeps the same on every rank
                 rank0 = [n for n, e in manifest["files"].items() if n.startswith("trainer_state.") and e["rank"] == 0]
                 state_file = path / rank0[0]
             return json.loads(state_file.read_text())
