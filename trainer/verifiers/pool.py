@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.spawn
 import os
 import resource
 import threading
@@ -25,6 +26,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from . import pool_main
 
 
 @dataclass
@@ -100,13 +103,19 @@ class HardTimeoutPool:
         if not isinstance(self.workers, int) or self.workers < 1:
             raise ValueError(f"workers must be an int >= 1, got {self.workers!r}")
         module = self.func_path.partition(":")[0]
+        if module in ("", "__main__"):
+            raise ValueError(f"func_path must name an importable module, got {self.func_path!r}")
         self._ctx = multiprocessing.get_context("forkserver")
         # Preloading makes respawning after a timeout cheap. The forkserver is process-global: if something
         # already started it, the preload list is ignored and workers import the module themselves (slower).
-        # "__main__" stays first, as in multiprocessing's default: the forkserver imports the caller's main
-        # module once and workers inherit it, instead of each (re)spawned worker re-importing it. As with
-        # any forkserver/spawn use, scripts need an `if __name__ == "__main__":` guard.
-        self._ctx.set_forkserver_preload(["__main__", module])
+        # pool_main goes first: it makes workers skip re-running the caller's main script (see its
+        # docstring), so scripts need no `if __name__ == "__main__":` guard. (multiprocessing's own
+        # "__main__" preload never imports the caller's main on Python 3.11: it looks up a key its
+        # preparation data does not have.)
+        os.environ[pool_main.ENV_VAR] = pool_main.describe_main(
+            multiprocessing.spawn.get_preparation_data("primeflow-verifier-pool")
+        )
+        self._ctx.set_forkserver_preload([pool_main.__name__, module])
         self._lock = threading.Lock()
         self._pool: list[_Worker] = []
         self._startup_failures = 0
