@@ -5,7 +5,8 @@ after "answer is"/"answer:"/"=" anywhere in the response. Those anywhere-fallbac
 score on an expression in the middle of its reasoning (frameworks_landscape.md §5, UniRL PR #360), so here:
 
 - the boxed answer is the last *complete* box; a response that ends inside an unclosed box has no answer;
-- several boxes with different contents in the final paragraph ("\\boxed{2} or \\boxed{3}") are ambiguous;
+- several boxes with different contents in the final paragraph ("\\boxed{2} or \\boxed{3}") are ambiguous,
+  unless each earlier one is retracted before the next ("\\boxed{7} is wrong, let me redo. \\boxed{8}");
 - the text fallbacks only look at the last non-empty line, and the "=" fallback only at a finished sentence;
 - a prompt echo (chat-template markers, or the prompt text itself when given) is cut off before searching.
 
@@ -15,6 +16,7 @@ Everything here is linear-time string scanning (no regex with nested quantifiers
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 # Markers after which the model's own answer starts, if a decoded sample still contains the chat prompt.
@@ -25,6 +27,13 @@ _ASSISTANT_MARKERS = (
 )
 _ANSWER_PHRASE = re.compile(r"answers?\s*(?:is|are|:)\s*:?", re.IGNORECASE)
 _IS_THE_ANSWER = re.compile(r"\s+is\s+(?:the|our|my)\s+(?:final\s+)?answer", re.IGNORECASE)
+# Words that take back the box before them. A retracted box is not a candidate, so a self-correction has
+# one answer; a box followed by "or", "also" or nothing is a hedge and the paragraph stays ambiguous.
+_RETRACTION = re.compile(
+    r"\b(?:wrong|incorrect|not\s+(?:right|correct)|mistakes?|errors?|redo|recheck|wait|actually|oops|"
+    r"scratch\s+that|correct(?:ion|ing)|fix(?:ing)?\s+(?:it|this|that))\b",
+    re.IGNORECASE,
+)
 # The "=" fallback only accepts a short right-hand side: a long one is prose, not an answer.
 _MAX_EQ_RHS_CHARS = 60
 
@@ -127,6 +136,16 @@ def _clean_tail(s: str) -> str:
     return s.rstrip(".").strip()
 
 
+def _each_retracted(text: str, boxes: list[tuple[int, int, str]]) -> bool:
+    """True if every run of equal boxes but the last is followed by a retraction before the next run. The
+    text after a run's last box is searched (a restated answer must be retracted again), and the runs'
+    gaps are disjoint, so this stays linear in the text."""
+    for (_s, end, content), (next_start, _e, next_content) in pairwise(boxes):
+        if content != next_content and not _RETRACTION.search(text, end, next_start):
+            return False
+    return True
+
+
 def _from_boxes(text: str) -> tuple[bool, str | None]:
     """(a box decided the outcome, answer). A closed final box is the answer unless contradicted nearby."""
     boxes = find_boxes(text)
@@ -135,10 +154,12 @@ def _from_boxes(text: str) -> tuple[bool, str | None]:
     start, _end, content = boxes[-1]
     if content is None:
         return True, None  # truncated inside the final box: no answer, and no falling back to earlier ones
-    # Several different boxes in the final paragraph = a candidate list, not an answer.
+    # Several different boxes in the final paragraph = a candidate list, not an answer, unless each earlier
+    # answer is explicitly retracted before the next different one ("\\boxed{7} is wrong, let me redo.
+    # Final: \\boxed{8}"): a self-correction states one answer.
     para_start = text.rfind("\n\n", 0, start)
-    finals = {_squash(c) for s, _e, c in boxes if s > para_start and c is not None}
-    if len(finals) > 1:
+    final = [(s, e, _squash(c)) for s, e, c in boxes if s > para_start and c is not None]
+    if len({c for _s, _e, c in final}) > 1 and not _each_retracted(text, final):
         return True, None
     content = content.strip()
     return True, content if content else None
