@@ -1,13 +1,7 @@
 """HF safetensors <-> Megatron GPTModel weights, with TP slicing and PP stage assignment.
 
-Layouts (Megatron local modules, TP size tp, this rank r; ng KV groups, nq query heads, d head dim):
-  linear_qkv.weight  [(nq + 2 ng) d / tp, H]: for each of this rank's ng/tp groups, that group's nq/ng query
-                     heads, then its key head, then its value head (Megatron's grouped QKV layout).
-  linear_fc1.weight  [2 F / tp, H]: this rank's slice of gate_proj, then the same slice of up_proj.
-  linear_proj / linear_fc2: input columns split (RowParallel). Norms: replicated.
-  word_embeddings / output_layer: rows split after padding the vocabulary to a multiple of tp with zero
-                     rows (logits of those rows are masked to -inf by the model, see gpt.py).
-Layers: Megatron layer k of this PP stage holds HF layer `layer_number - 1` (layer_number is global).
+Which Megatron parameter holds which HF tensor(s), and how its TP shards are laid out, is the table in
+models/weight_names.py (shared with the vLLM refit); this module reads and writes the files.
 
 Loading streams: each rank opens the safetensors files lazily and reads only its own slice of each tensor
 (safetensors slices: the other ranks' rows or columns are never read). Export gathers TP shards with
@@ -31,6 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .config import ModelConfig
+from .weight_names import WeightName, hf_tensor_shapes, stage_weight_names, to_hf
 
 # Present in some HF checkpoints and never used: RoPE buffers are recomputed, a tied lm_head is the embedding.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -40,26 +35,6 @@ _COPIED_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tok
 
 def _tp() -> tuple[int, int]:
     return parallel_state.get_tensor_model_parallel_rank(), parallel_state.get_tensor_model_parallel_world_size()
-
-
-def hf_tensor_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor a complete HF checkpoint of `cfg` holds, with its shape."""
-    H, V, F, d = cfg.hidden_size, cfg.vocab_size, cfg.ffn_hidden_size, cfg.head_dim
-    q, kv = cfg.num_attention_heads * d, cfg.num_query_groups * d
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (V, H), "model.norm.weight": (H,)}
-    if not cfg.tie_word_embeddings:
-        shapes["lm_head.weight"] = (V, H)
-    for i in range(cfg.num_layers):
-        p = f"model.layers.{i}."
-        shapes.update({p + "input_layernorm.weight": (H,), p + "post_attention_layernorm.weight": (H,),
-                       p + "self_attn.q_proj.weight": (q, H), p + "self_attn.k_proj.weight": (kv, H),
-                       p + "self_attn.v_proj.weight": (kv, H), p + "self_attn.o_proj.weight": (H, q),
-                       p + "mlp.gate_proj.weight": (F, H), p + "mlp.up_proj.weight": (F, H),
-                       p + "mlp.down_proj.weight": (H, F)})
-        if cfg.qkv_bias:
-            shapes.update({p + "self_attn.q_proj.bias": (q,), p + "self_attn.k_proj.bias": (kv,),
-                           p + "self_attn.v_proj.bias": (kv,)})
-    return shapes
 
 
 class _HFReader:
@@ -174,33 +149,25 @@ def _qkv_shard(names: list[str], cfg: ModelConfig) -> Build:
     return build
 
 
-def _local_layers(model) -> dict[int, int]:
-    """HF layer index -> index into model.decoder.layers for the layers this PP stage holds."""
-    return {layer.layer_number - 1: j for j, layer in enumerate(model.decoder.layers)}
+def _shard_builder(weight: WeightName, cfg: ModelConfig) -> Build:
+    """How to read this rank's shard of `weight` from the HF checkpoint, by its layout."""
+    if weight.layout == "replicated":
+        return _replicated_tensor(weight.hf[0])
+    if weight.layout == "vocab":
+        return _vocab_shard(weight.hf[0], cfg)
+    if weight.layout == "qkv":
+        return _qkv_shard(list(weight.hf), cfg)
+    if weight.layout == "fc1":
+        return _row_shard(*weight.hf)
+    if weight.layout == "cols":
+        return _col_shard(weight.hf[0])
+    raise AssertionError(weight.layout)
 
 
 def _megatron_targets(model, cfg: ModelConfig) -> Iterator[tuple[str, Build]]:
     """(megatron param name, builder of this rank's shard from the HF checkpoint) for this stage."""
-    if model.pre_process:
-        yield "embedding.word_embeddings.weight", _vocab_shard("model.embed_tokens.weight", cfg)
-    if model.post_process:
-        yield "decoder.final_layernorm.weight", _replicated_tensor("model.norm.weight")
-        if not cfg.tie_word_embeddings:
-            yield "output_layer.weight", _vocab_shard("lm_head.weight", cfg)
-        elif not model.pre_process:  # tied, PP > 1: the last stage keeps its own copy of the embedding
-            yield "output_layer.weight", _vocab_shard("model.embed_tokens.weight", cfg)
-    for hf_i, j in _local_layers(model).items():
-        hf, mg = f"model.layers.{hf_i}.", f"decoder.layers.{j}."
-        yield mg + "input_layernorm.weight", _replicated_tensor(hf + "input_layernorm.weight")
-        yield mg + "pre_mlp_layernorm.weight", _replicated_tensor(hf + "post_attention_layernorm.weight")
-        yield (mg + "self_attention.linear_qkv.weight",
-               _qkv_shard([hf + f"self_attn.{x}_proj.weight" for x in "qkv"], cfg))
-        if cfg.qkv_bias:
-            yield (mg + "self_attention.linear_qkv.bias",
-                   _qkv_shard([hf + f"self_attn.{x}_proj.bias" for x in "qkv"], cfg))
-        yield mg + "self_attention.linear_proj.weight", _col_shard(hf + "self_attn.o_proj.weight")
-        yield mg + "mlp.linear_fc1.weight", _row_shard(hf + "mlp.gate_proj.weight", hf + "mlp.up_proj.weight")
-        yield mg + "mlp.linear_fc2.weight", _col_shard(hf + "mlp.down_proj.weight")
+    for weight in stage_weight_names(model):
+        yield weight.megatron, _shard_builder(weight, cfg)
 
 
 def load_hf_checkpoint(model, path: str | Path) -> None:
@@ -252,21 +219,6 @@ def _replicated(t: torch.Tensor | None) -> torch.Tensor:
     return t.detach().cpu()
 
 
-def _split_qkv(full: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    ng, d = cfg.num_query_groups, cfg.head_dim
-    per = cfg.num_attention_heads // ng
-    tail = full.shape[1:]
-    grouped = full.reshape(ng, (per + 2) * d, *tail)
-    q, k, v = grouped.split([per * d, d, d], dim=1)
-    return q.reshape(-1, *tail), k.reshape(-1, *tail), v.reshape(-1, *tail)
-
-
-def _split_fc1(shard: torch.Tensor, tp: int) -> tuple[torch.Tensor, torch.Tensor]:
-    parts = _gather(shard, 0).chunk(tp, dim=0)  # per rank: [gate_r; up_r]
-    gates, ups = zip(*(p.chunk(2, dim=0) for p in parts), strict=True)
-    return torch.cat(gates), torch.cat(ups)
-
-
 def hf_state_dict(model, *, grads: bool = False) -> dict[str, torch.Tensor]:
     """This pipeline stage's parameters (or their gradients with grads=True) as full HF-named CPU tensors,
     gathered over TP (collective over the TP group). Used by export and by gradient-parity tests.
@@ -284,25 +236,12 @@ def _stage_tensors(model, cfg: ModelConfig, *, grads: bool = False) -> dict[str,
     _, tp = _tp()
     p = {n: (getattr(t, "main_grad", t.grad) if grads else t) for n, t in model.named_parameters()}
     out: dict[str, torch.Tensor] = {}
-    if model.pre_process:
-        out["model.embed_tokens.weight"] = _gather(p["embedding.word_embeddings.weight"], 0)[:cfg.vocab_size]
-    if model.post_process:
-        out["model.norm.weight"] = _replicated(p["decoder.final_layernorm.weight"])
-        if not cfg.tie_word_embeddings:
-            out["lm_head.weight"] = _gather(p["output_layer.weight"], 0)[:cfg.vocab_size]
-    for hf_i, j in _local_layers(model).items():
-        hf, mg = f"model.layers.{hf_i}.", f"decoder.layers.{j}."
-        out[hf + "input_layernorm.weight"] = _replicated(p[mg + "input_layernorm.weight"])
-        out[hf + "post_attention_layernorm.weight"] = _replicated(p[mg + "pre_mlp_layernorm.weight"])
-        kinds = ["weight", "bias"] if cfg.qkv_bias else ["weight"]
-        for kind in kinds:
-            full = _gather(p[mg + f"self_attention.linear_qkv.{kind}"], 0)
-            for x, t in zip("qkv", _split_qkv(full, cfg), strict=True):
-                out[hf + f"self_attn.{x}_proj.{kind}"] = t
-        out[hf + "self_attn.o_proj.weight"] = _gather(p[mg + "self_attention.linear_proj.weight"], 1)
-        gate, up = _split_fc1(p[mg + "mlp.linear_fc1.weight"], tp)
-        out[hf + "mlp.gate_proj.weight"], out[hf + "mlp.up_proj.weight"] = gate, up
-        out[hf + "mlp.down_proj.weight"] = _gather(p[mg + "mlp.linear_fc2.weight"], 1)
+    for weight in stage_weight_names(model):
+        if weight.tied_copy:
+            continue
+        t = p[weight.megatron]
+        full = _replicated(t) if weight.tp_dim is None else _gather(t, weight.tp_dim)
+        out.update(zip(weight.hf, to_hf(weight, full, cfg, tp), strict=True))
     return {k: v.contiguous() for k, v in out.items()}
 
 

@@ -1,13 +1,13 @@
 """Megatron policy shards -> HF-named full tensors, streamed in buckets (the refit's data path).
 
-Plan. Every Megatron parameter of this pipeline stage becomes a `_Unit`: how its TP shards join (dimension,
-or replicated) and which HF tensors it turns into (linear_qkv -> q/k/v_proj, linear_fc1 -> gate/up_proj,
-vocab rows trimmed to the real vocabulary; the layouts are those of primeflow.models.hf_checkpoint, whose
-helpers are reused). Units are grouped, in parameter order, into buckets of about `bucket_mb` MiB of full
-(gathered) HF tensors of one dtype. With PP > 1 the stages exchange their bucket lists (names, shapes,
-dtypes: metadata only) so every rank knows the whole plan; then the plan is checked against the tensors
-the vLLM engine expects (its checkpoint's names and shapes) *before anything is moved*, so a missing,
-unexpected or mis-shaped tensor raises ValueError naming it and the engine keeps its old weights.
+Plan. Every Megatron parameter of this pipeline stage becomes a `_Unit`: its entry of the weight-name table
+(primeflow.models.weight_names, shared with HF import and export: how its TP shards join and which HF
+tensors it turns into) and its dtype. Units are grouped, in the table's order, into buckets of about
+`bucket_mb` MiB of full (gathered) HF tensors of one dtype. With PP > 1 the stages exchange their bucket
+lists (names, shapes, dtypes: metadata only) so every rank knows the whole plan; then the plan is checked
+against the tensors the vLLM engine expects (its checkpoint's names and shapes) *before anything is
+moved*, so a missing, unexpected or mis-shaped tensor raises ValueError naming it and the engine keeps its
+old weights.
 
 Transfer, one bucket at a time (so no rank ever holds more than one bucket of full tensors besides its own
 shards and vLLM's copy):
@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from primeflow.models.weight_names import WeightName, hf_tensor_shapes, stage_weight_names, to_hf
 
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -39,16 +40,12 @@ _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 class _Unit:
     """One Megatron parameter of this stage and the HF tensors it becomes."""
 
-    param: str                      # Megatron parameter name (model.named_parameters())
-    kind: str                       # "plain" | "vocab" | "qkv" | "fc1"
-    tp_dim: int | None              # dimension its TP shards are concatenated along; None = replicated
-    hf_names: tuple[str, ...]
-    hf_shapes: tuple[tuple[int, ...], ...]
+    weight: WeightName
     dtype: torch.dtype
 
     @property
     def hf_bytes(self) -> int:
-        return sum(_numel(s) for s in self.hf_shapes) * _itemsize(self.dtype)
+        return sum(_numel(s) for s in self.weight.hf_shapes) * _itemsize(self.dtype)
 
 
 @dataclass(frozen=True)
@@ -77,38 +74,18 @@ def _itemsize(dtype: torch.dtype) -> int:
 
 
 def stage_units(model) -> list[_Unit]:
-    """This pipeline stage's parameters as `_Unit`s, in a fixed order (embedding, layers, final norm, head)."""
-    from primeflow.models.hf_checkpoint import _local_layers, hf_tensor_shapes
-
-    cfg = model.model_config
-    hf_shapes = hf_tensor_shapes(cfg)
+    """This pipeline stage's parameters as `_Unit`s, in the table's order (embedding, layers, final norm,
+    head). Tied embeddings: vLLM ties lm_head to embed_tokens itself; the last stage's copy (PP > 1) is not
+    sent."""
     params = dict(model.named_parameters())
     units: list[_Unit] = []
-
-    def add(param: str, kind: str, tp_dim: int | None, hf_names: list[str]) -> None:
-        if param not in params:
-            raise ValueError(f"weight sync: the policy model has no parameter {param!r} (needed for "
-                             f"{hf_names}); model/spec mismatch")
-        units.append(_Unit(param, kind, tp_dim, tuple(hf_names), tuple(hf_shapes[n] for n in hf_names),
-                           params[param].dtype))
-
-    if model.pre_process:
-        add("embedding.word_embeddings.weight", "vocab", 0, ["model.embed_tokens.weight"])
-    for hf_i, j in sorted(_local_layers(model).items()):
-        hf, mg = f"model.layers.{hf_i}.", f"decoder.layers.{j}."
-        add(mg + "input_layernorm.weight", "plain", None, [hf + "input_layernorm.weight"])
-        add(mg + "self_attention.linear_qkv.weight", "qkv", 0, [hf + f"self_attn.{x}_proj.weight" for x in "qkv"])
-        if cfg.qkv_bias:
-            add(mg + "self_attention.linear_qkv.bias", "qkv", 0, [hf + f"self_attn.{x}_proj.bias" for x in "qkv"])
-        add(mg + "self_attention.linear_proj.weight", "plain", 1, [hf + "self_attn.o_proj.weight"])
-        add(mg + "pre_mlp_layernorm.weight", "plain", None, [hf + "post_attention_layernorm.weight"])
-        add(mg + "mlp.linear_fc1.weight", "fc1", 0, [hf + "mlp.gate_proj.weight", hf + "mlp.up_proj.weight"])
-        add(mg + "mlp.linear_fc2.weight", "plain", 1, [hf + "mlp.down_proj.weight"])
-    if model.post_process:
-        add("decoder.final_layernorm.weight", "plain", None, ["model.norm.weight"])
-        # Tied embeddings: vLLM ties lm_head to embed_tokens itself; the last stage's copy (PP > 1) is not sent.
-        if not cfg.tie_word_embeddings:
-            add("output_layer.weight", "vocab", 0, ["lm_head.weight"])
+    for weight in stage_weight_names(model):
+        if weight.tied_copy:
+            continue
+        if weight.megatron not in params:
+            raise ValueError(f"weight sync: the policy model has no parameter {weight.megatron!r} (needed for "
+                             f"{list(weight.hf)}); model/spec mismatch")
+        units.append(_Unit(weight, params[weight.megatron].dtype))
     return units
 
 
@@ -122,7 +99,7 @@ def make_buckets(units: list[_Unit], stage: int, bucket_bytes: int) -> list[Buck
 
     def close() -> None:
         if current:
-            hf = tuple((n, s) for u in current for n, s in zip(u.hf_names, u.hf_shapes, strict=True))
+            hf = tuple((n, s) for u in current for n, s in zip(u.weight.hf, u.weight.hf_shapes, strict=True))
             buckets.append(Bucket(stage, current[0].dtype, hf, tuple(current)))
             current.clear()
 
@@ -188,7 +165,7 @@ def expected_tensors(model_path) -> dict[str, tuple[int, ...]]:
     """HF tensor names and shapes of the checkpoint at `model_path` (safetensors headers only), minus entries
     vLLM ignores (RoPE buffers; lm_head of a tied-embedding model). A directory with only config.json (an
     engine built with vllm_kwargs={"load_format": "dummy"}, as the refit benchmark does) gets the set that
-    config implies (primeflow.models.hf_checkpoint.hf_tensor_shapes)."""
+    config implies (primeflow.models.weight_names.hf_tensor_shapes)."""
     import json
     from pathlib import Path
 
@@ -198,7 +175,6 @@ def expected_tensors(model_path) -> dict[str, tuple[int, ...]]:
     files = sorted(path.glob("*.safetensors"))
     if not files:
         from primeflow.models import ModelConfig
-        from primeflow.models.hf_checkpoint import hf_tensor_shapes
 
         return dict(hf_tensor_shapes(ModelConfig.from_hf(path)))
     out: dict[str, tuple[int, ...]] = {}
@@ -216,13 +192,13 @@ def expected_tensors(model_path) -> dict[str, tuple[int, ...]]:
 def _gather_tp(bucket: Bucket, params: dict[str, torch.Tensor], tp: int, group) -> dict[str, torch.Tensor]:
     """Full Megatron tensors of the bucket's units (one all-gather of the flattened shards over TP)."""
     full: dict[str, torch.Tensor] = {}
-    sharded = [u for u in bucket.units if u.tp_dim is not None and tp > 1]
+    sharded = [u for u in bucket.units if u.weight.tp_dim is not None and tp > 1]
     for u in bucket.units:
         if u not in sharded:
-            full[u.param] = params[u.param].detach()
+            full[u.weight.megatron] = params[u.weight.megatron].detach()
     if not sharded:
         return full
-    local = [params[u.param].detach() for u in sharded]
+    local = [params[u.weight.megatron].detach() for u in sharded]
     send = torch.cat([t.reshape(-1) for t in local])
     if dist.get_backend(group) == "nccl":
         recv_flat = torch.empty(tp * send.numel(), dtype=send.dtype, device=send.device)
@@ -235,25 +211,10 @@ def _gather_tp(bucket: Bucket, params: dict[str, torch.Tensor], tp: int, group) 
     offset = 0
     for u, t in zip(sharded, local, strict=True):
         n = t.numel()
-        full[u.param] = torch.cat([r[offset:offset + n].view(t.shape) for r in recv], dim=u.tp_dim)
+        parts = [r[offset:offset + n].view(t.shape) for r in recv]
+        full[u.weight.megatron] = torch.cat(parts, dim=u.weight.tp_dim)
         offset += n
     return full
-
-
-def _to_hf(unit: _Unit, full: torch.Tensor, cfg, tp: int) -> list[torch.Tensor]:
-    from primeflow.models.hf_checkpoint import _split_qkv
-
-    if unit.kind == "plain":
-        return [full]
-    if unit.kind == "vocab":
-        return [full[:cfg.vocab_size]]
-    if unit.kind == "qkv":
-        return list(_split_qkv(full, cfg))
-    if unit.kind == "fc1":  # rank r's rows are [gate_r; up_r]
-        parts = full.chunk(tp, dim=0)
-        gates, ups = zip(*(p.chunk(2, dim=0) for p in parts), strict=True)
-        return [torch.cat(gates), torch.cat(ups)]
-    raise AssertionError(unit.kind)
 
 
 def stream_hf_tensors(model, plan: list[Bucket], stats: dict[str, int]) -> Iterator[tuple[str, torch.Tensor]]:
@@ -275,7 +236,7 @@ def stream_hf_tensors(model, plan: list[Bucket], stats: dict[str, int]) -> Itera
             if bucket.stage == stage:
                 full = _gather_tp(bucket, params, tp, tp_group() if tp > 1 else None)
                 for unit in bucket.units:
-                    tensors += _to_hf(unit, full.pop(unit.param), cfg, tp)
+                    tensors += to_hf(unit.weight, full.pop(unit.weight.megatron), cfg, tp)
                 del full
             if pp > 1:
                 if bucket.stage == stage:
