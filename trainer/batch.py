@@ -9,9 +9,12 @@ first EOS (all tokens of a truncated response).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 
 import torch
+
+from .rollout.types import RolloutGroup
 
 
 @dataclass
@@ -80,6 +83,18 @@ def build_train_batch(prompt_ids: list[list[int]], response_ids: list[list[int]]
         response_mask=resp_mask, outcome=torch.tensor(outcome, dtype=torch.float32), vllm_logp=logp,
         truncated=torch.tensor([f == "length" for f in finish_reasons]), group_size=group_size,
         seq_lens=attention.sum(-1).tolist(), response_lens=resp_mask.sum(-1).tolist())
+
+
+def train_batch_from_groups(groups: Sequence[RolloutGroup], *, group_size: int, eos_ids: set[int] | list[int],
+                            pad_id: int) -> TrainBatch:
+    """The rollout groups as one batch, in order: rows [g*K, (g+1)*K) are group g's K responses."""
+    sizes = sorted({len(g) for g in groups})
+    if sizes != [group_size]:
+        raise ValueError(f"expected rollout groups of {group_size} responses each, got group sizes {sizes}")
+    return build_train_batch([g.prompt_ids for g in groups for _ in range(group_size)],
+                             [r for g in groups for r in g.response_ids], [lp for g in groups for lp in g.logprobs],
+                             [f for g in groups for f in g.finish_reasons], [s for g in groups for s in g.scores],
+                             group_size=group_size, eos_ids=eos_ids, pad_id=pad_id)
 
 
 def response_columns(logp_BT1: torch.Tensor, prompt_len_B: torch.Tensor,

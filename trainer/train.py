@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import parallel
-from .batch import TrainBatch, build_train_batch
+from .batch import TrainBatch, train_batch_from_groups
 from .checkpointing import CheckpointError, CheckpointManager, layout_changed, read_manifest
 from .config import Config, ConfigError, load_config
 from .data import AssembledBatch, PromptLoader, assemble_step
 from .data.chain_steps import StepLabeller
 from .memory_stats import peak_memory_metrics
 from .models_setup import PrimeModels, build_prime_models
-from .rollout import RolloutEngine, logprob_mismatch
+from .rollout import RolloutEngine, RolloutGroup, logprob_mismatch
 from .rollout.handoff import after_rollout, refit_and_wake
 from .run_lock import RunDirInUse
 from .run_setup import (
@@ -95,15 +95,12 @@ def collect_rollouts(t: Trainer, step: int, clock: StageClock) -> AssembledBatch
 
 
 def to_train_batch(t: Trainer, assembled: AssembledBatch) -> TrainBatch:
-    groups = assembled.payload
+    groups: list[RolloutGroup] = assembled.payload
     # PRIME is on-policy: every group of the batch was sampled by the current policy weights.
-    versions = {g["policy_version"] for g in groups}
+    versions = {g.policy_version for g in groups}
     assert versions == {t.policy_version}, f"batch mixes policy versions {versions} (current {t.policy_version})"
-    rows = [(g["prompt_ids"], r, lp, f, s) for g in groups
-            for r, lp, f, s in zip(g["response_ids"], g["logprobs"], g["finish"], g["scores"], strict=True)]
-    prompt, resp, logp, finish, score = (list(x) for x in zip(*rows, strict=True))
-    batch = build_train_batch(prompt, resp, logp, finish, score, group_size=t.config.rollout.n,
-                              eos_ids=set(t.engine.eos_token_ids), pad_id=t.tokenizer.pad_token_id)
+    batch = train_batch_from_groups(groups, group_size=t.config.rollout.n, eos_ids=set(t.engine.eos_token_ids),
+                                    pad_id=t.tokenizer.pad_token_id)
     return batch.to(parallel.device())  # the step's one host-to-device move
 
 

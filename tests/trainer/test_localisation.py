@@ -9,11 +9,12 @@ from fractions import Fraction
 
 import pytest
 import torch
-from primeflow.trainer.batch import build_train_batch
+from primeflow.trainer.batch import train_batch_from_groups
 from primeflow.trainer.data.chain_arithmetic import ChainProblem, chain_response
 from primeflow.trainer.data.chain_steps import StepLabeller, label_steps
 from primeflow.trainer.data.records import PromptRecord
 from primeflow.trainer.data.token_spans import token_char_spans
+from primeflow.trainer.rollout.types import RolloutGroup
 from primeflow.trainer.stages.localisation import (
     localisation,
     localisation_credit,
@@ -109,9 +110,11 @@ def _hand_made_batch(texts: list[str], scores: list[float], penalised_step: dict
     penalised step of each response (row -> step index), +0.1 on every other token, 0 on EOS."""
     tok = CharTokenizer()
     ids = [tok.encode(t) + [EOS] for t in texts]
-    prompt = [[ord("q")]] * len(texts)
-    batch = build_train_batch(prompt, ids, [[0.0] * len(r) for r in ids], ["stop"] * len(ids), scores,
-                              group_size=3, eos_ids={EOS}, pad_id=0)
+    groups = [RolloutGroup(uid="p", prompt_ids=[ord("q")], response_ids=ids[g * 3:(g + 1) * 3],
+                           logprobs=[[0.0] * len(r) for r in ids[g * 3:(g + 1) * 3]], finish_reasons=["stop"] * 3,
+                           texts=texts[g * 3:(g + 1) * 3], scores=scores[g * 3:(g + 1) * 3], policy_version=0)
+              for g in range(2)]
+    batch = train_batch_from_groups(groups, group_size=3, eos_ids={EOS}, pad_id=0)
     ratio = torch.zeros(batch.response_mask.shape)
     for i, text in enumerate(texts):
         ratio[i, :len(text)] = 0.1
@@ -121,8 +124,6 @@ def _hand_made_batch(texts: list[str], scores: list[float], penalised_step: dict
     ref = torch.zeros_like(ratio)
     prm_scores = PRMScores(ref_logp=ref, prm_logp=torch.where(batch.response_mask, ratio, 0.0),
                            token_rewards=torch.zeros_like(ratio))
-    groups = [{"uid": "p", "response_ids": ids[g * 3:(g + 1) * 3], "text": texts[g * 3:(g + 1) * 3],
-               "scores": scores[g * 3:(g + 1) * 3]} for g in range(2)]
     return tok, batch, prm_scores, groups
 
 

@@ -1,6 +1,7 @@
 """Plain data types of the rollout engine: sampling settings, a generated batch (with its padded tensor
-view), and the statistics of one weight sync. No vLLM import here: the trainer and tests can build and
-inspect these without paying for vLLM.
+view), one prompt's verified group of responses (what the rollout stage hands to the batch), and the
+statistics of one weight sync. No vLLM import here: the trainer and tests can build and inspect these
+without paying for vLLM.
 
 Legend: B rows (= prompts x n, the n samples of a prompt contiguous), T positions (prompt + response,
 right padded), T-1 columns of `sequence_logprobs` (column t scores token t+1).
@@ -126,6 +127,43 @@ class RolloutBatch:
                 vllm_logp[b, P - 1:P - 1 + R] = torch.tensor(lps, dtype=torch.float32)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask,
                 "vllm_logp": vllm_logp}
+
+
+@dataclass(frozen=True)
+class RolloutGroup:
+    """The K responses sampled for one prompt, with their verifier scores: the one form a rollout takes from
+    the rollout stage (trainer/stages/rollout.py) to the training batch (trainer/batch.py) and the
+    localisation stage. Per-response lists are in sample order, K entries each (see RolloutBatch for the
+    meaning of ids, log-probs and finish reasons)."""
+
+    uid: str                        # the prompt record's uid (step labels are looked up by it)
+    prompt_ids: list[int]           # as vLLM saw it (after any left truncation)
+    response_ids: list[list[int]]
+    logprobs: list[list[float]]
+    finish_reasons: list[str]
+    texts: list[str]                # decoded responses, as the verifier read them
+    scores: list[float]             # verifier scores
+    policy_version: int             # refits of the policy before it sampled these (PRIME is on-policy)
+
+    def __post_init__(self) -> None:
+        K = len(self.response_ids)
+        for name in ("logprobs", "finish_reasons", "texts", "scores"):
+            if len(getattr(self, name)) != K:
+                raise ValueError(f"RolloutGroup {self.uid!r}: {len(getattr(self, name))} {name} for {K} responses")
+        for k, (resp, lps) in enumerate(zip(self.response_ids, self.logprobs, strict=True)):
+            if len(resp) != len(lps):
+                raise ValueError(f"RolloutGroup {self.uid!r} response {k}: {len(resp)} ids but {len(lps)} log-probs")
+        bad = sorted(set(self.finish_reasons) - set(FINISH_REASONS))
+        if bad:
+            raise ValueError(f"RolloutGroup {self.uid!r}: unknown finish reason(s) {bad}; expected {FINISH_REASONS}")
+
+    def __len__(self) -> int:
+        return len(self.response_ids)
+
+    @property
+    def truncated(self) -> list[bool]:
+        """Per response: it hit max_tokens (finish reason "length")."""
+        return [f == "length" for f in self.finish_reasons]
 
 
 @dataclass(frozen=True)

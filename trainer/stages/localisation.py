@@ -24,6 +24,7 @@ import torch
 from ..batch import TrainBatch
 from ..data.chain_steps import StepLabeller
 from ..data.token_spans import token_char_spans
+from ..rollout.types import RolloutGroup
 from .results import Localisation, PRMScores
 
 
@@ -64,19 +65,19 @@ def process_rewards(scores: PRMScores, batch: TrainBatch, *, beta: float) -> tor
     return torch.where(batch.response_mask, beta * (scores.prm_logp - scores.ref_logp), 0.0)
 
 
-def localisation_stage(labeller: StepLabeller, groups: Sequence[dict[str, Any]], scores: PRMScores,
+def localisation_stage(labeller: StepLabeller, groups: Sequence[RolloutGroup], scores: PRMScores,
                        batch: TrainBatch, tokenizer: Any, *, beta: float) -> Localisation:
     """Localisation over the batch's wrong responses. `groups` are the rollout groups in batch row order
-    (the K responses of a group contiguous), each with its prompt uid, response ids, texts and scores."""
+    (the K responses of a group contiguous)."""
     rewards_BR = process_rewards(scores, batch, beta=beta).cpu().tolist()  # one device-to-host copy
     responses: list[tuple[list[float], int]] = []
     row = 0
     for group in groups:
-        for ids, text, score in zip(group["response_ids"], group["text"], group["scores"], strict=True):
+        for ids, text, score in zip(group.response_ids, group.texts, group.scores, strict=True):
             i, row = row, row + 1
             if score >= 1.0:
                 continue
-            labels = labeller.label(group["uid"], text)
+            labels = labeller.label(group.uid, text)
             first = labels.first_wrong
             if first is None:  # unparsable, or every written step right: no step to point at
                 continue

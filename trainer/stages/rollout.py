@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from ..config import Config
 from ..data import GroupResults, PromptRecord, encode_prompts
-from ..rollout import RolloutEngine, SamplingConfig
+from ..rollout import RolloutEngine, RolloutGroup, SamplingConfig
 from ..verifiers import code_scores, math_scores
 
 _SEED_SPACE = 2**31 - 1
@@ -74,7 +74,7 @@ class RolloutStage:
         replicas, me = self.engine.num_replicas, self.engine.replica_index
         bounds = [len(records) * r // replicas for r in range(replicas + 1)]
         lo, hi = bounds[me], bounds[me + 1]
-        local: list[dict] = []
+        local: list[RolloutGroup] = []
         if hi > lo:
             sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                                       top_k=cfg.rollout.top_k, max_tokens=cfg.rollout.max_tokens,
@@ -87,20 +87,19 @@ class RolloutStage:
             scores = verify(records[lo:hi], texts)
             self.clock.add("verify", time.perf_counter() - t1)
             for j in range(hi - lo):
-                rows = range(j * K, (j + 1) * K)
-                local.append({"prompt_ids": out.prompt_ids[j * K], "response_ids": [out.response_ids[r] for r in rows],
-                              "logprobs": [out.logprobs[r] for r in rows],
-                              "finish": [out.finish_reasons[r] for r in rows], "scores": scores[j],
-                              "text": texts[j], "uid": records[lo + j].uid,  # step labels look it up
-                              "policy_version": self.policy_version})
+                rows = slice(j * K, (j + 1) * K)
+                local.append(RolloutGroup(uid=records[lo + j].uid, prompt_ids=out.prompt_ids[j * K],
+                                          response_ids=out.response_ids[rows], logprobs=out.logprobs[rows],
+                                          finish_reasons=out.finish_reasons[rows], texts=texts[j], scores=scores[j],
+                                          policy_version=self.policy_version))
         else:
             self.clock.add("rollout", time.perf_counter() - t0)
         groups = self._gather(local)
         self._fetch += 1
-        return GroupResults(scores=[s for g in groups for s in g["scores"]], payload=groups,
-                            truncated=[f == "length" for g in groups for f in g["finish"]])
+        return GroupResults(scores=[s for g in groups for s in g.scores], payload=groups,
+                            truncated=[t for g in groups for t in g.truncated])
 
-    def _gather(self, local: list[dict]) -> list[dict]:
+    def _gather(self, local: list[RolloutGroup]) -> list[RolloutGroup]:
         """Every rank gets every replica's groups, in prompt order (one copy per replica: its first rank's)."""
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return local
