@@ -8,7 +8,9 @@ step over its prompt+response tokens, as primeflow's trainer runs them:
   old log-probs    1 forward
   policy update    3 forwards per PPO epoch
   PRIME only:      reference log-probs 1 forward (ref_type=freeze; none with ref_type=policy),
-                   PRM update 3 forwards, plus 1 forward when prm.update=before (scoring after the update).
+                   PRM (prm.update): after  3 (its update's forward+backward also gives the rewards),
+                                     before 3 + 1 (the update, then scoring with the updated PRM),
+                                     none   1 (scoring only; an offline PRM has no backward).
 The verifier, the advantage and the weight sync do no model flops. MFU = flops / (step time x devices x
 peak flops per device), the convention of PaLM and NeMo-RL.
 """
@@ -37,12 +39,16 @@ def forward_flops(hf_config: dict[str, Any], tokens: float, seq_len: float) -> f
     return per_token * tokens
 
 
+# PRM forward-pass equivalents per prm.update mode (trainer/stages/prm.py).
+PRM_PASSES = {"after": 3, "before": 3 + 1, "none": 1}
+
+
 def forward_passes(trainer_config: dict[str, Any]) -> int:
     """Forward-pass equivalents of one step (see the module docstring)."""
     passes = 1 + 1 + 3 * trainer_config["ppo"]["epochs"]
     if trainer_config["prime"]["mode"] == "prime":
-        passes += (1 if trainer_config["prime"]["ref_type"] == "freeze" else 0) + 3
-        passes += 1 if trainer_config["prm"]["update"] == "before" else 0
+        passes += 1 if trainer_config["prime"]["ref_type"] == "freeze" else 0
+        passes += PRM_PASSES[trainer_config["prm"]["update"]]
     return passes
 
 

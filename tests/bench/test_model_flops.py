@@ -1,5 +1,6 @@
-"""bench/model_flops.py against independent counts: the parameters of a real transformers model and the
-flops torch's FlopCounterMode sees in its forward pass."""
+"""bench/model_flops.py against independent counts: the parameters of a real transformers model, the
+flops torch's FlopCounterMode sees in its forward pass, and the forward-pass equivalents the trainer's step
+stages really run (measured on tiny Megatron models, not retyped from the code's rule)."""
 
 from __future__ import annotations
 
@@ -51,13 +52,85 @@ def test_forward_flops_equal_what_flop_counter_measures(batch, seq_len):
     assert _model_flops().forward_flops(HF_CONFIG, batch * seq_len, seq_len) == pytest.approx(expected, rel=1e-12)
 
 
-@pytest.mark.parametrize("mode,ref_type,update,epochs,passes", [
-    ("rloo", "freeze", "after", 1, 5),     # rollout + old log-probs + policy fwd/bwd
-    ("rloo", "freeze", "after", 2, 8),     # a second PPO epoch: another fwd/bwd
-    ("prime", "freeze", "after", 1, 9),    # + reference forward + PRM fwd/bwd
-    ("prime", "policy", "after", 1, 8),    # the reference is the old log-probs: no extra forward
-    ("prime", "freeze", "before", 1, 10),  # + scoring with the updated PRM
+def test_step_flops_is_the_passes_times_one_measured_forward_at_the_mean_length():
+    # equal-length sequences, where the mean length is every sequence's length: the composition of the
+    # two counts (tokens, sequences -> seq_len) against a forward FlopCounterMode measured
+    batch, seq_len = 3, 40
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        _hf_model()(torch.randint(0, HF_CONFIG["vocab_size"], (batch, seq_len)), use_cache=False)
+    config = {"ppo": {"epochs": 1}, "prime": {"mode": "prime", "ref_type": "freeze"}, "prm": {"update": "after"}}
+    flops = _model_flops().step_flops(HF_CONFIG, config, batch * seq_len, batch)
+    assert flops == pytest.approx(_model_flops().forward_passes(config) * counter.get_total_flops(), rel=1e-12)
+
+
+# ---- forward-pass equivalents of one step, measured on the trainer's own stages -------------------------
+#
+# The expected count is not written down here: the step's stages (old log-probs, the PRM stage, the
+# advantage, the policy update, in prime_step's order) run on tiny Megatron models under FlopCounterMode,
+# and their matmul flops are divided by those of one forward over the same batch. On this CPU path the
+# counter sees exactly the transformer layers' linear layers (the fused LM-head log-prob kernel and the
+# attention kernel are invisible to it); a linear layer costs the same per token in every pass, and its
+# backward is two matmuls of its forward's size (input and weight gradients), so the quotient is the
+# number of forward-pass equivalents the stages really ran. Generation adds one forward (vLLM decodes
+# each token once with the KV cache), which no CPU test can run.
+
+ROLLOUT_PASSES = 1
+
+_stage_spec = importlib.util.spec_from_file_location(
+    "_flops_stage_helpers", ROOT / "tests" / "trainer" / "stage_helpers.py")
+stage_helpers = importlib.util.module_from_spec(_stage_spec)
+_stage_spec.loader.exec_module(stage_helpers)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    from primeflow.models import make_tiny_checkpoint
+
+    stage_helpers.init_world()
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), seed=3)
+
+
+def _matmul_flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def _measured_passes(ckpt, mode: str, ref_type: str, update: str, epochs: int) -> float:
+    from primeflow.trainer.config import Config
+    from primeflow.trainer.stages.advantage import advantage_stage
+    from primeflow.trainer.stages.logprobs import batch_logprobs
+    from primeflow.trainer.stages.policy import policy_stage
+    from primeflow.trainer.stages.prm import prm_stage
+    from primeflow.trainer.stages.results import PolicyTargets
+
+    config = Config()
+    config.prime.mode, config.prime.ref_type, config.prm.update, config.ppo.epochs = mode, ref_type, update, epochs
+    models, config = stage_helpers.tiny_models(ckpt, config)
+    batch = stage_helpers.random_rollouts(0)
+    budget = config.train.micro_batch_tokens
+    one_forward = _matmul_flops(lambda: batch_logprobs(models.policy, batch, budget=budget))
+
+    def step() -> None:  # prime_step's model work, in its order
+        old_logp = batch_logprobs(models.policy, batch, budget=budget, temperature=config.rollout.temperature)
+        scores = prm_stage(models, batch, config, old_logp=old_logp) if mode == "prime" else None
+        adv = advantage_stage(batch, config, old_logp=old_logp,
+                              token_rewards=scores.token_rewards if scores is not None else None)
+        policy_stage(models, batch, config, PolicyTargets(old_logp, adv.advantages), step=1)
+
+    return ROLLOUT_PASSES + _matmul_flops(step) / one_forward
+
+
+@pytest.mark.parametrize("mode,ref_type,update,epochs", [
+    ("rloo", "freeze", "none", 1),
+    ("rloo", "freeze", "none", 2),
+    ("prime", "freeze", "after", 1),
+    ("prime", "policy", "after", 1),
+    ("prime", "freeze", "before", 1),
+    ("prime", "freeze", "none", 1),
+    ("prime", "policy", "none", 2),
 ])
-def test_forward_passes_per_step(mode, ref_type, update, epochs, passes):
+def test_forward_passes_equal_what_the_step_stages_run(tiny_ckpt, mode, ref_type, update, epochs):
+    measured = _measured_passes(tiny_ckpt, mode, ref_type, update, epochs)
     config = {"ppo": {"epochs": epochs}, "prime": {"mode": mode, "ref_type": ref_type}, "prm": {"update": update}}
-    assert _model_flops().forward_passes(config) == passes
+    assert _model_flops().forward_passes(config) == pytest.approx(measured, rel=1e-12)
