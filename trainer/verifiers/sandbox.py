@@ -4,20 +4,32 @@ Layers, strongest available first (``sandbox_status()`` says which are active, a
 
 - ``root`` isolation (we run as root, the dev/CI case): ``unshare --net --mount --pid --ipc --uts --fork
   --kill-child --mount-proc`` (util-linux, on every Debian) gives a new network namespace with no interface
-  up (no network), a private mount namespace (every mount read-only, a fresh size-limited tmpfs as the
-  working dir, /root and friends hidden), a pid namespace (the harness is PID 1; when it exits the kernel
-  kills everything left, so no background process survives), and the harness drops to a per-slot
-  unprivileged uid (``UID_BASE + slot``, no groups, no_new_privs) so RLIMIT_NPROC is enforced (it is not
-  for root) and one sandbox's fork bomb cannot starve another's process count. rlimits: CPU time per test,
-  address space, file size, open files, process count, no core files. Plus, when cgroup v1 ``pids`` and
-  ``memory`` hierarchies are writable, a per-slot cgroup with ``pids.max`` and a memory limit for the
-  whole sandbox (address-space limits are per process; a fork bomb of big processes is not).
-- ``userns`` (non-root with unprivileged user namespaces): the same namespaces via ``unshare --user
-  --map-root-user``, all capabilities dropped; RLIMIT_NPROC applies to the caller's real uid.
+  up (no network), a private mount namespace whose root the harness replaces by a minimal tree
+  (sandbox_rootfs.py, contents chosen by sandbox_view.py): the interpreter and its shared libraries
+  read-only, a fresh size-limited tmpfs as the working dir, a few /dev nodes and the sandbox's own /proc;
+  no other host path exists in there (test data, checkouts, /opt, /srv, home directories, sockets, /sys).
+  No shell or coreutils either: programs run Python (``sys.executable`` included). Where a step of that
+  root fails (pivot_root refused, say, on an initramfs root), the harness reports a setup error and the
+  program is not run (scored 0, counted in code/setup_errors, logged once): never with the host tree in view.
+  A pid namespace (the harness is PID 1; when it exits the kernel kills everything left, so no background
+  process survives), and the harness drops to a per-slot unprivileged uid (``UID_BASE + slot``, no groups,
+  no_new_privs) so RLIMIT_NPROC is enforced (it is not for root) and one sandbox's fork bomb cannot starve
+  another's process count. rlimits: CPU time per test, address space, file size, open files, process count,
+  no core files. Plus, when cgroup v1 ``pids`` and ``memory`` hierarchies are writable, a per-slot cgroup
+  with ``pids.max`` and a memory limit for the whole sandbox (address-space limits are per process; a fork
+  bomb of big processes is not).
+- ``userns`` (non-root with unprivileged user namespaces): the same namespaces and minimal root via
+  ``unshare --user --map-root-user``, all capabilities dropped; RLIMIT_NPROC applies to the caller's real uid.
 - ``none`` (no namespaces possible): logged loudly. Programs run with rlimits in a temp dir, and an audit
   hook in the program's interpreter forbids sockets, process creation, signals, ctypes and writes outside
-  its dir. This is weaker (an audit hook is not a kernel boundary); ``SandboxLimits(require_isolation=True)``
-  refuses to run instead.
+  its dir. This is weaker (an audit hook is not a kernel boundary; host paths stay readable);
+  ``SandboxLimits(require_isolation=True)`` refuses to run instead.
+
+In every mode a seccomp filter (sandbox_seccomp.py) refuses unix sockets (a listening socket is reached by
+path, whatever the network namespace), new namespaces (no user namespace to gain capabilities in), mounts,
+io_uring and a few other kernel surfaces. The probe checks once that the filter works here; where it does
+not (a kernel without seccomp filters, an architecture without a table), the status says so, runs go on
+without it, and ``require_isolation=True`` refuses instead.
 
 The process runs with a clean environment (no inherited secrets) and in its own session/process group, which
 is SIGKILLed on the overall deadline. Outputs are compared outside the sandbox (code_runner.py).
@@ -39,9 +51,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .sandbox_view import sandbox_view
+
 log = logging.getLogger(__name__)
 
 HARNESS = Path(__file__).with_name("sandbox_harness.py")
+SECCOMP = Path(__file__).with_name("sandbox_seccomp.py")  # run as a script, it tests the filter on itself
 UID_BASE = 1_900_000_000  # far above any real or subordinate uid; one uid per concurrent sandbox slot
 MAX_SLOTS = 64
 CGROUP_V1 = Path("/sys/fs/cgroup")
@@ -71,7 +86,7 @@ class SandboxLimits:
     tmpfs_bytes: int = 64 << 20  # size of the private working dir
     output_bytes: int = 8 << 20  # stdout kept per test
     startup_grace_s: float = 15.0  # wall time on top of the tests (interpreter start-up under load)
-    require_isolation: bool = False  # True: raise instead of running in the degraded "none" mode
+    require_isolation: bool = False  # True: raise instead of running without namespaces or seccomp filter
 
     def __post_init__(self) -> None:
         for name in ("memory_bytes", "file_size_bytes", "nproc", "nofile", "tmpfs_bytes", "output_bytes"):
@@ -85,6 +100,7 @@ class SandboxStatus:
     isolation: str  # "root" | "userns" | "none"
     cgroups: bool
     reason: str
+    seccomp: bool = True  # the filter of sandbox_seccomp.py is installed in every sandbox
 
 
 @dataclass
@@ -101,7 +117,7 @@ def _try(cmd: list[str]) -> tuple[bool, str]:
         p = subprocess.run(cmd, capture_output=True, timeout=20, env=_CLEAN_ENV, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as e:
         return False, str(e)
-    return p.returncode == 0, p.stderr.decode(errors="replace").strip()[:300]
+    return p.returncode == 0, (p.stderr + p.stdout).decode(errors="replace").strip()[:300]
 
 
 def _cgroup_writable() -> bool:
@@ -126,16 +142,26 @@ class _Probe:
     def get(self) -> SandboxStatus:
         with self.lock:
             if self.status is None:
-                self.status = self._probe()
-                level = logging.INFO if self.status.isolation == "root" else logging.WARNING
+                self.status = self._with_seccomp(self._probe())
+                level = logging.INFO if self.status.isolation == "root" and self.status.seccomp else logging.WARNING
                 log.log(
                     level,
-                    "code sandbox: isolation=%s cgroups=%s (%s)",
+                    "code sandbox: isolation=%s cgroups=%s seccomp=%s (%s)",
                     self.status.isolation,
                     self.status.cgroups,
+                    self.status.seccomp,
                     self.status.reason,
                 )
             return self.status
+
+    @staticmethod
+    def _with_seccomp(status: SandboxStatus) -> SandboxStatus:
+        """Install the filter in a throwaway interpreter, which checks that it refuses and allows as meant."""
+        ok, err = _try([sys.executable, "-I", str(SECCOMP)])
+        if ok:
+            return status
+        why = f"{status.reason}; NO seccomp filter ({err or 'self-test failed'}): unix sockets, namespaces allowed"
+        return SandboxStatus(status.isolation, status.cgroups, why, seccomp=False)
 
     @staticmethod
     def _probe() -> SandboxStatus:
@@ -271,7 +297,7 @@ def run_in_sandbox(
     if mode == "call" and not fn_name:
         raise ValueError("fn_name is required for mode 'call'")
     status = sandbox_status()
-    if status.isolation == "none" and limits.require_isolation:
+    if (status.isolation == "none" or not status.seccomp) and limits.require_isolation:
         raise RuntimeError(f"code sandbox cannot isolate on this machine: {status.reason}")
     start = time.monotonic()
     deadline_s = limits.startup_grace_s + len(inputs) * (timeout_s + 0.5)
@@ -290,11 +316,6 @@ def run_in_sandbox(
             workdir = tempfile.mkdtemp(prefix="primeflow-sbx-")
             if drop_uid:
                 os.chown(workdir, uid, uid)
-        expose = sorted(
-            {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix, str(HARNESS.parent))}
-        )
-        # home directories hold keys and tokens: hidden behind empty tmpfs (the interpreter stays reachable)
-        hide = sorted({"/root", "/home", os.path.realpath(os.path.expanduser("~"))} - {"/"})
         job = {
             "mode": mode,
             "code": code,
@@ -309,8 +330,8 @@ def run_in_sandbox(
             "drop_uid": drop_uid,
             "env": _CLEAN_ENV,
             "workdir": workdir,
-            "expose_paths": expose,
-            "hide_paths": hide,
+            "view": asdict(sandbox_view()) if status.isolation != "none" else None,
+            "seccomp": status.seccomp,
         }
         python = [sys.executable, "-I", str(HARNESS)]
         unshare = shutil.which("unshare", path=_CLEAN_ENV["PATH"])

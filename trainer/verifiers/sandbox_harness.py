@@ -3,14 +3,18 @@
 Executed as a standalone script (``python -I sandbox_harness.py``, stdlib only), it reads one JSON job on
 stdin, then:
 
-1. as root (root mode only): joins the slot's cgroups (pids.max, memory limit), remounts every mount of its
-   private mount namespace read-only, mounts a size-limited tmpfs on /tmp (the program's fresh working dir,
-   gone when the namespace dies), sets rlimits (address space, file size, process count, open files, no
-   core files), drops to the slot's unprivileged uid/gid with no groups, sets no_new_privs;
-2. makes itself non-dumpable (so the program, same uid, cannot open /proc/1/fd/* to forge results) and asks
-   for SIGKILL if its parent (``unshare``) dies;
+1. (root and userns modes) joins the slot's cgroups (pids.max, memory limit) and replaces its mount
+   namespace's root by a minimal tree (sandbox_rootfs.py): the interpreter and its libraries read-only, a
+   size-limited tmpfs on /tmp holding the program's work dir, a few /dev nodes, the sandbox's own /proc;
+   the host tree is detached, not covered;
+2. sets rlimits (address space, file size, process count, open files, no core files), drops to the slot's
+   unprivileged uid/gid with no groups (root mode) or every capability (userns mode), sets no_new_privs,
+   makes itself non-dumpable (so the program, same uid, cannot open /proc/1/fd/* to forge results), asks
+   for SIGKILL if its parent (``unshare``) dies, and installs the seccomp filter (sandbox_seccomp.py: no
+   unix sockets, no new namespaces, no mounts, no io_uring), which every process of the sandbox inherits;
 3. for each test: forks a child in its own process group with a CPU-time rlimit, stdin from the test input,
-   stdout to a file, stderr to /dev/null; runs the program there (stdin/stdout mode) or calls
+   stdout to an anonymous memfd (no name in the work dir: nothing planted there can stall or redirect the
+   harness), stderr to /dev/null; runs the program there (stdin/stdout mode) or calls
    ``Solution().fn(*args)`` / ``fn(*args)`` (call mode); waits up to the wall timeout, then SIGKILLs the
    group and every other process of the sandbox uid (``kill(-1)``: as PID 1 it is immune itself).
 4. writes one JSON line per test to the result fd: status, exit code, raw output. The outputs are compared
@@ -21,6 +25,7 @@ When it exits, the kernel kills everything left in the pid namespace.
 
 import builtins
 import ctypes
+import importlib.util
 import io
 import json
 import os
@@ -33,137 +38,23 @@ import time
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
-MS_RDONLY = 1
-MS_NOSUID = 2
-MS_NODEV = 4
-MS_NOEXEC = 8
-MS_REMOUNT = 32
-MS_BIND = 4096
 WORKDIR = "/tmp/work"
-_MNT_FLAGS = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC}
 
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _load_sibling(name):
+    """Import a stdlib-only helper next to this script (``-I`` leaves the script's dir off sys.path, and
+    putting it there would show it to the program too)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(__file__), name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _prctl(option, arg):
     if _libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
-
-
-def _mount(source, target, fstype, flags, data):
-    rc = _libc.mount(
-        source.encode() if source else None,
-        target.encode(),
-        fstype.encode() if fstype else None,
-        ctypes.c_ulong(flags),
-        data.encode() if data else None,
-    )
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount {target}: {os.strerror(err)}")
-
-
-def _unescape(path):
-    return path.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
-
-
-def _lock_down_filesystem(tmpfs_bytes, uid, expose, hide):
-    """Every mount read-only in this private namespace; a fresh tmpfs for /tmp; empty ro tmpfs on the
-    other world-writable places. Returns a list of mounts that could not be made read-only."""
-    failed = []
-    with open("/proc/self/mountinfo") as f:
-        lines = f.read().splitlines()
-    for line in lines:
-        fields = line.split()
-        target = _unescape(fields[4])
-        flags = MS_REMOUNT | MS_BIND | MS_RDONLY
-        for opt in fields[5].split(","):
-            flags |= _MNT_FLAGS.get(opt, 0)  # keep locked per-mount flags as they are
-        try:
-            _mount(None, target, None, flags, None)
-        except OSError:
-            failed.append(target)
-    # The interpreter or this package may live under a directory we are about to cover (a checkout and its
-    # .venv under /tmp, say): hold each such exposed directory by an O_PATH descriptor first, and bind it back
-    # read-only at its own path afterwards (/proc/self/fd/N still reaches the covered directory).
-    covered = ["/tmp"] + [p for p in ("/var/tmp", "/dev/shm", "/dev/mqueue", "/run/lock", "/run/shm")
-                          if os.path.isdir(p) and not os.path.islink(p)]
-    held = [(p, os.open(p, os.O_PATH | os.O_DIRECTORY)) for p in _outermost(expose)
-            if any(_under(p, c) and p != c for c in covered)]
-    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={tmpfs_bytes},mode=0755")
-    for path in covered[1:]:
-        try:
-            _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0755")
-        except OSError:
-            failed.append(path)
-    for p, fd in held:
-        os.makedirs(p, mode=0o755, exist_ok=True)
-        _mount(f"/proc/self/fd/{fd}", p, None, MS_BIND | 0x4000, None)  # MS_REC
-        _mount(None, p, None, MS_REMOUNT | MS_BIND | MS_RDONLY, None)
-        os.close(fd)
-    for path in covered[1:]:
-        if path not in failed:
-            _mount(None, path, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0755")
-    _hide_and_expose(hide, expose)
-    os.mkdir(WORKDIR, 0o700)
-    os.chown(WORKDIR, uid, uid)
-    return [p for p in failed if os.access(p, os.W_OK) and p not in ("/proc", "/sys")]
-
-
-def _first_blocked_ancestor(path):
-    """The first directory on the way to ``path`` that other users cannot traverse (e.g. /root, 0700)."""
-    parts = path.strip("/").split("/")
-    for k in range(1, len(parts) + 1):
-        a = "/" + "/".join(parts[:k])
-        if not (os.stat(a).st_mode & 0o001):
-            return a
-    return None
-
-
-def _under(p, q):
-    return p == q or p.startswith(q.rstrip("/") + "/")
-
-
-def _outermost(paths):
-    """The paths not inside another one of them."""
-    paths = sorted(set(paths))
-    return [p for p in paths if not any(_under(p, q) and p != q for q in paths)]
-
-
-def _hide_and_expose(hide, expose):
-    """Cover ``hide`` dirs (home directories) with empty tmpfs, keeping the interpreter reachable.
-
-    A Python under /root (pyenv) is readable by root only: after the uid drop the program could not import
-    the stdlib. Home directories hold the caller's keys and tokens. In our private mount namespace each
-    needed interpreter directory is bind-mounted aside, an empty tmpfs covers the hidden or blocking
-    ancestor (hiding everything else in it), and the directory is bind-mounted back read-only at its own
-    path. The host is untouched.
-    """
-    covers = [h for h in sorted(set(hide)) if os.path.isdir(h) and not os.path.islink(h)]
-    groups = {h: [] for h in covers}
-    for p in sorted(set(expose)):
-        a = next((h for h in covers if _under(p, h) and p != h), None) or _first_blocked_ancestor(p)
-        if a is None:
-            continue
-        group = groups.setdefault(a, [])
-        if not any(_under(p, q) for q in group):
-            group.append(p)
-    staged = []
-    for a, ps in groups.items():
-        for p in ps:
-            stage = f"/tmp/.stage{len(staged)}"
-            os.mkdir(stage)
-            _mount(p, stage, None, MS_BIND | 0x4000, None)  # MS_REC
-            staged.append((stage, p))
-        _mount("tmpfs", a, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=0755")
-    for stage, p in staged:
-        os.makedirs(p, mode=0o755, exist_ok=True)
-        _mount(stage, p, None, MS_BIND | 0x4000, None)
-        _mount(None, p, None, MS_REMOUNT | MS_BIND | MS_RDONLY, None)
-        _libc.umount2(stage.encode(), 2)  # MNT_DETACH
-        os.rmdir(stage)
-    for a in groups:
-        _mount(None, a, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "size=64k,mode=0755")
 
 
 def _set_rlimits(limits):
@@ -248,20 +139,19 @@ def _child_audit_hook(workdir):
     sys.addaudithook(hook)
 
 
-def _run_child(job, idx, in_path, out_path, ret_path, result_fd, cpu_s):
-    """Child side of one test; never returns."""
+def _run_child(job, idx, fds, result_fd, cpu_s):
+    """Child side of one test; never returns. ``fds``: the test's stdin, stdout and return-value memfds."""
     code = 1
     try:
         os.setpgid(0, 0)
         os.close(result_fd)
         resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
-        fd_in = os.open(in_path, os.O_RDONLY)
-        fd_out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd_in, fd_out, fd_ret = fds
         fd_null = os.open("/dev/null", os.O_WRONLY)
         os.dup2(fd_in, 0)
         os.dup2(fd_out if job["mode"] == "stdio" else fd_null, 1)
         os.dup2(fd_null, 2)
-        for fd in (fd_in, fd_out, fd_null):
+        for fd in (fd_in, fd_out, fd_null) if job["mode"] == "call" else (fd_in, fd_out, fd_ret, fd_null):
             os.close(fd)
         sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8", errors="replace")
         sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", write_through=False)
@@ -286,7 +176,7 @@ def _run_child(job, idx, in_path, out_path, ret_path, result_fd, cpu_s):
                 value = fn(*args)
                 if isinstance(value, tuple):
                     value = list(value)
-                with open(ret_path, "w") as f:
+                with os.fdopen(fd_ret, "w", encoding="utf-8") as f:
                     json.dump(value, f)
             code = 0
         except SystemExit as e:
@@ -328,12 +218,25 @@ def _kill_everything(pgid, own_pid_namespace):
             pass
 
 
-def _read_capped(path, cap):
-    try:
-        with open(path, "rb") as f:
-            data = f.read(cap + 1)
-    except FileNotFoundError:
-        return None, False
+def _test_files(stdin_text):
+    """Anonymous in-memory files (memfd) for one test's stdin, stdout and return value.
+
+    They have no name in the work dir, so nothing the program plants there (a FIFO that blocks an open, a
+    symlink that redirects one) can stall or misdirect the harness; RLIMIT_FSIZE still caps what the
+    program writes to them, and the memory they use counts against the sandbox's memory limit.
+    """
+    fds = [os.memfd_create(f"primeflow-{name}", os.MFD_CLOEXEC) for name in ("in", "out", "ret")]
+    data = stdin_text.encode("utf-8")
+    written = 0
+    while written < len(data):
+        written += os.pwrite(fds[0], data[written:], written)
+    return fds
+
+
+def _read_capped(fd, cap, none_if_empty):
+    data = os.pread(fd, cap + 1, 0)
+    if none_if_empty and not data:
+        return None, False  # call mode: the function never returned
     return data[:cap].decode("utf-8", errors="replace"), len(data) > cap
 
 
@@ -349,17 +252,13 @@ def main():
     limits = job["limits"]
     uid = job["uid"]
     try:
+        seccomp = _load_sibling("sandbox_seccomp") if job["seccomp"] else None
         if job["mode_isolation"] in ("root", "userns"):
             if job["cgroups"]:
                 _join_cgroups(job["cgroups"])
-            unsafe = _lock_down_filesystem(
-                limits["tmpfs_bytes"],
-                uid if job["mode_isolation"] == "root" else 0,
-                job["expose_paths"],
-                job["hide_paths"],
+            _load_sibling("sandbox_rootfs").enter_minimal_root(
+                job["view"], limits["tmpfs_bytes"], WORKDIR, uid if job["mode_isolation"] == "root" else 0
             )
-            if unsafe:
-                raise RuntimeError(f"could not make these mounts read-only: {unsafe}")
             os.chdir(WORKDIR)
         else:
             os.chdir(job["workdir"])
@@ -371,6 +270,8 @@ def main():
         _prctl(PR_SET_NO_NEW_PRIVS, 1)
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         _prctl(PR_SET_DUMPABLE, 0)
+        if job["seccomp"]:
+            seccomp.install()  # last: the steps above need calls it refuses (mount, pivot_root)
     except Exception as e:  # noqa: BLE001 - report, never run the program half-sandboxed
         out.write(json.dumps({"setup_error": f"{type(e).__name__}: {e}"}) + "\n")
         return 3
@@ -385,16 +286,11 @@ def main():
         if time.monotonic() - start > job["deadline_s"]:
             out.write(json.dumps({"i": i, "status": "timeout", "exit": None, "out": None}) + "\n")
             continue
-        in_path, out_path, ret_path = f".in{i}", f".out{i}", f".ret{i}"
-        with open(in_path, "w", encoding="utf-8") as f:
-            f.write(job["inputs"][i] if job["mode"] == "stdio" else "")
-        for p in (out_path, ret_path):
-            if os.path.exists(p):
-                os.unlink(p)
+        fds = _test_files(job["inputs"][i] if job["mode"] == "stdio" else "")
         out.flush()
         pid = os.fork()
         if pid == 0:
-            _run_child(job, i, in_path, out_path, ret_path, result_fd, cpu_s)
+            _run_child(job, i, fds, result_fd, cpu_s)
         timed_out, status = _wait(pid, timeout_s)
         _kill_everything(pid, not job["degraded"])
         if timed_out:
@@ -411,14 +307,11 @@ def main():
                 record["exit"] = -os.WTERMSIG(status)
                 if os.WTERMSIG(status) == signal.SIGXCPU:
                     record["status"] = "timeout"  # the CPU-time limit (SIGKILL: OOM kill or hard CPU limit)
-            path = out_path if job["mode"] == "stdio" else ret_path
-            record["out"], record["truncated"] = _read_capped(path, limits["output_bytes"])
+            fd = fds[1] if job["mode"] == "stdio" else fds[2]
+            record["out"], record["truncated"] = _read_capped(fd, limits["output_bytes"], job["mode"] == "call")
         out.write(json.dumps(record) + "\n")
-        for p in (in_path, out_path, ret_path):
-            try:
-                os.unlink(p)
-            except OSError:
-                pass
+        for fd in fds:
+            os.close(fd)
     out.flush()
     return 0
 
