@@ -122,3 +122,23 @@ def test_sigkill_at_random_times_during_large_saves(tmp_path, seed):
         _finish_cleanly(run_dir)
     print(outcomes)
     assert all(steps for steps, _ in outcomes)
+
+
+def test_a_killed_process_leaves_nothing_behind_after_a_dist_save(tmp_path):
+    """After a dist_checkpointing save, a SIGKILL ends everything the trainer started: no process of its session
+    survives to hold its stdout open (megatron-core's writer used to leave a Manager server process, so a
+    launcher reading the trainer's output waited forever), and the checkpoint it saved verifies."""
+    worker = Path(__file__).resolve().parent / "kill_after_dist_save.py"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                           "MASTER_PORT", "TRITON_INTERPRET")}
+    proc = subprocess.Popen([sys.executable, str(worker), str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=300)  # EOF on both pipes: every holder of them has exited
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("the killed process's pipes stayed open: something it started outlived it")
+    assert proc.returncode == -signal.SIGKILL and "SAVED" in out, err[-3000:]
+    with pytest.raises(ProcessLookupError):  # nobody is left in the worker's session
+        os.killpg(proc.pid, 0)
+    assert CheckpointManager(tmp_path / "run", keep_last=2).steps() == [1]

@@ -17,14 +17,15 @@ MegatronAdamW.sharded_state_dict): without the distributed optimizer, and with `
 is in model space (any layout can load it); `dp_reshardable` saves the distributed optimizer's flat buffers
 as they are (no gather, the fastest save) and can only be loaded at the same TP and PP.
 
-The save runs synchronously. megatron-core's writer always goes through a `spawn` multiprocessing Manager
-(FileSystemWriterAsync), so the launching script must have an `if __name__ == "__main__":` guard, as every
-primeflow entry point does.
+The save runs synchronously, in the trainer's process (megatron-core's writer forks one short-lived writer
+per file bucket and joins them before the save returns). See `_in_process_results_queue` for the one part of
+megatron-core's writer that is replaced.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,21 @@ def _state(model: torch.nn.Module, optimizer: Any | None, *, is_loading: bool, s
     return state
 
 
+def _in_process_results_queue() -> None:
+    """Give megatron-core's writer an in-process queue for its write results.
+
+    FileSystemWriterAsync creates that queue on first use as a `spawn` multiprocessing Manager: a server
+    process that does not watch its parent. A SIGKILLed trainer left it behind, one orphan per crash, holding
+    the trainer's stdout and stderr open (a launcher reading them waited forever), and it needs the launching
+    script's `if __name__ == "__main__":` guard. The queue is filled and drained by the process that calls
+    `dist_checkpointing.save` (synchronous saves run the writer in the caller), so a plain queue.Queue
+    carries the same results. Asynchronous saves, which primeflow does not use, would need the Manager."""
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if not isinstance(filesystem_async._results_queue, queue.Queue):
+        filesystem_async._results_queue = queue.Queue()
+
+
 def save(directory: Path, model: torch.nn.Module, optimizer: Any | None) -> None:
     """Collective: write `model` (and `optimizer`) into the new directory `directory` (created by rank 0)."""
     from megatron.core import dist_checkpointing, parallel_state
@@ -66,6 +82,7 @@ def save(directory: Path, model: torch.nn.Module, optimizer: Any | None) -> None
         directory.mkdir(parents=True)
     dist.barrier()
     state = _state(model, optimizer, is_loading=False)
+    _in_process_results_queue()
     strategy = FullyParallelSaveStrategyWrapper(get_default_save_sharded_strategy("torch_dist"),
                                                 parallel_state.get_data_parallel_group(with_context_parallel=True))
     dist_checkpointing.save(state, str(directory), sharded_strategy=strategy)
