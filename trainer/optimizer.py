@@ -66,7 +66,6 @@ class MegatronAdamW:
     def __init__(self, model: torch.nn.Module, cfg: OptimConfig, *, distributed: bool,
                  checkpoint_format: str = "dp_reshardable"):
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-
         from primeflow.models import unwrap_model
 
         inner = unwrap_model(model)

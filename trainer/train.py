@@ -39,6 +39,7 @@ from .run_setup import (
     starting_model,
     step_labeller,
 )
+from .stage_hooks import StageHook, no_stage_hook
 from .stages.advantage import advantage_stage
 from .stages.localisation import localisation_stage
 from .stages.logprobs import batch_logprobs
@@ -47,7 +48,6 @@ from .stages.prm import prm_stage
 from .stages.results import OldLogprobs, PolicyTargets
 from .stages.rollout import RolloutStage, StageClock
 from .stages.validation import validation_stage
-from .testing_faults import fault_point, set_step
 
 
 @dataclass
@@ -62,6 +62,7 @@ class Trainer:
     resume_from: Path | None = None  # run.resume resolved when the run started (None: a fresh start)
     policy_version: int = 0
     labeller: StepLabeller | None = None  # step labels of a task with written steps (prm/localisation)
+    on_stage: StageHook = no_stage_hook  # called entering the "prm" and "policy" stages (the tests' kill points)
 
     @property
     def config(self) -> Config:
@@ -123,7 +124,6 @@ def refit(t: Trainer) -> dict[str, float]:
 
 def prime_step(t: Trainer, step: int) -> dict[str, float]:
     cfg, clock, metrics = t.config, StageClock(), {}
-    set_step(step)
     t0 = time.perf_counter()
     assembled = collect_rollouts(t, step, clock)
     if assembled.epoch_ended:
@@ -140,7 +140,7 @@ def prime_step(t: Trainer, step: int) -> dict[str, float]:
     scores = None
     if cfg.prime.mode == "prime":
         with timed(t, clock, "prm"):
-            fault_point("prm")
+            t.on_stage("prm", step)
             scores = prm_stage(t.models, batch, cfg, old_logp=old.logp)
         metrics.update(scores.metrics)
         if t.labeller is not None:  # measurement only: where the PRM's lowest step reward falls
@@ -152,7 +152,7 @@ def prime_step(t: Trainer, step: int) -> dict[str, float]:
                               token_rewards=scores.token_rewards if scores is not None else None)
     metrics.update(adv.metrics)
     with timed(t, clock, "policy"):
-        fault_point("policy")
+        t.on_stage("policy", step)
         metrics.update(policy_stage(t.models, batch, cfg, PolicyTargets(old.logp, adv.advantages), step=step))
     with timed(t, clock, "refit"):
         metrics.update(refit(t))
@@ -206,7 +206,7 @@ def resume(t: Trainer) -> int:
     return step
 
 
-def build_trainer(config: Config) -> Trainer:
+def build_trainer(config: Config, on_stage: StageHook = no_stage_hook) -> Trainer:
     from transformers import AutoTokenizer
 
     run = start_run(config)
@@ -222,8 +222,8 @@ def build_trainer(config: Config) -> Trainer:
                            seed=config.train.seed, kv_cache_gib=r.kv_cache_gib,
                            gpu_memory_utilization=r.gpu_memory_utilization, enable_sleep=r.sleep_between_steps)
     return Trainer(run=run, models=models, engine=engine, rollout=RolloutStage(engine, tokenizer, config),
-                   loader=loader, tokenizer=tokenizer,
-                   checkpoints=checkpoints, resume_from=resume_from, labeller=step_labeller(config))
+                   loader=loader, tokenizer=tokenizer, checkpoints=checkpoints, resume_from=resume_from,
+                   labeller=step_labeller(config), on_stage=on_stage)
 
 
 @dataclass
@@ -232,8 +232,8 @@ class TrainOutcome:
     last_step: int                   # the last completed step of the run (resumed ones included)
 
 
-def train(config: Config) -> TrainOutcome:
-    t = build_trainer(config)
+def train(config: Config, on_stage: StageHook = no_stage_hook) -> TrainOutcome:
+    t = build_trainer(config, on_stage)
     cfg, console, logger = t.config, t.run.console, t.run.logger
     history = []
     start = 0
@@ -290,7 +290,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], on_stage: StageHook = no_stage_hook) -> int:
     args = parse_args(argv)
     overrides = list(args.set) + ([f"run.resume={args.resume}"] if args.resume else [])
     try:
@@ -299,7 +299,7 @@ def main(argv: list[str]) -> int:
         print(f"primeflow train: bad config: {error}", file=sys.stderr)
         return 2
     try:
-        outcome = train(config)
+        outcome = train(config, on_stage)
     except (CheckpointError, RunDirInUse, StaleSFTModel) as error:  # one line, nothing overwritten
         print(f"primeflow train: {error}", file=sys.stderr)
         return 2

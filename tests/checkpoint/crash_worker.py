@@ -2,7 +2,7 @@
 
     python crash_worker.py RUN_DIR --steps 1000 --numel 250000   # no pauses: killed at a random time
 
-`run(..., pause_step=s, emit=..., wait=...)`: every checkpoint event of step s (see manager._hook) is
+`run(..., pause_step=s, emit=..., wait=...)`: every checkpoint event of step s (CheckpointManager's on_event) is
 reported with `emit("<event> <path>")` and then `wait()` blocks until the parent says go on, so the parent
 kills the process exactly there (test_crash.py calls it in a forked child). Model weights of step s are all
 equal to s (and the optimizer's exp_avg to 2s), so the parent can check what a surviving checkpoint holds.
@@ -15,7 +15,7 @@ import argparse
 from collections.abc import Callable
 
 import torch
-from primeflow.trainer.checkpointing import CheckpointManager, manager
+from primeflow.trainer.checkpointing import CheckpointManager
 
 
 def make(numel: int, step: float):
@@ -38,8 +38,7 @@ def run(run_dir: str, *, steps: int, numel: int = 64, keep_last: int = 2, pause_
             emit(f"{event} {path}")
             wait()
 
-    manager._hook = hook
-    mgr = CheckpointManager(run_dir, keep_last=keep_last)
+    mgr = CheckpointManager(run_dir, keep_last=keep_last, on_event=hook)
     for step in range(1, steps + 1):
         current["step"] = step
         model, opt, sched = make(numel, step)

@@ -100,9 +100,10 @@ def run_layout(args, tp: int, pp: int) -> dict:
                 assert torch.equal(got[name], ref[name]), f"export of {role}: {name} differs"
         export_equal = len(got)
 
+    step_2 = run_dir / "checkpoints" / "step_2"
     return {"layout": {"tp": lay.tp, "pp": lay.pp, "dp": lay.dp}, "tensors_compared": n, "streams": streams,
             "export_tensors_equal": export_equal, "distributed_optimizer": distributed,
-            "dist_writers": _dist_writers(run_dir / "checkpoints" / "step_2"), "files": sorted(p.name for p in (run_dir / "checkpoints" / "step_2").iterdir())}
+            "dist_writers": _dist_writers(step_2), "files": sorted(p.name for p in step_2.iterdir())}
 
 
 def main() -> int:

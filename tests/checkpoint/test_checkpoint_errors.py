@@ -77,8 +77,8 @@ def test_layout_mismatch_is_explained(saved):
     manifest["layout"] = {"world_size": 2, "tp": 2, "pp": 1, "dp": 1}
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match=r"saved with layout tp=2 pp=1 dp=1 \(world 2\), this run has "
-                                              r"tp=1 pp=1 dp=1 \(world 1\); \['m'\] are plain torch modules.*resharding a "
-                                              r"checkpoint is not supported for them"):
+                                              r"tp=1 pp=1 dp=1 \(world 1\); \['m'\] are plain torch modules.*"
+                                              r"resharding a checkpoint is not supported for them"):
         _load(mgr)
 
 

@@ -66,10 +66,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be written or used; the message names the file / step / setting at fault."""
 
 
-def _hook(event: str, path: Path) -> None:
-    """Test seam: called after each durable step of `save` ("prepared", "file", "manifest", "renamed",
-    "trashed", "pruned").
-    tests/checkpoint replaces it to SIGKILL a saving process at every one of those points."""
+SaveEvent = Callable[[str, Path], None]
+
+
+def _no_event(event: str, path: Path) -> None:
+    """The default `on_event` of CheckpointManager: nothing happens at a save's durable points."""
 
 
 # ---- ranks and collectives ------------------------------------------------------------------------------
@@ -274,12 +275,15 @@ def _torch_load(file: Path) -> Any:
 class CheckpointManager:
     """Save / find / load the checkpoints of one run directory. Collective: call on every rank."""
 
-    def __init__(self, run_dir: str | os.PathLike, *, keep_last: int | None = 3):
+    def __init__(self, run_dir: str | os.PathLike, *, keep_last: int | None = 3, on_event: SaveEvent = _no_event):
+        """on_event(event, path) is called after each durable point of `save` ("prepared", "file", "manifest",
+        "renamed", "trashed", "pruned"); tests/checkpoint SIGKILLs a saving process at every one of them."""
         if keep_last is not None and (not isinstance(keep_last, int) or keep_last < 1):
             raise ValueError(f"keep_last must be a positive integer or None (keep all), got {keep_last!r}")
         self.run_dir = Path(run_dir)
         self.dir = self.run_dir / "checkpoints"
         self.keep_last = keep_last
+        self._on_event = on_event
 
     # ---- finding ----------------------------------------------------------------------------------------
 
@@ -415,7 +419,7 @@ class CheckpointManager:
 
             def put(name: str, entry: dict[str, Any]) -> None:
                 files[name] = {**entry, "rank": lay.rank}
-                _hook("file", tmp / name)
+                self._on_event("file", tmp / name)
 
             if lay.dp_rank == 0:
                 shard = _shard_id(lay)
@@ -450,7 +454,7 @@ class CheckpointManager:
                 for f in sharded.files_written_by(tmp / sharded.DIST_DIR / name, lay.rank):
                     rel = sharded.relative(f, tmp)
                     files[rel] = {"size": f.stat().st_size, "sha256": sha256_file(f), "rank": lay.rank}
-                    _hook("file", f)
+                    self._on_event("file", f)
             return files
 
         per_rank.update(_agreed(f"checkpoint step {step}: hashing {tmp / sharded.DIST_DIR}", hash_dist_files))
@@ -473,7 +477,7 @@ class CheckpointManager:
                 "models": meta, "files": dict(sorted(files.items())),
             }
             write_json(manifest, tmp / MANIFEST)
-            _hook("manifest", tmp / MANIFEST)
+            self._on_event("manifest", tmp / MANIFEST)
             fsync_dir(tmp)
             final = self.step_dir(step)
             trash = None
@@ -482,7 +486,7 @@ class CheckpointManager:
                 os.rename(final, trash)
             os.rename(tmp, final)
             fsync_dir(self.dir)
-            _hook("renamed", final)
+            self._on_event("renamed", final)
             if trash is not None:
                 shutil.rmtree(trash, ignore_errors=True)
             return str(final)
@@ -514,7 +518,7 @@ class CheckpointManager:
         tmp = self.dir / f".tmp-step_{step}-{secrets.token_hex(6)}"
         tmp.mkdir()
         fsync_dir(self.dir)
-        _hook("prepared", tmp)
+        self._on_event("prepared", tmp)
         return tmp
 
     def _copy_hf_side_files(self, model: torch.nn.Module, tmp: Path, name: str) -> dict[str, Any]:
@@ -535,7 +539,7 @@ class CheckpointManager:
         trash = self.dir / f".trash-step_{step}-{secrets.token_hex(4)}"
         os.rename(self.step_dir(step), trash)
         fsync_dir(self.dir)
-        _hook("trashed", trash)
+        self._on_event("trashed", trash)
         shutil.rmtree(trash, ignore_errors=True)
 
     def _prune(self, *, keep: int) -> None:
@@ -545,7 +549,7 @@ class CheckpointManager:
         excess = len(steps) + 1 - self.keep_last
         for s in steps[:max(excess, 0)]:
             self._remove(s)
-            _hook("pruned", self.step_dir(s))
+            self._on_event("pruned", self.step_dir(s))
 
     def discard_after(self, step: int) -> list[int]:
         """Delete checkpoints newer than `step` (collective). Call when resuming from an older checkpoint
