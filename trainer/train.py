@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import parallel
 from .batch import TrainBatch, train_batch_from_groups
-from .checkpointing import CheckpointError, CheckpointManager, layout_changed, read_manifest
+from .checkpointing import CheckpointError, CheckpointManager, layout_change
 from .config import Config, ConfigError, load_config
 from .data import AssembledBatch, PromptLoader, assemble_step
 from .data.chain_steps import StepLabeller
@@ -193,15 +193,15 @@ def resume(t: Trainer) -> int:
     models, optims, scheds = t.models.checkpoint_parts()
     # At another layout the weights, optimizer state and schedule reshard; the per-rank RNG streams cannot
     # follow (nothing in a step draws from them outside vLLM, which is seeded per step)
-    resharded = layout_changed(path)
-    state = t.checkpoints.load(path, models=models, optimizers=optims, schedulers=scheds, rng=not resharded)
+    change = layout_change(path)
+    state = t.checkpoints.load(path, models=models, optimizers=optims, schedulers=scheds, rng=change is None)
     t.loader.load_state_dict(state["loader"])
     step = int(state["step"])
     # resuming from an older checkpoint abandons the later steps: their metrics and checkpoints go
     t.run.logger.truncate_after(step)
     t.checkpoints.discard_after(step)
     refit(t)  # vLLM starts from the SFT weights: give it the restored policy
-    how = f", resharded from {read_manifest(path)['layout']}" if resharded else ""
+    how = f"; resharded: {change}" if change else ""
     t.run.console.print(f"resumed from {path} (step {step}{how})")
     return step
 

@@ -177,6 +177,20 @@ def test_dp2_under_torchrun_and_two_nodes_equal_one_node(sft_model, tmp_path):
     a, b = _metrics(one_node), _metrics(two_nodes)
     assert [r["step"] for r in a] == [1, 2]
     assert _deterministic(a) == _deterministic(b)
+    # The DP=2 run's step-1 checkpoint resumes in one process (DP=1): dist_checkpointing reshards the weights
+    # and the distributed optimizer's state; the per-rank RNG streams are not restored at another layout.
+    import shutil
+
+    one_rank = tmp_path / "dp1"
+    shutil.copytree(one_node, one_rank)
+    shutil.rmtree(one_rank / "checkpoints" / "step_2")
+    proc = _train(sft_model, one_rank, 2, "parallel.distributed_optimizer=true", "run.resume=auto")
+    _ok(proc)
+    resumed = "(step 1; resharded: saved with layout tp=1 pp=1 dp=2 (world 2), this run has tp=1 pp=1 dp=1 (world 1))"
+    assert resumed in proc.stdout + proc.stderr, proc.stdout[-2000:]
+    rows = _metrics(one_rank)
+    assert [r["step"] for r in rows] == [1, 2] and rows[0] == a[0]
+    assert all(math.isfinite(rows[1][k]) for k in CONTRACT_KEYS)
 
 
 @pytest.mark.multiproc

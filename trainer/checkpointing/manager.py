@@ -230,9 +230,11 @@ def _load_sharded(source: Path, name: str, model: torch.nn.Module, optimizer: An
         raise CheckpointError(f"{source}: does not fit {what}: {type(exc).__name__}: {exc}") from exc
 
 
-def layout_changed(path: Path) -> bool:
-    """Whether checkpoint `path` was saved at another (TP, PP, DP) layout than the running one."""
-    return read_manifest(path)["layout"] != _layout_dict(current_layout())
+def layout_change(path: Path) -> str | None:
+    """How checkpoint `path`'s (TP, PP, DP) layout differs from the running one ("saved with layout tp=.. pp=..
+    dp=.. (world ..), this run has ..."), or None when it was saved at this layout."""
+    saved, lay = read_manifest(path)["layout"], current_layout()
+    return None if saved == _layout_dict(lay) else _describe_layouts(saved, lay)
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
