@@ -19,11 +19,12 @@ else:
     from .linear_logprob import linear_token_logprobs, linear_token_logprobs_backend
     from .logprob import token_logprobs, token_logprobs_backend
     from .ppo_loss import PPOStats, ppo_clip_loss, ppo_clip_loss_backend
-    from .prime_rewards import PrimeLogprobs, prime_token_rewards, prime_token_rewards_backend
-    from .prm_loss import prm_ce_loss, prm_ce_loss_backend, prm_pairwise_accuracy
+    from .prime_rewards import PrimeLogprobs, linear_prime_rewards, prime_token_rewards, prime_token_rewards_backend
+    from .prm_loss import prm_ce_loss, prm_ce_loss_backend, prm_ce_terms, prm_pairwise_accuracy
     from .rloo import rloo_advantages, rloo_advantages_backend
 
     __all__ = ["Backend", "HAS_EXTENSION", "reference", "token_logprobs", "token_logprobs_backend",
                "linear_token_logprobs", "linear_token_logprobs_backend", "PrimeLogprobs", "prime_token_rewards",
-               "prime_token_rewards_backend", "rloo_advantages", "rloo_advantages_backend", "prm_ce_loss",
-               "prm_ce_loss_backend", "prm_pairwise_accuracy", "ppo_clip_loss", "ppo_clip_loss_backend", "PPOStats"]
+               "prime_token_rewards_backend", "linear_prime_rewards", "rloo_advantages", "rloo_advantages_backend",
+               "prm_ce_loss", "prm_ce_loss_backend", "prm_ce_terms", "prm_pairwise_accuracy", "ppo_clip_loss",
+               "ppo_clip_loss_backend", "PPOStats"]

@@ -3,9 +3,10 @@
 Legend: a program owns BLOCK_N rows and streams the whole vocabulary of each model in turn; a model is
 absent (KIND 0), given as logits [N, V] (KIND 1, tiles loaded) or as (hidden [N, H], weight [V, H])
 (KIND 2, logits tiles computed on chip with tl.dot, never stored). Per model it keeps fp32 (z_label, max, log
-sum-exp below the max), then writes the three log-probs and reward = beta*((z_prm - z_ref) - (lse_prm -
-lse_ref)) from those fp32 pieces (lse never rounded as one number), 0 where mask is 0. No splits, no
-atomics: a row's results never depend on the other rows.
+sum-exp below the max), then writes the three log-probs, the PRM's (max, log-sum-exp below it) for the
+backward of linear_prime_rewards, and reward = beta*((z_prm - z_ref) - (lse_prm - lse_ref)) from those fp32
+pieces (lse never rounded as one number), 0 where mask is 0. No splits, no atomics: a row's results never
+depend on the other rows.
 
 prime_rewards_seq_kernel is the same pass plus the per-sequence partial sums of the RLOO baseline
 (m_i = sum_t r_it / n_i, prime_spec 7.3), for sequences given as contiguous row ranges (cu_seqlens; the
@@ -76,6 +77,10 @@ def _rewards_tile(
                                          REF_KIND, BLOCK_N, BLOCK_V, BLOCK_H, REF_DOT_FP32)
     tl.store(logp_ptr + N + rows, (zt_prm - m_prm) - ls_prm, mask=row_ok)
     tl.store(logp_ptr + 2 * N + rows, (zt_ref - m_ref) - ls_ref, mask=row_ok)
+    # the PRM's softmax pieces: the backward of linear_prime_rewards (function.py) recomputes p = exp(z - m - ls)
+    # from them, as linear_token_logprobs' backward does from its own, instead of a second pass for them
+    tl.store(logp_ptr + 3 * N + rows, m_prm, mask=row_ok)
+    tl.store(logp_ptr + 4 * N + rows, ls_prm, mask=row_ok)
     # (z_prm - z_ref) - (lse_prm - lse_ref), regrouped as
     # ((z_prm - m_prm) - (z_ref - m_ref)) - (ls_prm - ls_ref):
     # z - m is exact when z is near the max (Sterbenz), even under a +1e4 offset on one model only, where
@@ -99,7 +104,8 @@ def prime_rewards_kernel(
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
     POL_DOT_FP32: tl.constexpr, PRM_DOT_FP32: tl.constexpr, REF_DOT_FP32: tl.constexpr,
 ):
-    """logp_ptr: fp32 [3, N] (policy, prm, ref); reward_ptr: fp32 [N]."""
+    """logp_ptr: fp32 [5, N] (policy, prm, ref log-probs, then the PRM's max and log-sum-exp below it);
+    reward_ptr: fp32 [N]."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     reward, keep = _rewards_tile(

@@ -1,6 +1,6 @@
 """Public `prime_token_rewards`: ONE Triton launch for all models on CUDA / under TRITON_INTERPRET=1,
 the chunked PyTorch path (bounded memory, same fp32 pieces) on CPU. Scoring only: outputs carry no grad
-(train through `linear_token_logprobs` / `token_logprobs`).
+(train the PRM through `linear_prime_rewards`, function.py, the policy through `linear_token_logprobs`).
 
 Per-sequence sums (`cu_seqlens`): sequences are given as contiguous row ranges, as in packed/varlen
 batches (flash-attn's and Megatron's PackedSeqParams' `cu_seqlens`), rather than as a per-token id:
@@ -9,9 +9,9 @@ batches (flash-attn's and Megatron's PackedSeqParams' `cu_seqlens`), rather than
   * contiguity holds by construction, and the deterministic in-launch reduction relies on it (a tile
     touches a contiguous range of sequences; see kernel.py), where ids would need a sortedness check;
   * the padded [B, T] layout rloo_advantages uses is cu_seqlens = arange(B + 1) * T with the [B, T] mask.
-The Triton path turns it into one int32 sequence id per row (torch.searchsorted, no sync) for the kernel,
-which writes per-tile partials; `_finish_seq_sums` adds them in a fixed order. The CPU path sums the
-masked rewards per sequence with torch.segment_reduce (sequential per sequence)."""
+The Triton path turns it into one int32 sequence id per row (sequence_ids: torch.searchsorted, no sync) for
+the kernel, which writes per-tile partials; `_finish_seq_sums` adds them in a fixed order. The CPU path sums
+the masked rewards per sequence with torch.segment_reduce (sequential per sequence)."""
 
 from __future__ import annotations
 
@@ -26,9 +26,10 @@ from ..logprob import torch_op as logits_cpu
 from . import kernel
 from .types import ModelInput, PrimeLogprobs, check_prime_inputs
 
-# What both paths return: (log-probs fp32 [3, N] in the order policy (0 without one), PRM, reference;
-# reward fp32 [N]; seq_reward_sum fp32 [S]; seq_valid_count int64 [S]), the last two [0] without cu_seqlens.
-# One [3, N] buffer rather than three outputs: the kernel writes it as one, and a custom op's outputs must not
+# What both paths return: (fp32 [5, N]: the log-probs in the order policy (0 without one), PRM, reference,
+# then the PRM's max and log-sum-exp below it (what linear_prime_rewards' backward needs); reward fp32 [N];
+# seq_reward_sum fp32 [S]; seq_valid_count int64 [S]), the last two [0] without cu_seqlens.
+# One [5, N] buffer rather than five outputs: the kernel writes it as one, and a custom op's outputs must not
 # be views of each other.
 Pieces = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -54,7 +55,7 @@ def _slot_args(model: ModelInput | None, like: torch.Tensor) -> tuple[list, int,
     return args, 2, _dot_fp32(hidden.dtype)
 
 
-def _seq_ids(cu_seqlens: torch.Tensor, n_rows: int) -> torch.Tensor:
+def sequence_ids(cu_seqlens: torch.Tensor, n_rows: int) -> torch.Tensor:
     """int64 [N]: the sequence of each row (empty sequences own no row), without a host sync."""
     rows = torch.arange(n_rows, device=cu_seqlens.device, dtype=torch.int64)
     return torch.searchsorted(cu_seqlens[1:].to(torch.int64).contiguous(), rows, right=True)
@@ -97,7 +98,7 @@ def _finish_seq_sums(head_sum, head_cnt, start_sum, start_cnt, seq_N, cu_seqlens
 def _triton(labels, prm, ref, policy, beta, mask, cu_seqlens) -> Pieces:
     n_rows = labels.shape[0]
     dev = labels.device
-    logp_3N = torch.zeros((3, n_rows), dtype=torch.float32, device=dev)
+    logp_5N = torch.zeros((5, n_rows), dtype=torch.float32, device=dev)
     reward_N = torch.empty(n_rows, dtype=torch.float32, device=dev)
     mask_N = (mask != 0).to(torch.int8) if mask is not None else labels
     cfg = tile_config(dev)
@@ -111,20 +112,20 @@ def _triton(labels, prm, ref, policy, beta, mask, cu_seqlens) -> Pieces:
     n_tiles = triton.cdiv(n_rows, cfg["BLOCK_N"])
     if cu_seqlens is None:
         if n_rows:
-            kernel.prime_rewards_kernel[(n_tiles,)](labels, mask_N, logp_3N, reward_N, *models, **meta)
-        return logp_3N, reward_N, absent(reward_N), reward_N.new_empty(0, dtype=torch.int64)
+            kernel.prime_rewards_kernel[(n_tiles,)](labels, mask_N, logp_5N, reward_N, *models, **meta)
+        return logp_5N, reward_N, absent(reward_N), reward_N.new_empty(0, dtype=torch.int64)
     n_seqs = cu_seqlens.shape[0] - 1
-    seq_N = _seq_ids(cu_seqlens, n_rows)
+    seq_N = sequence_ids(cu_seqlens, n_rows)
     head_sum = torch.zeros(n_tiles, dtype=torch.float32, device=dev)
     head_cnt = torch.zeros(n_tiles, dtype=torch.int32, device=dev)
     start_sum = torch.zeros(n_seqs, dtype=torch.float32, device=dev)
     start_cnt = torch.zeros(n_seqs, dtype=torch.int32, device=dev)
     if n_rows:
-        kernel.prime_rewards_seq_kernel[(n_tiles,)](labels, mask_N, logp_3N, reward_N, seq_N.to(torch.int32),
+        kernel.prime_rewards_seq_kernel[(n_tiles,)](labels, mask_N, logp_5N, reward_N, seq_N.to(torch.int32),
                                              head_sum, head_cnt, start_sum, start_cnt, *models, **meta)
     seq_sum, seq_cnt = _finish_seq_sums(head_sum, head_cnt, start_sum, start_cnt, seq_N, cu_seqlens,
                                         cfg["BLOCK_N"])
-    return logp_3N, reward_N, seq_sum, seq_cnt
+    return logp_5N, reward_N, seq_sum, seq_cnt
 
 
 def _cpu_pieces(model: ModelInput, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -163,11 +164,11 @@ def _cpu(labels, prm, ref, policy, beta, mask, cu_seqlens) -> Pieces:
     if policy is not None:
         zt_pol, m_pol, ls_pol = _cpu_pieces(policy, labels)
         policy_logp = (zt_pol - m_pol) - ls_pol
-    logp_3N = torch.stack((policy_logp, (zt_prm - m_prm) - ls_prm, (zt_ref - m_ref) - ls_ref))
+    logp_5N = torch.stack((policy_logp, (zt_prm - m_prm) - ls_prm, (zt_ref - m_ref) - ls_ref, m_prm, ls_prm))
     if cu_seqlens is None:
-        return logp_3N, reward_N, absent(reward_N), reward_N.new_empty(0, dtype=torch.int64)
+        return logp_5N, reward_N, absent(reward_N), reward_N.new_empty(0, dtype=torch.int64)
     seq_sum, seq_cnt = _cpu_seq_sums(reward_N, mask, cu_seqlens)
-    return logp_3N, reward_N, seq_sum, seq_cnt
+    return logp_5N, reward_N, seq_sum, seq_cnt
 
 
 def _model(first: torch.Tensor, weight: torch.Tensor | None) -> ModelInput:
@@ -190,12 +191,20 @@ def _(labels, prm, prm_weight, ref, ref_weight, policy, policy_weight, beta, mas
     n_rows = labels.shape[0]
     n_seqs = 0 if cu_seqlens is None else cu_seqlens.shape[0] - 1
     f32 = dict(dtype=torch.float32, device=labels.device)
-    return (torch.empty(3, n_rows, **f32), torch.empty(n_rows, **f32), torch.empty(n_seqs, **f32),
+    return (torch.empty(5, n_rows, **f32), torch.empty(n_rows, **f32), torch.empty(n_seqs, **f32),
             torch.empty(n_seqs, dtype=torch.int64, device=labels.device))
 
 
 def _split(model: ModelInput) -> tuple[torch.Tensor, torch.Tensor | None]:
     return (model, None) if isinstance(model, torch.Tensor) else (model[0], model[1])
+
+
+def prime_pieces(labels_N: torch.Tensor, prm: ModelInput, ref: ModelInput, policy: ModelInput | None,
+                 beta: float, mask: torch.Tensor | None, cu_seqlens: torch.Tensor | None) -> Pieces:
+    """The custom op on checked inputs (labels_N contiguous), on the path labels' device takes (`Pieces`)."""
+    policy_args = (None, None) if policy is None else _split(policy)
+    return _prime_token_rewards(labels_N, *_split(prm), *_split(ref), *policy_args, float(beta), mask, cu_seqlens,
+                                prime_token_rewards_backend(labels_N) is Backend.TRITON)
 
 
 @torch.no_grad()
@@ -216,12 +225,9 @@ def prime_token_rewards(labels: torch.Tensor, *, prm: ModelInput, ref: ModelInpu
     or without cu_seqlens; a sequence's sum is rounded differently depending on where its tile boundaries
     fall (its offset in the batch), so, unlike the per-token outputs, it is not batch-invariant bitwise."""
     check_prime_inputs(labels, prm, ref, policy, beta, mask, cu_seqlens)
-    labels_N = labels.contiguous()
-    policy_args = (None, None) if policy is None else _split(policy)
-    logp_3N, reward_N, seq_sum, seq_cnt = _prime_token_rewards(
-        labels_N, *_split(prm), *_split(ref), *policy_args, float(beta), mask, cu_seqlens,
-        prime_token_rewards_backend(labels_N) is Backend.TRITON)
-    policy_logp, prm_logp, ref_logp = logp_3N.unbind()  # unbind, not [k]: select has no fake-CUDA kernel
+    logp_5N, reward_N, seq_sum, seq_cnt = prime_pieces(labels.contiguous(), prm, ref, policy, beta, mask,
+                                                       cu_seqlens)
+    policy_logp, prm_logp, ref_logp, _, _ = logp_5N.unbind()  # unbind, not [k]: select has no fake-CUDA kernel
     has_seqs = cu_seqlens is not None
     return PrimeLogprobs(policy_logp if policy is not None else None, prm_logp, ref_logp, reward_N,
                          seq_sum if has_seqs else None, seq_cnt if has_seqs else None)

@@ -48,13 +48,21 @@ def prm_ce_loss(
     return _PRMCELoss.apply(prm_logp, ref_logp.detach(), valid_BT, outcome.detach(), float(beta), use_triton)
 
 
+def prm_ce_terms(reward_B: torch.Tensor, outcome_B: torch.Tensor) -> torch.Tensor:
+    """fp32 [B]: BCE(sigmoid(R_b), o_b) per response, -(o log sigmoid(R) + (1 - o) log sigmoid(-R)), finite
+    for any R; torch autograd in R. The terms prm_ce_loss averages, for callers whose R_b come from elsewhere
+    (linear_prime_rewards' per-sequence reward sums); the outcome is a constant."""
+    o_B = outcome_B.detach().float()
+    return -(o_B * F.logsigmoid(reward_B) + (1.0 - o_B) * F.logsigmoid(-reward_B))
+
+
 class _PRMCELoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, prm_logp, ref_logp, valid_BT, outcome, beta, use_triton):
         row_sum_B = prm_logratio_row_sums(prm_logp, ref_logp, valid_BT, use_triton)
         reward_B = beta * row_sum_B
         o_B = outcome.float()
-        loss = -(o_B * F.logsigmoid(reward_B) + (1.0 - o_B) * F.logsigmoid(-reward_B)).mean()
+        loss = prm_ce_terms(reward_B, o_B).mean()
         # d loss / d R_b = (sigmoid(R_b) - o_b) / B; d R_b / d prm_logp[b, t] = beta on valid tokens.
         coef_B = beta * (torch.sigmoid(reward_B) - o_B) / reward_B.shape[0]
         ctx.save_for_backward(valid_BT, coef_B)
