@@ -86,6 +86,9 @@ class PrimeGPTModel(GPTModel):
         self.real_vocab_size = real_vocab_size
         # Sampling temperature the log-prob head divides logits by (set by sequence_logprobs / the trainer).
         self.logprob_temperature = 1.0
+        # Set by models.hidden.final_hidden_states: the forward skips the output layer and returns the final
+        # hidden states [b*s, H] (for a head fused outside the model, e.g. kernels.linear_prime_rewards).
+        self.returns_hidden = False
 
     def setup_embeddings_and_output_layer(self) -> None:
         # Tied embeddings with PP > 1: Megatron syncs the last stage's copy with `weight.data.cuda()` then an
@@ -116,6 +119,9 @@ class PrimeGPTModel(GPTModel):
         return logits
 
     def _postprocess(self, **kwargs):
+        if self.returns_hidden and self.post_process and not kwargs.get("mtp_in_postprocess"):
+            s, b, h = kwargs["hidden_states"].shape
+            return kwargs["hidden_states"].transpose(0, 1).reshape(b * s, h)
         labels = kwargs.get("labels")
         if not self.post_process or labels is None or kwargs.get("mtp_in_postprocess"):
             out = super()._postprocess(**kwargs)
