@@ -169,3 +169,16 @@ def assert_close_after_one_adam_step(got: dict[str, torch.Tensor], want: dict[st
         assert outside <= 0.01, f"{what}: {name}: {outside:.1%} of elements beyond {rel} of max|w|"
         worst = max(worst, float(diff.max()) / scale)
     return worst
+
+
+def adam_first_step_allowed(grad: torch.Tensor, param: torch.Tensor, *, lr: float, grad_rel: float,
+                            param_ulps: float = 4.0, eps: float = 1e-8) -> torch.Tensor:
+    """Per-element allowance for a parameter after ONE AdamW step whose gradient is known to
+    delta = grad_rel * max|grad| (derivation: tests/trainer/prime_step64.py's header). Adam's first update is
+    lr * u(g), u(g) = g / (|g| + eps), and |u(g) - u(g')| <= min(2, 2 |g - g'| / (|g| + eps)), so element i
+    may be off by lr * min(2, 2 delta / (|g_i| + eps)) plus `param_ulps` fp32 ulps of |p_i| (rounding p' and
+    the fp32 AdamW arithmetic). Elements whose gradient is at the noise level (a key bias's, mathematically 0)
+    may step either way and are rightly not pinned down; every other element is held far below the 2 lr a
+    wrong gradient produces."""
+    delta = grad_rel * float(grad.abs().max()) if grad.numel() else 0.0
+    return lr * torch.clamp(2 * delta / (grad.abs() + eps), max=2.0) + param_ulps * 2.0 ** -24 * param.abs() + 1e-30

@@ -147,6 +147,9 @@ class OptimConfig:
 @dataclass
 class PRMConfig:
     update: str = choice("after", "before", "none")
+    # One fused head call per micro-batch for the PRM and the reference (kernels.linear_prime_rewards) where
+    # supported (stages/prm_head.py: TP=1, PP=1, ref_type freeze); false: the two-head path, to compare.
+    fused_head: bool = True
     mini_batch_size: int = 8            # responses per PRM optimizer step (global); the paper: 256 of 1024
     # The paper's 7B values are lr 1e-6 (PRM) and 5e-7 (policy); the tiny default needs larger steps to move
     # within a few dozen RL steps (measured on 30-step runs: 1e-5..5e-5 raise training accuracy).
@@ -188,6 +191,9 @@ class LoggingConfig:
     tensorboard: bool = True
     wandb_project: str = ""             # "" = off; W&B runs offline unless WANDB_MODE says otherwise
     progress: bool = True
+    # Logs of vLLM, transformers, Megatron, torch (trainer/third_party_logs.py): "file" keeps them in
+    # run.dir/third_party.log, off the console; "console" prints them where the libraries do
+    third_party: str = choice("file", "console")
 
 
 @dataclass

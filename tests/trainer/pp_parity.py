@@ -94,6 +94,9 @@ def check_prm(models, config, batch) -> dict:
     loss = accumulate_grads(models.prm, models.prm_optim, plan, prm_micro_loss(batch, ref, config, rows))
     grads = _gather_named(hf_state_dict(models.prm, grads=True))
     config.prm.update, config.prm.mini_batch_size, config.prm.optim.lr = "after", 4, 1e-3
+    # PP > 1 runs the PRM stage's two-head path (stages/prm_head.fused_head_supported): PP=1 runs the same
+    # path, so the comparison is of the pipeline alone (test_prm_fused_head.py compares the two heads)
+    config.prm.fused_head = False
     config.train.micro_batch_tokens = BUDGET
     # the frozen reference scores itself (ref_type=freeze); old_logp would only be read for ref_type=policy,
     # and equals the reference's log-probs here anyway (the untrained policy is the same SFT copy)

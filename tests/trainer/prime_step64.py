@@ -21,7 +21,7 @@ from primeflow.trainer.stages.logprobs import batch_logprobs
 from primeflow.trainer.stages.policy import policy_stage
 from primeflow.trainer.stages.prm import prm_stage
 from primeflow.trainer.stages.results import PolicyTargets
-from tolerances import MODEL_PARITY_REL
+from tolerances import MODEL_PARITY_REL, adam_first_step_allowed
 from transformers import AutoModelForCausalLM
 
 # ---------------------------------------------------------------------------------------------------------
@@ -336,9 +336,7 @@ def param_errors(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], gr
     worst_abs, worst_ratio, pinned, total = 0.0, 0.0, 0, 0
     for k, w in want.items():
         gk = grads[k]
-        delta = GRAD_REL * float(gk.abs().max()) if gk.numel() else 0.0
-        allowed = (lr * torch.clamp(2 * delta / (gk.abs() + ADAM_EPS), max=2.0)
-                   + PARAM_ULPS * 2.0 ** -24 * w.abs() + 1e-30)
+        allowed = adam_first_step_allowed(gk, w, lr=lr, grad_rel=GRAD_REL, param_ulps=PARAM_ULPS, eps=ADAM_EPS)
         err = (got[k].double() - w).abs()
         worst_abs = max(worst_abs, float(err.max()))
         worst_ratio = max(worst_ratio, float((err / allowed).max()))

@@ -12,7 +12,9 @@ mode's rewards would be exactly 0 and a zeroed or negated process term would be 
 
 Mutation checks: each of these, monkeypatched into the production code path, makes `compare` report a
 mismatch: advantages negated, process rewards zeroed, PRM and reference swapped (weights, or the log-ratio's
-arguments), the accuracy-filter band inverted (complement, or low/high swapped).
+arguments, on either PRM head), the accuracy-filter band inverted (complement, or low/high swapped).
+
+The PRM stage runs its fused head (prm.fused_head, the default); the two-head path is compared too.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from types import SimpleNamespace
 import primeflow.trainer.data.assembly as assembly
 import primeflow.trainer.stages.advantage as advantage_mod
 import primeflow.trainer.stages.prm as prm_mod
+import primeflow.trainer.stages.prm_head as prm_head_mod
 import pytest
 import torch
 from primeflow.models import make_tiny_checkpoint
@@ -83,9 +86,11 @@ def step_config(mode: str) -> Config:
     return c
 
 
-def run_both(ckpt, seed: int, mode: str, mutate_models=None) -> tuple[dict, dict]:
-    """(trainer's step, float64 reference's step) on helpers.random_rollouts(seed)."""
+def run_both(ckpt, seed: int, mode: str, mutate_models=None, *, fused_head: bool = True) -> tuple[dict, dict]:
+    """(trainer's step, float64 reference's step) on helpers.random_rollouts(seed); fused_head=False runs the
+    PRM stage's two-head path (stages/prm_head.py)."""
     config = step_config(mode)
+    config.prm.fused_head = fused_head
     models, config = helpers.tiny_models(ckpt, config)
     batch = helpers.random_rollouts(seed)
     prm_state = step64.perturb_prm(models, seed) if mode != "rloo" else None
@@ -103,9 +108,10 @@ def run_both(ckpt, seed: int, mode: str, mutate_models=None) -> tuple[dict, dict
 
 
 # ------------------------------------------------------------------------------------------- the step
-@pytest.mark.parametrize("mode", ["after", "before", "rloo"])
-def test_prime_step_matches_float64_reference(ckpt, seed, mode):
-    got, want = run_both(ckpt, seed, mode)
+@pytest.mark.parametrize("mode,fused_head", [("after", True), ("before", True), ("rloo", True), ("after", False),
+                                             ("before", False)])
+def test_prime_step_matches_float64_reference(ckpt, seed, mode, fused_head):
+    got, want = run_both(ckpt, seed, mode, fused_head=fused_head)
     errs = step64.errors(got, want)
     for name, (err, allowed) in errs.items():
         record_bound_use(err, allowed)
@@ -137,8 +143,8 @@ def test_compare_reports_negated_advantages(ckpt, seed, mode, monkeypatch):
 
 @pytest.mark.parametrize("mode", ["after", "before"])
 def test_compare_reports_zeroed_process_rewards(ckpt, seed, mode, monkeypatch):
-    original = prm_mod.token_rewards
-    monkeypatch.setattr(prm_mod, "token_rewards", lambda *a, **k: torch.zeros_like(original(*a, **k)))
+    original = prm_mod.place_rewards  # both PRM heads place their rewards through it
+    monkeypatch.setattr(prm_mod, "place_rewards", lambda *a, **k: torch.zeros_like(original(*a, **k)))
     failed = step64.compare(*run_both(ckpt, seed, mode))
     assert {"token_rewards", "advantages", "policy_params"} <= _failed_names(failed), failed
 
@@ -149,11 +155,23 @@ def test_compare_reports_prm_and_reference_swapped(ckpt, seed):
     assert {"token_rewards", "prm_params", "advantages", "policy_params"} <= _failed_names(failed), failed
 
 
-def test_compare_reports_swapped_log_ratio_arguments(ckpt, seed, monkeypatch):
-    """r = beta * (log pi_ref - log pi_phi): the two log-prob tensors handed over the wrong way round."""
-    original = prm_mod.token_rewards
-    monkeypatch.setattr(prm_mod, "token_rewards", lambda prm, ref, *a, **k: original(ref, prm, *a, **k))
-    failed = step64.compare(*run_both(ckpt, seed, "after"))
+@pytest.mark.parametrize("fused_head", [True, False])
+def test_compare_reports_swapped_log_ratio_arguments(ckpt, seed, monkeypatch, fused_head):
+    """r = beta * (log pi_ref - log pi_phi): the two log-probs the wrong way round (two-head path: the tensors
+    handed to token_rewards; fused head: the kernel's PRM and reference outputs, reward and sums negated)."""
+    if fused_head:
+        original = prm_head_mod.linear_prime_rewards
+
+        def swapped(*a, **k):
+            out = original(*a, **k)
+            return out._replace(prm_logp=out.ref_logp, ref_logp=out.prm_logp, reward=-out.reward,
+                                seq_reward_sum=-out.seq_reward_sum)
+
+        monkeypatch.setattr(prm_head_mod, "linear_prime_rewards", swapped)
+    else:
+        original = prm_mod.token_rewards
+        monkeypatch.setattr(prm_mod, "token_rewards", lambda prm, ref, *a, **k: original(ref, prm, *a, **k))
+    failed = step64.compare(*run_both(ckpt, seed, "after", fused_head=fused_head))
     assert {"token_rewards", "advantages", "policy_params"} <= _failed_names(failed), failed
 
 

@@ -3,7 +3,8 @@ megatron-core's DP gradient sum (DDP), TP/PP-aware clipping and AdamW (trainer/o
 PRM update, the policy update and SFT.
 
 A loss is described by a `MicroLoss`: the batch, the temperature its log-probs are taken at, and
-`share(rows, logp_BR)`, the micro-batch's share of the mini-batch loss from the rows' response log-probs.
+`share(rows, logp_BR)`, the micro-batch's share of the mini-batch loss from the rows' response log-probs
+(or, at PP=1, from what its own `forward(model, rows)` returns: the PRM's fused head, stages/prm_head.py).
 Splitting "rows -> log-probs" (done here, by the model) from "log-probs -> loss share" lets the same loss
 run at PP=1 (a plain forward + backward per micro-batch) and at PP>1 (Megatron's pipeline schedule, where
 only the last stage sees log-probs)."""
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -31,8 +33,12 @@ class MicroLoss:
     the packing. With PP>1 `share` runs on the last pipeline stage only."""
 
     batch: TrainBatch
-    share: Callable[[list[int], torch.Tensor], torch.Tensor]
+    share: Callable[[list[int], Any], torch.Tensor]
     temperature: float = 1.0
+    # PP=1: what `share` gets instead of the rows' log-probs at `temperature` (forward_rows), e.g. both PRIME
+    # models' scores from one fused head call; None: forward_rows. Not supported with PP>1 (the schedule
+    # hands the last stage's model output to the loss).
+    forward: Callable[[torch.nn.Module, list[int]], Any] | None = None
 
 
 def _idle_rank_loss(micro_loss: MicroLoss) -> MicroLoss:
@@ -56,11 +62,17 @@ def accumulate_grads(model: torch.nn.Module, optim: MegatronAdamW, micro_batches
     if parallel.layout().pp == 1:
         for i, rows in enumerate(micro_batches):
             with model.no_sync() if i < len(micro_batches) - 1 else contextlib.nullcontext():
-                logp = forward_rows(model, micro_loss.batch, rows, temperature=micro_loss.temperature)
-                loss = micro_loss.share(rows, logp)
+                if micro_loss.forward is not None:
+                    out = micro_loss.forward(model, rows)
+                else:
+                    out = forward_rows(model, micro_loss.batch, rows, temperature=micro_loss.temperature)
+                loss = micro_loss.share(rows, out)
                 loss.backward()
             local += loss.detach().double()
     else:
+        if micro_loss.forward is not None:
+            raise ValueError("a MicroLoss with its own forward runs at PP=1 only")
+
         def share(rows: list[int], logp: torch.Tensor) -> torch.Tensor:
             loss = micro_loss.share(rows, logp)
             local.add_(loss.detach().double())

@@ -5,18 +5,29 @@ Update modes (prm.update): `after` (single forward, the paper's and PRIME's defa
 rewards come from the PRM before that mini-batch's optimizer step), `before` (double forward: update on the
 whole batch, then score with the updated PRM), `none` (offline PRM, no update).
 PRM mini-batches are contiguous slices of the batch in row order (PRIME does not shuffle them).
+
+Two heads compute it, chosen in one place (prm_head.fused_head_supported): the fused head (prm_head.py: per
+micro-batch both trunks, then ONE linear_prime_rewards call for both models' log-probs, the rewards and
+their per-response sums) and the two-head path (the reference and the PRM each through their own
+linear_token_logprobs head, the log-ratio in torch), kept for ref_type=policy, TP > 1, PP > 1 and
+prm.fused_head=false. Both run the same number of trunk passes: `after` scores the reference on the update's
+own micro-batches; `before` takes the reference from the update's forwards and then scores the updated PRM
+alone (the reference does not change, so a second reference pass would only cost).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from primeflow.kernels import prm_ce_loss, prm_pairwise_accuracy
+from primeflow.kernels import prm_ce_loss, prm_ce_terms, prm_pairwise_accuracy
 
 from ..batch import TrainBatch
 from ..config import Config
 from ..models_setup import PrimeModels
 from .logprobs import all_rows_sum, batch_logprobs, micro_batch_plan, row_index
 from .optim_step import MicroLoss, chunks, minibatch_step
+from .prm_head import HeadRecord, HeadScores, evaluating, fused_head_scores, fused_head_supported, score_with_head
 from .results import PRMScores
 
 MiniBatches = list[tuple[list[int], list[list[int]]]]  # per PRM mini-batch: (rows, this rank's micro-batches)
@@ -66,14 +77,30 @@ def prm_micro_loss(batch: TrainBatch, ref_BR: torch.Tensor, config: Config, mini
     return MicroLoss(batch, share)
 
 
-def _update(models: PrimeModels, batch: TrainBatch, ref_BR: torch.Tensor, config: Config,
-            minibatches: MiniBatches, record_BR: torch.Tensor | None) -> list[float]:
-    """PRM optimizer steps over the batch; writes this rank's pre-step PRM log-probs into `record_BR` (on the
-    last pipeline stage; all_rows_sum then gives them to every rank)."""
+def fused_micro_loss(models: PrimeModels, batch: TrainBatch, config: Config, minibatch_rows: list[int],
+                     record: HeadRecord) -> MicroLoss:
+    """prm_micro_loss on the fused head: the micro-batch's forward is both trunks and one head call
+    (prm_head.fused_head_scores), its share the CE on the head's per-response sums R_b; writes the head's
+    results into `record`."""
+    beta, n_rows = config.prime.beta, len(minibatch_rows)
+
+    def forward(prm: torch.nn.Module, micro: list[int]) -> HeadScores:
+        return fused_head_scores(prm, models.ref, batch, micro, beta=beta)
+
+    def share(micro: list[int], scores: HeadScores) -> torch.Tensor:
+        record.add(micro, scores)
+        outcome_b = batch.outcome.index_select(0, row_index(micro, scores.reward_sum_b))
+        return prm_ce_terms(scores.reward_sum_b, outcome_b).sum() / n_rows
+
+    return MicroLoss(batch, share, forward=forward)
+
+
+def _update(models: PrimeModels, config: Config, minibatches: MiniBatches,
+            micro_loss: Callable[[list[int]], MicroLoss]) -> list[float]:
+    """PRM optimizer steps over the batch, one per mini-batch, with `micro_loss(mini-batch rows)`'s shares."""
     losses = []
     for rows, plan in minibatches:
-        stats = minibatch_step(models.prm, models.prm_optim, plan,
-                               prm_micro_loss(batch, ref_BR, config, rows, record_BR))
+        stats = minibatch_step(models.prm, models.prm_optim, plan, micro_loss(rows))
         losses.append(stats["loss"])
     models.prm_sched.step()
     return losses
@@ -84,12 +111,55 @@ def token_rewards(prm_BR: torch.Tensor, ref_BR: torch.Tensor, mask_BR: torch.Ten
     """fp32 [B, R]: beta * log-ratio on every valid token (`token`), or its sum on the last valid token
     (`whole`). Both inputs are fp32 log-probs accumulated in fp32, so the difference is exact to fp32."""
     q_BR = torch.where(mask_BR, prm_BR - ref_BR, 0.0)
+    return place_rewards(beta * q_BR, beta * q_BR.sum(-1), mask_BR, granularity=granularity)
+
+
+def place_rewards(reward_BR: torch.Tensor, total_B: torch.Tensor, mask_BR: torch.Tensor, *,
+                  granularity: str) -> torch.Tensor:
+    """The token rewards as prime.granularity places them: `reward_BR` itself (`token`), or each row's
+    `total_B` on its last valid token (`whole`)."""
     if granularity == "token":
-        return beta * q_BR
+        return reward_BR
     last_B = mask_BR.sum(-1).clamp(min=1) - 1
-    whole = torch.zeros_like(q_BR)
-    whole.scatter_(1, last_B.unsqueeze(1), beta * q_BR.sum(-1, keepdim=True))
+    whole = torch.zeros_like(reward_BR)
+    whole.scatter_(1, last_B.unsqueeze(1), total_B.unsqueeze(1))
     return torch.where(mask_BR, whole, 0.0)
+
+
+def _fused_stage(models: PrimeModels, batch: TrainBatch, config: Config, minibatches: MiniBatches,
+                 scoring_plan: list[list[int]]) -> PRMScores:
+    """prm_stage on the fused head (module docstring). `after`: the update's forwards give everything;
+    `none`: one scoring pass; `before`: the update's forwards give the reference, then the updated PRM is
+    scored alone and the log-ratio taken in torch (as the two-head path does)."""
+    mode, beta, mask = config.prm.update, config.prime.beta, batch.response_mask
+    record = HeadRecord(batch)
+    losses: list[float] = []
+    with evaluating(models.ref):
+        if mode == "none":
+            score_with_head(models, batch, scoring_plan, record, beta=beta)
+        else:
+            losses = _update(models, config, minibatches,
+                             lambda rows: fused_micro_loss(models, batch, config, rows, record))
+    prm_BR, ref_BR, reward_BR, reward_sum_B = record.combined()
+    if mode == "before":
+        prm_BR = batch_logprobs(models.prm, batch, budget=config.train.micro_batch_tokens, plan=scoring_plan)
+        rewards = token_rewards(prm_BR, ref_BR, mask, beta=beta, granularity=config.prime.granularity)
+    else:
+        rewards = place_rewards(reward_BR, reward_sum_B, mask, granularity=config.prime.granularity)
+    monitor = None
+    if not losses:
+        monitor = float(prm_ce_terms(reward_sum_B, batch.outcome).mean())
+    return _scores(batch, ref_BR, prm_BR, rewards, losses, monitor)
+
+
+def _scores(batch: TrainBatch, ref_BR: torch.Tensor, prm_BR: torch.Tensor, rewards: torch.Tensor,
+            losses: list[float], monitor: float | None) -> PRMScores:
+    """PRMScores with the metrics: prm_loss (the update's mean training loss over PRM mini-batches; `none`
+    reports the CE of the scores, `monitor`) and prm_acc."""
+    with torch.no_grad():
+        acc = float(prm_pairwise_accuracy(rewards, batch.response_mask, batch.outcome, group_size=batch.group_size))
+    metrics = {"prm_loss": sum(losses) / len(losses) if losses else monitor, "prm_acc": acc}
+    return PRMScores(ref_BR, prm_BR, rewards, metrics)
 
 
 def prm_stage(models: PrimeModels, batch: TrainBatch, config: Config, *, old_logp: torch.Tensor) -> PRMScores:
@@ -97,25 +167,25 @@ def prm_stage(models: PrimeModels, batch: TrainBatch, config: Config, *, old_log
     none); the metrics are prm_loss and prm_acc."""
     minibatches = prm_minibatches(batch, config)
     scoring_plan = prm_scoring_plan(batch, config, minibatches)  # the reference is scored on the same one
+    if fused_head_supported(models, config):
+        return _fused_stage(models, batch, config, minibatches, scoring_plan)
     ref_BR = reference_logprobs(models, batch, config, scoring_plan, old_logp)
     budget, mode = config.train.micro_batch_tokens, config.prm.update
     losses: list[float] = []
     if mode == "after":
         record = torch.zeros(batch.response_mask.shape, dtype=torch.float32, device=batch.device)
-        losses = _update(models, batch, ref_BR, config, minibatches, record)
+        losses = _update(models, config, minibatches,
+                         lambda rows: prm_micro_loss(batch, ref_BR, config, rows, record))
         prm_BR = all_rows_sum(record)
     else:
         if mode == "before":
-            losses = _update(models, batch, ref_BR, config, minibatches, None)
+            losses = _update(models, config, minibatches,
+                             lambda rows: prm_micro_loss(batch, ref_BR, config, rows, None))
         prm_BR = batch_logprobs(models.prm, batch, budget=budget, plan=scoring_plan)
     rewards = token_rewards(prm_BR, ref_BR, batch.response_mask, beta=config.prime.beta,
                             granularity=config.prime.granularity)
-    with torch.no_grad():
-        monitor = float(prm_ce_loss(prm_BR, ref_BR, batch.response_mask, batch.outcome, beta=config.prime.beta))
-        acc = float(prm_pairwise_accuracy(rewards, batch.response_mask, batch.outcome, group_size=batch.group_size))
-    metrics = {
-        # the training loss of the update (mean over PRM mini-batches); `none` reports the CE of the scores
-        "prm_loss": sum(losses) / len(losses) if losses else monitor,
-        "prm_acc": acc,
-    }
-    return PRMScores(ref_BR, prm_BR, rewards, metrics)
+    monitor = None
+    if not losses:
+        with torch.no_grad():
+            monitor = float(prm_ce_loss(prm_BR, ref_BR, batch.response_mask, batch.outcome, beta=config.prime.beta))
+    return _scores(batch, ref_BR, prm_BR, rewards, losses, monitor)
