@@ -2,8 +2,9 @@
 
 Everything else (rollout, trainer, checkpointing, tests) asks this module for ranks and groups; nothing
 else calls `init_process_group` or `initialize_model_parallel`. Works the same under torchrun (reads RANK,
-WORLD_SIZE, MASTER_ADDR/PORT) and in a plain single process (a 1-rank world on a free local port), with gloo
-on CPU and NCCL on GPU. Collectives get a timeout so a dead rank ends the job with an error, not a hang.
+WORLD_SIZE, MASTER_ADDR/PORT) and in a plain single process (a 1-rank world on a free local port, never an
+inherited MASTER_PORT), with gloo on CPU and NCCL on GPU. Collectives get a timeout so a dead rank ends the
+job with an error, not a hang.
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ def init_distributed(*, tp: int = 1, pp: int = 1, backend: str | None = None,
 
     world_size must be a multiple of tp*pp; dp = world_size // (tp*pp). `timeout_s` bounds every collective
     (a rank that died makes the others fail after this long instead of hanging forever).
+
+    Under torchrun (RANK in the environment) the world is torchrun's. Without RANK it is this one process, on
+    127.0.0.1 and a free port, chosen every time: a MASTER_ADDR / MASTER_PORT / WORLD_SIZE / LOCAL_RANK left
+    in the environment (an earlier torchrun's exports, another job's port) cannot describe a world that
+    torchrun did not start, and reusing them failed on a port in use or waited on an unreachable address.
+    They are overwritten (vLLM's external_launcher reads them to join this world).
     """
     from megatron.core import parallel_state
 
@@ -73,12 +80,9 @@ def init_distributed(*, tp: int = 1, pp: int = 1, backend: str | None = None,
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
             dist.init_process_group(backend, timeout=timeout)
         else:
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
-            # vLLM's external_launcher reads these to join the same world.
-            os.environ.setdefault("RANK", "0")
-            os.environ.setdefault("LOCAL_RANK", "0")
-            os.environ.setdefault("WORLD_SIZE", "1")
+            # a one-process world: never an inherited address or port (see the docstring)
+            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", LOCAL_RANK="0",
+                              WORLD_SIZE="1")
             dist.init_process_group(backend, rank=0, world_size=1, timeout=timeout)
     world = dist.get_world_size()
     if world % (tp * pp) != 0:
