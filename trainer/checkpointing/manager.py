@@ -33,6 +33,7 @@ leaving the other ranks waiting in a collective.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -64,6 +65,25 @@ _log = logging.getLogger(__name__)
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be written or used; the message names the file / step / setting at fault."""
+
+
+class CheckpointDiskFull(CheckpointError):
+    """A checkpoint write ran out of disk space (ENOSPC / EDQUOT on some rank)."""
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """Whether `exc`, or an exception it was raised from or while handling, is a full disk. torch.save reports
+    one as `RuntimeError: unexpected pos N vs M`, with the OSError only as its __context__."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 SaveEvent = Callable[[str, Path], None]
@@ -115,14 +135,17 @@ def _agreed(what: str, fn: Callable[[], Any]) -> Any:
     try:
         result, error = fn(), None
     except Exception as exc:  # noqa: BLE001 - reported to every rank below
+        full = _disk_full(exc)
         if not _multi():
-            if isinstance(exc, CheckpointError):
+            if isinstance(exc, CheckpointError) and (not full or isinstance(exc, CheckpointDiskFull)):
                 raise
-            raise CheckpointError(f"{what}: {type(exc).__name__}: {exc}") from exc
-        result, error = None, str(exc) if isinstance(exc, CheckpointError) else f"{type(exc).__name__}: {exc}"
+            raise (CheckpointDiskFull if full else CheckpointError)(f"{what}: {type(exc).__name__}: {exc}") from exc
+        text = str(exc) if isinstance(exc, CheckpointError) else f"{type(exc).__name__}: {exc}"
+        result, error = None, (text, full)
     errors = [(r, e) for r, e in enumerate(_all_gather(error)) if e is not None]
     if errors:
-        raise CheckpointError(f"{what}: " + "; ".join(f"[rank {r}] {e}" for r, e in errors))
+        kind = CheckpointDiskFull if any(full for _, (_, full) in errors) else CheckpointError
+        raise kind(f"{what}: " + "; ".join(f"[rank {r}] {text}" for r, (text, _) in errors))
     return result
 
 
@@ -383,6 +406,27 @@ class CheckpointManager:
              schedulers: Mapping[str, torch.optim.lr_scheduler.LRScheduler],
              trainer_state: dict[str, Any], rng: bool = True,
              generators: Mapping[str, torch.Generator] | None = None) -> Path:
+        """Write checkpoint `step` (collective; see `_save`); returns `checkpoints/step_<step>`.
+
+        A save that fails deletes its partial `.tmp-step_<step>-*` (on a full disk it holds the space the next
+        start needs, and nothing can resume from it); a full disk raises CheckpointDiskFull naming checkpoints/."""
+        try:
+            return self._save(step, models=models, optimizers=optimizers, schedulers=schedulers,
+                              trainer_state=trainer_state, rng=rng, generators=generators)
+        except CheckpointError as error:
+            if current_layout().is_rank0:  # every rank got the error: nobody writes into the directory any more
+                self.remove_leftovers()
+            if isinstance(error, CheckpointDiskFull):
+                raise CheckpointDiskFull(
+                    f"checkpoint step {step}: disk full: no space left in {self.dir} (the partial checkpoint was "
+                    "removed): free space there, or put run.dir on a disk with room for a checkpoint") from error
+            raise
+
+    def _save(self, step: int, *, models: Mapping[str, torch.nn.Module],
+              optimizers: Mapping[str, torch.optim.Optimizer],
+              schedulers: Mapping[str, torch.optim.lr_scheduler.LRScheduler],
+              trainer_state: dict[str, Any], rng: bool = True,
+              generators: Mapping[str, torch.Generator] | None = None) -> Path:
         """Write checkpoint `step` (collective); returns `checkpoints/step_<step>`.
 
         models / optimizers / schedulers: this rank's shard objects by name (e.g. "policy", "prm").
@@ -503,7 +547,8 @@ class CheckpointManager:
     def remove_leftovers(self) -> list[str]:
         """Delete `.tmp-*` / `.trash-*` leftovers of interrupted saves and deletions (never a `step_<N>`);
         returns their names. Called on rank 0 when a run starts (a save killed by a full disk must not keep
-        the space) and before every save. Nothing else may be writing checkpoints of this run meanwhile."""
+        the space), before every save and after a failed one. Nothing else may be writing checkpoints of this
+        run meanwhile."""
         if not self.dir.is_dir():
             return []
         removed = []
