@@ -85,10 +85,20 @@ class RunConsole:
         if not self.enabled or not self._console.is_terminal:  # no live bars in log files / CI output
             yield _Bar()
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=self._console, transient=True) as progress:
+        # A stage that counts nothing it could show (no total) gets a spinner and its time: a bar and a count
+        # would read `0/?` until it ends.
+        counted = (BarColumn(), MofNCompleteColumn()) if total is not None else (SpinnerColumn(),)
+        with Progress(TextColumn("[bold]{task.description}"), *counted, TimeElapsedColumn(),
+                      console=self._console, transient=True) as progress:
             yield _Bar(progress, progress.add_task(name, total=total))
 
     def print(self, message: str) -> None:
@@ -110,19 +120,44 @@ class RunConsole:
         self.print(self.step_line(step, metrics))
 
     def final_table(self, records: Sequence[Mapping[str, Any]], *, title: str = "PRIME run summary") -> None:
-        """A table of the key metrics per step (records as logged / as read from metrics.jsonl)."""
+        """A table of the key metrics per step (records as logged / as read from metrics.jsonl). When its columns
+        are wider than the console, they are split over several tables, each led by the step column, so that no
+        number is cut (rich would shrink the columns and elide every cell at 80 columns)."""
         if not self.enabled or not records:
             return
         from rich.table import Table
 
         present = [(k, label, spec) for k, label, spec in SUMMARY_KEYS if any(k in r for r in records)]
-        table = Table(title=title)
-        table.add_column("step", justify="right")
-        for _, label, _ in present:
-            table.add_column(label, justify="right")
-        table.add_column("time (s)", justify="right")
+        labels = [label for _, label, _ in present] + ["time (s)"]
+        rows = []
         for r in records:
             seconds = step_seconds(r)
-            table.add_row(str(r["step"]), *[_fmt(r.get(k), spec) for k, _, spec in present],
-                          f"{seconds:.1f}" if seconds is not None else "-")
-        self._console.print(table)
+            rows.append([_fmt(r.get(k), spec) for k, _, spec in present]
+                        + [f"{seconds:.1f}" if seconds is not None else "-"])
+        steps = [str(r["step"]) for r in records]
+        widths = [max(len(label), *(len(row[i]) for row in rows)) for i, label in enumerate(labels)]
+        parts = column_parts(max(len("step"), *map(len, steps)), widths, self._console.width)
+        for n, part in enumerate(parts, 1):
+            table = Table(title=title if len(parts) == 1 else f"{title} ({n}/{len(parts)})")
+            table.add_column("step", justify="right", no_wrap=True)
+            for i in part:
+                table.add_column(labels[i], justify="right", no_wrap=True)
+            for step, row in zip(steps, rows, strict=True):
+                table.add_row(step, *[row[i] for i in part])
+            self._console.print(table)
+
+
+def column_parts(step_width: int, widths: Sequence[int], available: int) -> list[list[int]]:
+    """Split columns of `widths` characters into consecutive groups whose tables, each with a step column of
+    `step_width`, fit `available` characters. A rich table (default box, padding 1) takes 1 character for its
+    left edge and width + 3 per column (padding both sides, a border)."""
+    base = 1 + step_width + 3
+    parts: list[list[int]] = [[]]
+    used = base
+    for i, width in enumerate(widths):
+        if parts[-1] and used + width + 3 > available:
+            parts.append([])
+            used = base
+        parts[-1].append(i)
+        used += width + 3
+    return parts

@@ -145,3 +145,44 @@ def test_curves_show_error_localisation(tmp_path, seed):
     pa = _png_pixels(plot_curves(_write(tmp_path / "a.jsonl", with_loc(0.3)), tmp_path / "a.png"))
     pb = _png_pixels(plot_curves(_write(tmp_path / "b.jsonl", with_loc(0.8)), tmp_path / "b.png"))
     assert pa.shape == pb.shape and not np.array_equal(pa, pb)
+
+
+def test_a_stage_without_a_known_total_shows_no_count():
+    """The trainer's stages count nothing it could show (no total): a spinner and the time, never `0/?`."""
+    con, buf = _console(terminal=True)
+    with con.stage("policy"):
+        pass
+    assert "policy" in buf.getvalue() and "/?" not in buf.getvalue() and "0/" not in buf.getvalue()
+    con, buf = _console(terminal=True)
+    with con.stage("rollout", total=4) as bar:
+        bar.advance(4)
+    assert "4/4" in buf.getvalue()
+
+
+def _wide_records(n: int = 3) -> list[dict]:
+    """Every summary column with the widest values a run gives (signs, exponents, five-digit rates)."""
+    return [{"step": s, "outcome_acc": 0.4375, "filter_kept_frac": 0.5, "prm_loss": 0.6931, "prm_acc": 0.8125,
+             "pg_loss": -0.1058, "pg_clipfrac": 0.125, "logprob_mismatch": 1.97e-06, "response_len": 321.75,
+             "tokens_per_s": 12345.6 + s, "time/step": 1234.5 + s} for s in range(1, n + 1)]
+
+
+@pytest.mark.parametrize(("width", "parts"), [(80, 2), (100, 1)])
+def test_final_table_fits_the_terminal_without_cutting_numbers(width, parts):
+    """At 80 columns the table used to cut every number (`0.43…`); now columns move to a second table, each
+    led by the step, and every cell is whole."""
+    buf = io.StringIO()
+    con = RunConsole(total_steps=3, enabled=True,
+                     console=Console(file=buf, width=width, force_terminal=True, color_system=None))
+    records = _wide_records()
+    con.final_table(records)
+    out = buf.getvalue()
+    assert "…" not in out, out
+    assert max(len(line) for line in out.splitlines()) <= width, out
+    cells = [c.strip() for line in out.splitlines() for c in line.replace("┃", "│").split("│")]
+    for r in records:
+        for key, _, spec in console_mod.SUMMARY_KEYS:
+            assert spec.format(r[key]) in cells, (key, out)
+        assert f"{r['time/step']:.1f}" in cells, out
+    # the step column leads every part, so each row of every part says its step
+    assert cells.count("step") == parts, out
+    assert all(cells.count(str(r["step"])) == parts for r in records), out
