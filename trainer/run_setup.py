@@ -16,7 +16,7 @@ from typing import IO
 import numpy as np
 import torch
 
-from . import parallel
+from . import parallel, third_party_logs
 from .config import Config, dump_yaml
 from .console import RunConsole
 from .data import (
@@ -60,6 +60,8 @@ def start_run(config: Config) -> Run:
         tmp.write_text(dump_yaml(config))
         os.replace(tmp, run_dir / "config.yaml")
     parallel.barrier()
+    # from here on vLLM's, Megatron's and transformers' logs go to run.dir (logging.third_party); train() ends it
+    third_party_logs.route(config.logging.third_party, run_dir / third_party_logs.THIRD_PARTY_LOG, rank=layout.rank)
     console = RunConsole(total_steps=config.train.steps, enabled=layout.is_rank0)
     wandb = {"project": config.logging.wandb_project, "dir": str(run_dir)} if config.logging.wandb_project else None
     logger = MetricsLogger(run_dir, tensorboard=config.logging.tensorboard, wandb=wandb)

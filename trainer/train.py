@@ -233,30 +233,36 @@ class TrainOutcome:
 
 
 def train(config: Config, on_stage: StageHook = no_stage_hook) -> TrainOutcome:
-    t = build_trainer(config, on_stage)
-    cfg, console, logger = t.config, t.run.console, t.run.logger
-    history = []
-    start = 0
+    from . import third_party_logs
+
     try:
-        start = resume(t)
-        if start >= cfg.train.steps:
-            console.print(f"the run is already complete (step {start} of train.steps={cfg.train.steps}); "
-                          f"raise train.steps to continue it")
-        for step in range(start + 1, cfg.train.steps + 1):
-            metrics = prime_step(t, step)
-            if not metrics:
-                console.print(f"step {step}: the prompt data ran out (epoch ended); stopping")
-                break
-            metrics.update(validation_stage(t.engine, t.tokenizer, cfg, step))
-            logger.log(step, metrics)
-            console.step_summary(step, metrics)
-            history.append({"step": step, **metrics})
-            if cfg.train.checkpoint_every and (step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps):
-                save_checkpoint(t, step)
+        t = build_trainer(config, on_stage)
+        cfg, console, logger = t.config, t.run.console, t.run.logger
+        history = []
+        start = 0
+        try:
+            start = resume(t)
+            if start >= cfg.train.steps:
+                console.print(f"the run is already complete (step {start} of train.steps={cfg.train.steps}); "
+                              f"raise train.steps to continue it")
+            for step in range(start + 1, cfg.train.steps + 1):
+                metrics = prime_step(t, step)
+                if not metrics:
+                    console.print(f"step {step}: the prompt data ran out (epoch ended); stopping")
+                    break
+                metrics.update(validation_stage(t.engine, t.tokenizer, cfg, step))
+                logger.log(step, metrics)
+                console.step_summary(step, metrics)
+                history.append({"step": step, **metrics})
+                if cfg.train.checkpoint_every and (step % cfg.train.checkpoint_every == 0
+                                                   or step == cfg.train.steps):
+                    save_checkpoint(t, step)
+        finally:
+            close_engine(t.engine)  # also on errors: vLLM must shut down while the process groups exist
+        finish(t, history)
+        return TrainOutcome(history, history[-1]["step"] if history else start)
     finally:
-        close_engine(t.engine)  # also on errors: vLLM must shut down while the process groups exist
-    finish(t, history)
-    return TrainOutcome(history, history[-1]["step"] if history else start)
+        third_party_logs.restore()  # start_run sent the libraries' logs to run.dir/third_party.log
 
 
 def finish(t: Trainer, history: list[dict[str, float]]) -> None:
