@@ -234,6 +234,7 @@ class TrainOutcome:
 
 def train(config: Config, on_stage: StageHook = no_stage_hook) -> TrainOutcome:
     from . import third_party_logs
+    from .interrupts import reraise_pending
 
     try:
         t = build_trainer(config, on_stage)
@@ -246,6 +247,7 @@ def train(config: Config, on_stage: StageHook = no_stage_hook) -> TrainOutcome:
                 console.print(f"the run is already complete (step {start} of train.steps={cfg.train.steps}); "
                               f"raise train.steps to continue it")
             for step in range(start + 1, cfg.train.steps + 1):
+                reraise_pending()  # a Ctrl-C that arrived while a checkpoint writer forked stops the run here
                 metrics = prime_step(t, step)
                 if not metrics:
                     console.print(f"step {step}: the prompt data ran out (epoch ended); stopping")
@@ -304,14 +306,40 @@ def main(argv: list[str], on_stage: StageHook = no_stage_hook) -> int:
     except ConfigError as error:
         print(f"primeflow train: bad config: {error}", file=sys.stderr)
         return 2
+    from .interrupts import ctrl_c_guard
+
     try:
-        outcome = train(config, on_stage)
+        with ctrl_c_guard():
+            outcome = train(config, on_stage)
     except (CheckpointError, RunDirInUse, StaleSFTModel) as error:  # one line, nothing overwritten
         print(f"primeflow train: {error}", file=sys.stderr)
         return 2
     except DataError as error:
         print(f"primeflow train: bad data: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        import errno
+
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # (a full disk during a checkpoint save is a CheckpointError, named by the checkpoint manager)
+        print(f"primeflow train: disk full: {error.filename or config.run.dir}: {error.strerror}; free space "
+              "there, or put run.dir on another disk", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        import os
+
+        # Ctrl-C: a traceback would only show where the signal landed; say what survives and how to go on
+        checkpoints = CheckpointManager(config.run.dir)
+        latest = checkpoints.latest()
+        if latest is None:
+            saved = (f"no checkpoint was saved yet (train.checkpoint_every={config.train.checkpoint_every}): "
+                     f"the next run starts at step 1")
+        else:
+            saved = f"saved: checkpoint step {latest} ({checkpoints.step_dir(latest)}); resume with --resume auto"
+        if os.environ.get("RANK", "0") == "0":  # torchrun interrupts every rank: one line, not one per rank
+            print(f"primeflow train: interrupted; {saved}", file=sys.stderr)
+        return 130
     finally:
         from .verifiers import close_verifiers
 
