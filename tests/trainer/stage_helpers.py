@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import random
 
+import pytest
+import torch
+from primeflow.models import make_tiny_checkpoint
 from primeflow.trainer import parallel
 from primeflow.trainer.batch import TrainBatch, build_train_batch
 from primeflow.trainer.config import Config
@@ -11,6 +14,25 @@ from primeflow.trainer.models_setup import build_prime_models
 
 EOS_IDS = {256, 258}
 PAD_ID = 256
+
+
+# Module fixtures shared by the stage-level tests; a module uses them by binding the same names
+# (`_one_thread = helpers._one_thread`, `ckpt = helpers.ckpt`).
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny GEMMs: on a shared 2-core host, torch's second intra-op thread makes these modules ~15x slower
+    (measured 1.5 s vs 22 s per reference step while another job was running), so run them single-threaded."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A tiny HF checkpoint (seed 3) in a 1-process world."""
+    init_world()
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), seed=3)
 
 
 def init_world() -> None:

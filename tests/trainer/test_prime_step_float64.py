@@ -31,7 +31,6 @@ import primeflow.trainer.stages.prm as prm_mod
 import primeflow.trainer.stages.prm_head as prm_head_mod
 import pytest
 import torch
-from primeflow.models import make_tiny_checkpoint
 from primeflow.trainer.config import Config
 from primeflow.trainer.data import BOUND_TOL, PromptLoader, PromptRecord, group_means
 from primeflow.trainer.data.assembly import GroupResults
@@ -51,20 +50,8 @@ helpers = _load("stage_helpers")
 step64 = _load("prime_step64")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny GEMMs: on a shared 2-core host, torch's second intra-op thread makes this module ~15x slower
-    (measured 1.5 s vs 22 s per reference step while another job was running), so run it single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    helpers.init_world()
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), seed=3)
+_one_thread = helpers._one_thread  # module fixtures (stage_helpers.py)
+ckpt = helpers.ckpt
 
 
 def step_config(mode: str) -> Config:

@@ -39,7 +39,7 @@ from pathlib import Path
 import primeflow.trainer.stages.prm_head as prm_head
 import pytest
 import torch
-from primeflow.models import hf_state_dict, make_tiny_checkpoint
+from primeflow.models import hf_state_dict
 from primeflow.models.hidden import final_hidden_states, output_weight
 from primeflow.models.logprobs import pack_rows
 from primeflow.trainer.config import Config
@@ -57,19 +57,8 @@ GRAD_REL = 1e-5
 MICRO_TOKENS = 80  # several micro-batches per PRM mini-batch
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny GEMMs on a shared 2-core host: a second intra-op thread only slows them down."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    helpers.init_world()
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), seed=3)
+_one_thread = helpers._one_thread  # module fixtures (stage_helpers.py)
+ckpt = helpers.ckpt
 
 
 def _config(update: str, granularity: str, fused: bool) -> Config:

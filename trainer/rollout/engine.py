@@ -209,6 +209,7 @@ class RolloutEngine:
             model=str(self.model_path), tensor_parallel_size=tp_size, dtype=dtype, max_model_len=max_model_len,
             seed=seed, enforce_eager=(not self.on_gpu) if enforce_eager is None else enforce_eager,
             enable_prefix_caching=True, logprobs_mode="processed_logprobs",
+            use_tqdm_on_load=False,  # its weight-loading bar bypasses logging; the trainer reports start-up itself
         )
         if self.distributed:
             # vLLM's external launcher reads these (init_distributed sets them; a hand-made world may not).

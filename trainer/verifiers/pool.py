@@ -20,6 +20,7 @@ import multiprocessing.connection
 import multiprocessing.spawn
 import os
 import resource
+import signal
 import threading
 import time
 from collections import deque
@@ -51,6 +52,9 @@ def _resolve(func_path: str) -> Callable[..., Any]:
 
 def _worker_main(conn: multiprocessing.connection.Connection, func_path: str, mem_limit_bytes: int | None) -> None:
     """Worker loop: receive (task_id, args), reply (task_id, ok, result)."""
+    # A Ctrl-C in the terminal reaches the whole process group; the trainer handles it and closes the pool,
+    # so a worker that also raised KeyboardInterrupt would only print its own traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if mem_limit_bytes:
         # A runaway expression (9^9^9^9) then raises MemoryError instead of swapping the machine to death.
         resource.setrlimit(resource.RLIMIT_AS, (mem_limit_bytes, mem_limit_bytes))
