@@ -89,3 +89,25 @@ def test_the_built_in_task_is_selectable():
     assert load_config().data.task == "arithmetic"
     with pytest.raises(ConfigError, match=r"data\.task: 'sorting' is not allowed.*'arithmetic', 'chain'"):
         load_config(None, ["data.task=sorting"])
+
+
+def test_chain_preset_is_the_default_plus_the_chain_task_and_the_swept_prm_settings():
+    """configs/tiny_cpu_chain.yaml differs from the embedded default only where its header says, and its PRM
+    learning rate and beta are the sweep's only run in bench/results whose PRM learned (last-window prm_loss
+    below ln 2 and prm_acc up), so editing either without the other fails here."""
+    import json
+    import math
+
+    chain, default = to_dict(load_config(CONFIGS / "tiny_cpu_chain.yaml")), to_dict(load_config())
+    changed = {(section, key) for section in default for key in default[section]
+               if chain[section][key] != default[section][key]}
+    assert changed == {("run", "dir"), ("data", "task"), ("data", "chain"), ("rollout", "max_tokens"),
+                       ("prm", "optim")}, changed
+    assert {k: v for k, v in chain["prm"]["optim"].items() if k != "lr"} == {
+        k: v for k, v in default["prm"]["optim"].items() if k != "lr"}
+    sweep = json.loads((CONFIGS.parent / "bench" / "results" / "prm_sweep_cpu_tiny_chain.json").read_text())
+    learned = [dict(o.split("=") for o in r["overrides"]) for r in sweep["runs"]
+               if r["summary"]["prm_loss/last"] < math.log(2)
+               and r["summary"]["prm_acc/last"] > r["summary"]["prm_acc/first"]]
+    assert [(float(r["prm.optim.lr"]), float(r["prime.beta"])) for r in learned] == [
+        (chain["prm"]["optim"]["lr"], chain["prime"]["beta"])], learned
