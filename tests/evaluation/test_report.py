@@ -102,7 +102,8 @@ def test_metrics_table_and_json(data_dir, tmp_path):
 
     out = tmp_path / "out"
     paths = write_outputs(out, models, list(PATTERNS), SETTINGS)
-    assert (out / "results.md").read_text() == table
+    md = (out / "results.md").read_text()
+    assert md.startswith(table + "\n") and "- system prompt: prime" in md  # then the settings that change scores
     summary = json.loads(paths["summary"].read_text())
     assert summary["metric"] == "avg@4" and summary["benchmarks"] == ["aime24", "amc23"]
     assert summary["models"][0]["avg"]["avg@4"] == pytest.approx(19 / 48, rel=1e-12)

@@ -30,6 +30,8 @@ class ModelResult:
     path: str | None
     step: int | None
     results: list[BenchmarkResult] = field(default_factory=list)
+    context_length: int | None = None  # None: no model (oracle backends)
+    long_prompts: dict[str, list[str]] = field(default_factory=dict)  # benchmark -> ids over the context
 
     def metric(self, benchmark: str, name: str) -> float:
         for r in self.results:
@@ -39,6 +41,15 @@ class ModelResult:
 
     def average(self, name: str) -> float:
         return mean_over_benchmarks([r.metrics[name] for r in self.results])
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """The settings besides sampling that change scores, recorded with them (results.md and JSON)."""
+
+    system_prompt: str = "prime"
+    long_prompts: str = "skip"  # the --long-prompts policy
+    max_tokens_rule: str = "--max-tokens"  # where max_tokens came from
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -96,6 +107,39 @@ def markdown_table(models: Sequence[ModelResult], benchmarks: Sequence[str], set
     return "\n".join(lines) + "\n"
 
 
+def _long_prompt_counts(m: ModelResult, benchmarks: Sequence[str]) -> str:
+    counts = [f"{BENCHMARKS[b].title} {len(m.long_prompts[b])}" for b in benchmarks if m.long_prompts.get(b)]
+    return ", ".join(counts) or "none"
+
+
+def settings_section(
+    models: Sequence[ModelResult], benchmarks: Sequence[str], settings: SamplingSettings, info: RunInfo
+) -> str:
+    """What results.md records under the table: every setting that changes the scores."""
+    skip_note = " (not generated, not scored: averages are over the rest)" if info.long_prompts == "skip" else ""
+    lines = [
+        "Settings that change the scores:",
+        "",
+        f"- system prompt: {info.system_prompt}",
+        f"- sampling: samples {settings.samples}, temperature {settings.temperature:g}, top_p {settings.top_p:g}, "
+        f"seed {settings.seed}",
+        f"- max_tokens {settings.max_tokens} ({info.max_tokens_rule})",
+        f"- prompts longer than context - max_tokens: {info.long_prompts}{skip_note}",
+    ]
+    for m in models:
+        context = "-" if m.context_length is None else str(m.context_length)
+        lines.append(f"- {m.label}: context {context}, long prompts ({info.long_prompts}): "
+                     f"{_long_prompt_counts(m, benchmarks)}")
+    return "\n".join(lines) + "\n"
+
+
+def results_markdown(
+    models: Sequence[ModelResult], benchmarks: Sequence[str], settings: SamplingSettings, info: RunInfo
+) -> str:
+    """results.md: the table, then the settings section."""
+    return markdown_table(models, benchmarks, settings) + "\n" + settings_section(models, benchmarks, settings, info)
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
 
@@ -121,16 +165,23 @@ def check_writable(out_dir: str | Path) -> Path:
     return out
 
 
+def _long_prompt_record(m: ModelResult, benchmark: str, info: RunInfo) -> dict[str, Any]:
+    ids = m.long_prompts.get(benchmark, [])
+    return {"policy": info.long_prompts, "count": len(ids), "ids": ids}
+
+
 def write_outputs(
     out_dir: str | Path,
     models: Sequence[ModelResult],
     benchmarks: Sequence[str],
     settings: SamplingSettings,
     extra: dict[str, Any] | None = None,
+    info: RunInfo | None = None,
 ) -> dict[str, Path]:
     """Write ``results.md``, ``results.json`` and ``<model>/<benchmark>.json``; return their paths."""
     out = Path(out_dir)
-    table = markdown_table(models, benchmarks, settings)
+    info = info or RunInfo()
+    table = results_markdown(models, benchmarks, settings, info)
     paths = {"table": out / "results.md", "summary": out / "results.json"}
     atomic_write_text(paths["table"], table)
     used: set[str] = set()
@@ -146,7 +197,16 @@ def write_outputs(
             p = out / key / f"{r.benchmark}.json"
             atomic_write_json(
                 p,
-                {"model": m.label, "model_path": m.path, "step": m.step, "settings": settings.__dict__, **r.to_json()},
+                {
+                    "model": m.label,
+                    "model_path": m.path,
+                    "step": m.step,
+                    "settings": settings.__dict__,
+                    "system_prompt": info.system_prompt,
+                    "context_length": m.context_length,
+                    "long_prompts": _long_prompt_record(m, r.benchmark, info),
+                    **r.to_json(),
+                },
             )
             paths[f"{key}/{r.benchmark}"] = p
         summary_models.append(
@@ -155,6 +215,10 @@ def write_outputs(
                 "path": m.path,
                 "step": m.step,
                 "problems_dir": key,
+                "context_length": m.context_length,
+                "long_prompts": {
+                    b: {"count": len(ids), "ids": ids} for b, ids in m.long_prompts.items() if b in benchmarks
+                },
                 "metrics": {r.benchmark: r.metrics for r in m.results},
                 "avg": {settings.metric: m.average(settings.metric)},
                 "seconds": {r.benchmark: r.seconds for r in m.results},
@@ -164,6 +228,9 @@ def write_outputs(
         paths["summary"],
         {
             "settings": settings.__dict__,
+            "system_prompt": info.system_prompt,
+            "long_prompts": info.long_prompts,
+            "max_tokens_rule": info.max_tokens_rule,
             "metric": settings.metric,
             "benchmarks": list(benchmarks),
             "models": summary_models,

@@ -65,7 +65,8 @@ class VLLMBackend(RolloutEngineBackend):
 
     ``dtype``: "auto" (the checkpoint's), "float32", "bfloat16" or "float16". ``max_model_len``: prompt +
     response budget (default: the checkpoint's ``max_position_embeddings``); a prompt that leaves no room for
-    ``max_tokens`` raises naming the prompt (RolloutEngine's check), never a silent truncation.
+    ``max_tokens`` raises naming the prompt (RolloutEngine's check) unless ``truncate_prompts`` (then its
+    beginning is dropped; ``primeflow eval --long-prompts truncate``, which counts them beforehand).
     ``tp_size > 1`` needs torch.distributed initialized (torchrun; see cli.py).
     """
 
@@ -79,6 +80,7 @@ class VLLMBackend(RolloutEngineBackend):
         seed: int = 0,
         gpu_memory_utilization: float = 0.9,
         kv_cache_gib: float = 1.0,
+        truncate_prompts: bool = False,
     ) -> None:
         from ..rollout import RolloutEngine
 
@@ -92,6 +94,7 @@ class VLLMBackend(RolloutEngineBackend):
             seed=seed,
             gpu_memory_utilization=gpu_memory_utilization,
             kv_cache_gib=kv_cache_gib,
+            truncate_prompts=truncate_prompts,
         )
         super().__init__(engine)
 
