@@ -16,8 +16,10 @@ tokenizes every prompt with each model's tokenizer first and decides here:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .benchmarks import EvalRecord
@@ -42,6 +44,11 @@ class ModelFit:
         return max((n for lengths in self.prompt_tokens.values() for n in lengths), default=0)
 
 
+def _rope_scaled(model_dir: Any) -> bool:
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    return bool(cfg.get("rope_scaling") or (cfg.get("rope_parameters") or {}).get("factor"))
+
+
 def context_length(model_dir: Any, max_model_len: int | None) -> int:
     """``--max-model-len`` if given (checked against the checkpoint), else the checkpoint's context."""
     try:
@@ -54,7 +61,8 @@ def context_length(model_dir: Any, max_model_len: int | None) -> int:
         return native
     if max_model_len < 2:
         raise ValueError(f"--max-model-len {max_model_len}: must be at least 2")
-    if native is not None and max_model_len > native:
+    # With rope_scaling vLLM allows more than max_position_embeddings (and checks it itself at start-up).
+    if native is not None and max_model_len > native and not _rope_scaled(model_dir):
         raise ValueError(f"--max-model-len {max_model_len} is more than the context length {native} of "
                          f"{model_dir} (max_position_embeddings); pass at most {native} or leave it out")
     return max_model_len
