@@ -102,8 +102,3 @@ def seed(request) -> int:
 @pytest.fixture
 def generator(seed) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-def nan_poisoned(shape, dtype=torch.float32, device="cpu") -> torch.Tensor:
-    """An output buffer full of NaN: a kernel that forgets to write an element cannot pass a test."""
-    return torch.full(shape, float("nan"), dtype=dtype, device=device)

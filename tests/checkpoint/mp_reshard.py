@@ -13,13 +13,18 @@ optimizer) at the case's layout, two AdamW steps, then
 from __future__ import annotations
 
 import argparse
-import sys
+import importlib.util
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder only (see tests/models/mp_parity.py)
-import helpers as h  # noqa: E402
-from primeflow.trainer.checkpointing import CheckpointManager  # noqa: E402
-from primeflow.trainer.parallel import init_distributed, shutdown  # noqa: E402
+from primeflow.trainer.checkpointing import CheckpointManager
+from primeflow.trainer.parallel import init_distributed, shutdown
+
+# helpers.py by path, not through sys.path: test_checkpoint_reshard.py imports this module during collection,
+# and this folder on sys.path would make a later `from conftest import ...` find tests/checkpoint/conftest.py
+_spec = importlib.util.spec_from_file_location("_primeflow_tests_checkpoint_helpers",
+                                               Path(__file__).resolve().with_name("helpers.py"))
+h = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(h)
 
 # case -> (tp, build_set options). dp = 2 / tp.
 CASES = {

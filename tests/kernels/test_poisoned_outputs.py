@@ -3,14 +3,14 @@
 `linear_logprob.cpu` and `logprob.torch_op` allocate their outputs and accumulators with torch.empty and
 rely on writing each element exactly once (dh and dW are written by the first GEMM, not zero-filled). Fresh
 memory is often zero, so a forgotten element can pass unnoticed; here every such allocation is filled with
-NaN first (conftest.nan_poisoned), and the results must equal the unpoisoned ones bitwise.
+NaN first (tests/poisoned.py), and the results must equal the unpoisoned ones bitwise.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import nan_poisoned
+from poisoned import nan_poisoned
 from primeflow.kernels.linear_logprob import cpu as linear_cpu
 from primeflow.kernels.logprob import torch_op
 
