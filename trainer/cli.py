@@ -34,7 +34,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv[:1])
     module_name = COMMANDS[args.command][0]
     try:
-        module = import_module(module_name)
+        if args.command == "train":  # its run directory's third_party.log is where import-time warnings go
+            from .third_party_logs import hold_import_warnings
+
+            with hold_import_warnings():
+                module = import_module(module_name)
+        else:
+            module = import_module(module_name)
     except ModuleNotFoundError as error:
         if error.name != module_name:
             raise

@@ -18,6 +18,11 @@ Not routed: text that C/C++ code writes to the process's stderr itself (torch's 
 NUMA binding ...`) and progress bars a library draws itself (vLLM's "Loading safetensors checkpoint shards").
 Only redirecting the file descriptors would catch those, and that would also hide tracebacks.
 
+Warnings raised while `primeflow train`'s modules import (Megatron's "Apex is not installed", ...) come before
+any run directory exists: the CLI holds them (`hold_import_warnings`) and `route` sends them on like the rest.
+A process that ends before any route (a config error, exit 2) drops them: they are notices about optional
+libraries (Apex, Transformer Engine), and printed after the one-line error they would bury it.
+
 The root logger and warnings.showwarning are process-wide, so there is one routing per process: `route`
 replaces an active one and `restore` undoes it (train() calls it when the run ends, on errors too).
 """
@@ -28,6 +33,8 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,6 +119,23 @@ class _Routing:
 
 
 _active: _Routing | None = None
+_held: list[warnings.WarningMessage] = []
+
+
+@contextmanager
+def hold_import_warnings() -> Iterator[None]:
+    """Record the warnings raised inside the block (under the filters in force: what Python would have shown)
+    instead of printing them; the next `route` passes them on (to the file, or to the console in "console"
+    mode)."""
+    with warnings.catch_warnings(record=True) as caught:
+        yield
+    _held.extend(caught)
+
+
+def _show_held(show) -> None:
+    while _held:
+        w = _held.pop(0)
+        show(w.message, w.category, w.filename, w.lineno, None, w.line)
 
 
 def route(mode: str, path: Path, *, rank: int = 0) -> None:
@@ -122,6 +146,7 @@ def route(mode: str, path: Path, *, rank: int = 0) -> None:
         raise ValueError(f"logging.third_party={mode!r} is not allowed; allowed values: {list(MODES)}")
     restore()
     if mode == "console":
+        _show_held(warnings.showwarning)
         return
     file_handler = logging.FileHandler(path, mode="a", encoding="utf-8")
     file_handler.setFormatter(logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s"))
@@ -146,6 +171,7 @@ def route(mode: str, path: Path, *, rank: int = 0) -> None:
             routing.quiet(logger)
     warnings.showwarning = routing.showwarning_to_file
     _active = routing
+    _show_held(routing.showwarning_to_file)
 
 
 def restore() -> None:
