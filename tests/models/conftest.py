@@ -56,3 +56,12 @@ def helper():
         return cache[name]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def world(helper):
+    """A 1-process world with Megatron groups at TP=PP=1 for one test module, torn down after it."""
+    dist_helper = helper("dist")
+    dist_helper.init_parallel(tp=1, pp=1)
+    yield
+    dist_helper.shutdown()

@@ -23,14 +23,6 @@ VARIANTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def world(helper):
-    dist_helper = helper("dist")
-    dist_helper.init_parallel(tp=1, pp=1)
-    yield
-    dist_helper.shutdown()
-
-
 @pytest.fixture(scope="module", params=list(VARIANTS))
 def loaded(request, world, helper, tmp_path_factory):
     ckpt = make_tiny_checkpoint(tmp_path_factory.mktemp(request.param), **VARIANTS[request.param])

@@ -11,14 +11,6 @@ from primeflow.models import ModelConfig, build_model, load_hf_checkpoint, make_
 from safetensors.torch import load_file, save_file
 
 
-@pytest.fixture(scope="module")
-def world(helper):
-    dist_helper = helper("dist")
-    dist_helper.init_parallel(tp=1, pp=1)
-    yield
-    dist_helper.shutdown()
-
-
 def _rewrite(ckpt, edit) -> None:
     tensors = load_file(str(ckpt / "model.safetensors"))
     edit(tensors)

@@ -29,14 +29,6 @@ def ckpt(request, tmp_path_factory):
                                 num_attention_heads=8, num_key_value_heads=4, **VARIANTS[request.param])
 
 
-@pytest.fixture(scope="module")
-def world(helper):
-    dist_helper = helper("dist")
-    dist_helper.init_parallel(tp=1, pp=1)
-    yield
-    dist_helper.shutdown()
-
-
 def _stages(cfg: ModelConfig, sizes: list[int]):
     """The table of each pipeline stage when the layers are split into consecutive runs of `sizes`."""
     starts = [sum(sizes[:s]) for s in range(len(sizes))]
