@@ -206,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     ap.add_argument("--size", default="60M", help="bench.bench_refit.SIZES: tiny, 60M, 0.5B, 7B")
     ap.add_argument("--skip-kernels", action="store_true")
+    ap.add_argument("--skip-trainer", action="store_true", help="kernel checks only (make validate-kernels)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"environment": environment(), "device": str(device)}
     if device.type == "cuda":
         report["gpu"] = torch.cuda.get_device_name()
-    sections = [("trainer", lambda: trainer_step(device, args.size, args.out.parent))]
+    sections = [] if args.skip_trainer else [("trainer", lambda: trainer_step(device, args.size, args.out.parent))]
     if not args.skip_kernels:
         sections.insert(0, ("kernels", lambda: kernel_checks(device)))
     for name, fn in sections:
