@@ -28,6 +28,7 @@ MAX_TOKENS = 8
 LIMIT = 10
 GREEDY_CHECKS = 4  # problems decoded again with transformers (its CPU generate is the slow part)
 VAL_LIMIT = 3  # problems in the periodic-validation phase
+SHORT_CONTEXT, FIT_LIMIT = 256, 3  # the context-fitting case: a short-context model, a few problems
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,12 @@ def evaluated(tmp_path_factory):
         "--dtype",
         "float32",
     ]
-    request = {"eval_argv": argv, "model": str(latest), "data_dir": str(data_dir), "limit": VAL_LIMIT}
+    # issue 19: a 256-token context, default --max-tokens, prompts (PRIME system prompt) longer than fit
+    short_ctx = make_tiny_checkpoint(root / "short_ctx", seed=6, max_position_embeddings=SHORT_CONTEXT)
+    fit_argv = ["--model", str(short_ctx), "--benchmarks", "amc23", "--limit", str(FIT_LIMIT), "--long-prompts",
+                "truncate", "--data-dir", str(data_dir), "--out", str(root / "fit_out"), "--dtype", "float32"]
+    request = {"eval_argv": argv, "model": str(latest), "data_dir": str(data_dir), "limit": VAL_LIMIT,
+               "fit_argv": fit_argv}
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).with_name("vllm_child.py"))],
@@ -81,6 +87,7 @@ def evaluated(tmp_path_factory):
         "models": {"myrun": latest, "sft": other},
         "data_dir": data_dir,
         "child": child,
+        "fit_out": root / "fit_out",
     }
 
 
@@ -156,3 +163,18 @@ def test_run_validation_on_a_rollout_engine(evaluated):
     assert same_a != other  # a different seed samples differently (random weights, temperature 1, 8 tokens)
     # the 4 samples of a problem are not copies of one sample (each row has its own seed)
     assert all(len(set(c)) > 1 for c in same_a)
+
+
+def test_default_max_tokens_and_truncation_on_a_real_engine(evaluated):
+    """The old default (--max-tokens 4096) failed on a short-context model once vLLM was up; now the budget is
+    fitted (half the context here: every prompt is longer than the rest) and vLLM truncates the prompts."""
+    assert evaluated["child"]["fit_rc"] == 0
+    summary = json.loads((evaluated["fit_out"] / "results.json").read_text())
+    assert summary["settings"]["max_tokens"] == SHORT_CONTEXT // 2
+    assert summary["long_prompts"] == "truncate"
+    (row,) = summary["models"]
+    assert row["context_length"] == SHORT_CONTEXT
+    assert row["long_prompts"]["amc23"]["count"] == FIT_LIMIT  # the PRIME system prompt alone is > 128 tokens
+    assert row["metrics"]["amc23"]["n_problems"] == FIT_LIMIT
+    md = (evaluated["fit_out"] / "results.md").read_text()
+    assert f"context {SHORT_CONTEXT}, long prompts (truncate): AMC {FIT_LIMIT}" in md, md

@@ -5,8 +5,10 @@
 2. Periodic validation as the trainer runs it: ``run_validation`` over a ``RolloutEngineBackend`` wrapping a
    RolloutEngine, sampled (temperature 1), twice with the same seed and once with another.
 
-Input: JSON on stdin ``{"eval_argv": [...], "model": DIR, "data_dir": DIR, "limit": N}``; the last stdout
-line is JSON with the exit code, the validation metrics and the completions.
+Optionally ``fit_argv``: a second ``primeflow eval`` (its exit code is ``fit_rc``).
+
+Input: JSON on stdin ``{"eval_argv": [...], "model": DIR, "data_dir": DIR, "limit": N[, "fit_argv": [...]]}``;
+the last stdout line is JSON with the exit codes, the validation metrics and the completions.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def _main() -> None:
 
     req = json.loads(sys.stdin.read())
     rc = main(req["eval_argv"])
+    fit_rc = main(req["fit_argv"]) if "fit_argv" in req else None  # a second engine: a short-context model
 
     engine = RolloutEngine(req["model"], dtype="float32", max_model_len=1024, seed=0)
     backend = RolloutEngineBackend(engine)
@@ -44,7 +47,7 @@ def _main() -> None:
     for seed in (3, 3, 4):
         res = evaluate_records(backend, "amc23", records, render, SamplingSettings(4, 1.0, 1.0, 8, seed))
         runs.append([p["completions"] for p in res.problems])
-    print(json.dumps({"rc": rc, "metrics": metrics, "runs": runs}))
+    print(json.dumps({"rc": rc, "fit_rc": fit_rc, "metrics": metrics, "runs": runs}))
 
 
 if __name__ == "__main__":
