@@ -41,7 +41,7 @@ class ModelConfig:
     rope_theta: float
     rope_scaling_factor: float | None  # llama3-style scaling factor, None when the model has none
     tie_word_embeddings: bool
-    qkv_bias: bool                    # Qwen2: True (always); Llama: attention_bias
+    qkv_bias: bool                    # Qwen2: True (always); Llama: False (attention_bias=True is refused)
     params_dtype: str = "float32"     # storage dtype of the HF weights ("float32" | "bfloat16" | "float16")
 
     @classmethod
@@ -69,12 +69,16 @@ class ModelConfig:
             raise ValueError("use_sliding_window=True is not supported (full attention only)")
         if family == "llama" and hf.get("mlp_bias", False):
             raise ValueError("mlp_bias=True is not supported (Llama 3 / Qwen2 have no MLP biases)")
+        if family == "llama" and hf.get("attention_bias", False):
+            # refused here, not at load time: HF's Llama then also has an o_proj bias, which these layers lack
+            raise ValueError("attention_bias=True is not supported for Llama (it adds an o_proj bias; Llama 3 "
+                             "has no attention biases)")
 
         heads = int(hf["num_attention_heads"])
         hidden = int(hf["hidden_size"])
         head_dim = int(hf.get("head_dim") or hidden // heads)
         rope_theta, scaling = _rope(hf)
-        qkv_bias = True if family == "qwen2" else bool(hf.get("attention_bias", False))
+        qkv_bias = family == "qwen2"  # Qwen2 always biases q/k/v; a Llama with biases is refused above
         dtype = str(hf.get("torch_dtype") or hf.get("dtype") or "float32")
         return cls(
             architecture=family,

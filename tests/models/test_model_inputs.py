@@ -80,6 +80,8 @@ def test_real_world_config_layouts():
                               "original_max_position_embeddings": 8192, "rope_type": "llama3"}}
     c = ModelConfig.from_hf_dict(llama)
     assert (c.architecture, c.qkv_bias, c.rope_scaling_factor, c.tie_word_embeddings) == ("llama", False, 8.0, False)
+    with pytest.raises(ValueError, match="attention_bias=True is not supported for Llama"):
+        ModelConfig.from_hf_dict({**llama, "attention_bias": True})
     with pytest.raises(ValueError, match="high_freq_factor"):
         ModelConfig.from_hf_dict({**llama, "rope_scaling": {**llama["rope_scaling"], "high_freq_factor": 2.0}})
     with pytest.raises(ValueError, match="rope scaling type 'yarn'"):
