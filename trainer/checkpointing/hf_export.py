@@ -18,7 +18,10 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from .manager import CheckpointError, CheckpointManager, _agreed, _broadcast, current_layout, read_manifest
+from .errors import CheckpointError
+from .manager import CheckpointManager
+from .manifest import read_manifest
+from .ranks import agreed, broadcast, current_layout
 
 DEFAULT_MODELS = ("policy", "prm")
 
@@ -83,7 +86,7 @@ def export_hf(run_dir: str | os.PathLike, step: int | str | None = None, out: st
             side = path / "hf" / name
             model.hf_source_path = side if side.is_dir() else None
             # Written next to the target, then renamed: an interrupted export leaves no half checkpoint.
-            tmp_name = _broadcast(f".tmp-{name}-{secrets.token_hex(4)}" if lay.is_rank0 else None)
+            tmp_name = broadcast(f".tmp-{name}-{secrets.token_hex(4)}" if lay.is_rank0 else None)
             tmp = out_dir / tmp_name
             export_hf_checkpoint(model, tmp)
 
@@ -93,7 +96,7 @@ def export_hf(run_dir: str | os.PathLike, step: int | str | None = None, out: st
                         shutil.rmtree(target)
                     os.rename(tmp, target)
 
-            _agreed(f"exporting {name} to {target}", publish)
+            agreed(f"exporting {name} to {target}", publish)
             result[name] = target
         return result
     finally:

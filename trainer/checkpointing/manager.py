@@ -33,7 +33,6 @@ leaving the other ranks waiting in a collective.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import logging
 import os
@@ -48,13 +47,17 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..parallel import ParallelLayout
 from . import rng as rng_state
 from . import sharded
+from .errors import CheckpointDiskFull, CheckpointError
 from .files import fsync_dir, sha256_file, write_bytes, write_json, write_torch
+from .layout import Parts, check_layout, layout_change, layout_dict, rank_id, shard_id, split_parts
+from .manifest import FORMAT, MANIFEST, read_manifest, verify_file
+from .ranks import agreed, all_gather, broadcast, current_layout, is_multi
 
-FORMAT = "primeflow-checkpoint/2"
-MANIFEST = "manifest.json"
+__all__ = ["CheckpointDiskFull", "CheckpointError", "CheckpointManager", "current_layout", "layout_change",
+           "read_manifest"]
+
 HF_SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                  "special_tokens_map.json", "chat_template.jinja", "vocab.json", "merges.txt")
 VERIFY_MODES = ("sha256", "size")
@@ -63,102 +66,11 @@ _NAME = re.compile(r"^[A-Za-z0-9_]+$")
 _log = logging.getLogger(__name__)
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be written or used; the message names the file / step / setting at fault."""
-
-
-class CheckpointDiskFull(CheckpointError):
-    """A checkpoint write ran out of disk space (ENOSPC / EDQUOT on some rank)."""
-
-
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
-def _disk_full(exc: BaseException | None) -> bool:
-    """Whether `exc`, or an exception it was raised from or while handling, is a full disk. torch.save reports
-    one as `RuntimeError: unexpected pos N vs M`, with the OSError only as its __context__."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
-            return True
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
 SaveEvent = Callable[[str, Path], None]
 
 
 def _no_event(event: str, path: Path) -> None:
     """The default `on_event` of CheckpointManager: nothing happens at a save's durable points."""
-
-
-# ---- ranks and collectives ------------------------------------------------------------------------------
-
-def current_layout() -> ParallelLayout:
-    """The run's layout from trainer.parallel; a 1-rank layout when torch.distributed is not started."""
-    if not dist.is_initialized():
-        return ParallelLayout(world_size=1, rank=0, tp=1, pp=1, dp=1, tp_rank=0, pp_rank=0, dp_rank=0)
-    from megatron.core import parallel_state
-
-    if parallel_state.model_parallel_is_initialized():
-        from ..parallel import layout
-
-        return layout()
-    world, rank = dist.get_world_size(), dist.get_rank()  # a world without model parallelism: pure DP
-    return ParallelLayout(world_size=world, rank=rank, tp=1, pp=1, dp=world, tp_rank=0, pp_rank=0, dp_rank=rank)
-
-
-def _multi() -> bool:
-    return dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _all_gather(obj: Any) -> list[Any]:
-    if not _multi():
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _broadcast(obj: Any) -> Any:
-    if not _multi():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _agreed(what: str, fn: Callable[[], Any]) -> Any:
-    """Run `fn` on every rank; if it failed anywhere, raise CheckpointError on every rank with all messages
-    (a rank failing alone would otherwise leave the others waiting in the next collective)."""
-    try:
-        result, error = fn(), None
-    except Exception as exc:  # noqa: BLE001 - reported to every rank below
-        full = _disk_full(exc)
-        if not _multi():
-            if isinstance(exc, CheckpointError) and (not full or isinstance(exc, CheckpointDiskFull)):
-                raise
-            raise (CheckpointDiskFull if full else CheckpointError)(f"{what}: {type(exc).__name__}: {exc}") from exc
-        text = str(exc) if isinstance(exc, CheckpointError) else f"{type(exc).__name__}: {exc}"
-        result, error = None, (text, full)
-    errors = [(r, e) for r, e in enumerate(_all_gather(error)) if e is not None]
-    if errors:
-        kind = CheckpointDiskFull if any(full for _, (_, full) in errors) else CheckpointError
-        raise kind(f"{what}: " + "; ".join(f"[rank {r}] {text}" for r, (text, _) in errors))
-    return result
-
-
-def _shard_id(lay: ParallelLayout) -> str:
-    return f"tp{lay.tp_rank:02d}-pp{lay.pp_rank:02d}"
-
-
-def _rank_id(lay: ParallelLayout) -> str:
-    return f"rank{lay.rank:05d}-{_shard_id(lay)}-dp{lay.dp_rank:03d}"
-
-
-def _layout_dict(lay: ParallelLayout) -> dict[str, int]:
-    return {"world_size": lay.world_size, "tp": lay.tp, "pp": lay.pp, "dp": lay.dp}
 
 
 def _check_names(kind: str, named: Mapping[str, Any]) -> None:
@@ -182,68 +94,6 @@ def _model_meta(model: torch.nn.Module) -> dict[str, Any]:
     }
 
 
-@dataclasses.dataclass(frozen=True)
-class _Parts:
-    """How each named part is saved: Megatron models (with their megatron-core optimizer, when they have
-    one) through dist_checkpointing, plain torch modules and optimizers as torch.save shards."""
-
-    sharded_models: tuple[str, ...]
-    plain_models: tuple[str, ...]
-    plain_optimizers: tuple[str, ...]
-    sharded_optimizers: dict[str, dict[str, Any]]  # name -> MegatronAdamW.checkpoint_layout()
-
-
-def _split_parts(models: Mapping[str, Any], optimizers: Mapping[str, Any]) -> _Parts:
-    sharded_models = tuple(n for n, m in models.items() if sharded.is_sharded_model(m))
-    sharded_optimizers, plain_optimizers = {}, []
-    for name, opt in optimizers.items():
-        if not sharded.is_sharded_optimizer(opt):
-            plain_optimizers.append(name)
-        elif name not in sharded_models:
-            raise CheckpointError(f"optimizer {name!r} is megatron-core's: it is saved with model {name!r}, "
-                                  "which must be a Megatron model (sharded_state_dict) passed under that name")
-        else:
-            sharded_optimizers[name] = opt.checkpoint_layout()
-    plain_models = tuple(n for n in models if n not in sharded_models)
-    return _Parts(sharded_models, plain_models, tuple(plain_optimizers), sharded_optimizers)
-
-
-def _describe_layouts(saved: Mapping[str, int], lay: ParallelLayout) -> str:
-    return (f"saved with layout tp={saved.get('tp')} pp={saved.get('pp')} dp={saved.get('dp')} (world "
-            f"{saved.get('world_size')}), this run has tp={lay.tp} pp={lay.pp} dp={lay.dp} (world {lay.world_size})")
-
-
-def _check_layout(path: Path, manifest: dict[str, Any], parts: _Parts, lay: ParallelLayout, *, rng: bool) -> None:
-    """Refuse, naming the setting, a load whose parts cannot follow a change of layout."""
-    saved = manifest["layout"]
-    moved = [k for k in ("tp", "pp") if saved.get(k) != getattr(lay, k)]
-    desc = _describe_layouts(saved, lay)
-    plain = sorted({*parts.plain_models, *parts.plain_optimizers})
-    if moved and plain:
-        raise CheckpointError(
-            f"{path}: {desc}; {plain} are plain torch modules / optimizers, saved as torch.save shards of that "
-            "TP/PP layout: resharding a checkpoint is not supported for them (Megatron models and megatron-core "
-            "optimizers reshard): resume with the saved layout")
-    saved_optimizers = manifest["components"].get("sharded_optimizers", {})
-    for name, now in parts.sharded_optimizers.items():
-        before = saved_optimizers.get(name)
-        if before is None:
-            raise CheckpointError(f"{path}: optimizer {name!r} was not saved as megatron-core sharded state")
-        if before["distributed"] != now["distributed"]:
-            raise CheckpointError(
-                f"{path}: optimizer {name!r} was saved with parallel.distributed_optimizer="
-                f"{str(before['distributed']).lower()}, this run has {str(now['distributed']).lower()}: resume "
-                "with the saved value")
-        if moved and before["sharding"] == "dp_reshardable":
-            raise CheckpointError(
-                f"{path}: {desc}; the distributed optimizer state of {name!r} was saved as dp_reshardable, which "
-                f"can change DP only: resume at tp={saved.get('tp')} pp={saved.get('pp')}, or save with "
-                "parallel.optimizer_checkpoint=fully_reshardable to change TP/PP")
-    if rng and saved != _layout_dict(lay):
-        raise CheckpointError(f"{path}: {desc}; RNG states were saved per rank and cannot move to another "
-                              "layout: load with rng=False")
-
-
 def _load_sharded(source: Path, name: str, model: torch.nn.Module, optimizer: Any | None,
                   sharding: str | None) -> None:
     what = f"model {name!r}" + (" and its optimizer" if optimizer is not None else "")
@@ -251,46 +101,6 @@ def _load_sharded(source: Path, name: str, model: torch.nn.Module, optimizer: An
         sharded.load(source, model, optimizer, sharding=sharding)
     except Exception as exc:  # noqa: BLE001 - megatron-core raises several types; all mean "does not fit"
         raise CheckpointError(f"{source}: does not fit {what}: {type(exc).__name__}: {exc}") from exc
-
-
-def layout_change(path: Path) -> str | None:
-    """How checkpoint `path`'s (TP, PP, DP) layout differs from the running one ("saved with layout tp=.. pp=..
-    dp=.. (world ..), this run has ..."), or None when it was saved at this layout."""
-    saved, lay = read_manifest(path)["layout"], current_layout()
-    return None if saved == _layout_dict(lay) else _describe_layouts(saved, lay)
-
-
-def read_manifest(path: Path) -> dict[str, Any]:
-    """The manifest of the checkpoint directory `path` (CheckpointError naming the file if absent/corrupt)."""
-    file = Path(path) / MANIFEST
-    if not file.is_file():
-        raise CheckpointError(f"{file}: missing (not a complete primeflow checkpoint directory)")
-    try:
-        manifest = json.loads(file.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{file}: corrupted manifest ({exc})") from exc
-    required = ("format", "step", "layout", "components", "models", "files")
-    if not isinstance(manifest, dict) or any(k not in manifest for k in required):
-        raise CheckpointError(f"{file}: corrupted manifest (needs keys {list(required)})")
-    if manifest["format"] != FORMAT:
-        raise CheckpointError(f"{file}: format {manifest['format']!r} is not {FORMAT!r}")
-    return manifest
-
-
-def _verify_file(ckpt: Path, name: str, manifest: dict[str, Any], mode: str) -> Path:
-    entry = manifest["files"].get(name)
-    file = ckpt / name
-    if entry is None:
-        raise CheckpointError(f"{file}: not listed in {ckpt / MANIFEST} (saved with a different layout or "
-                              "component set?)")
-    if not file.is_file():
-        raise CheckpointError(f"{file}: missing checkpoint file")
-    size = file.stat().st_size
-    if size != entry["size"]:
-        raise CheckpointError(f"{file}: size {size} bytes, manifest says {entry['size']} (truncated or altered)")
-    if mode == "sha256" and sha256_file(file) != entry["sha256"]:
-        raise CheckpointError(f"{file}: sha256 differs from the manifest (corrupted)")
-    return file
 
 
 def _torch_load(file: Path) -> Any:
@@ -450,13 +260,13 @@ class CheckpointManager:
                 raise TypeError(f"trainer_state must be JSON-serializable: {exc}") from exc
 
         # Collective even though it is local: a rank whose state fails must not leave the others waiting.
-        state_bytes = _agreed(f"checkpoint step {step}", encode_state)
+        state_bytes = agreed(f"checkpoint step {step}", encode_state)
 
-        tmp_name = _agreed(f"checkpoint step {step}: preparing {self.dir}",
+        tmp_name = agreed(f"checkpoint step {step}: preparing {self.dir}",
                            lambda: str(self._prepare(step)) if lay.is_rank0 else None)
-        tmp = Path(_broadcast(tmp_name))
+        tmp = Path(broadcast(tmp_name))
 
-        split = _agreed(f"checkpoint step {step}", lambda: _split_parts(models, optimizers))
+        split = agreed(f"checkpoint step {step}", lambda: split_parts(models, optimizers))
 
         def write_rank_files() -> dict[str, Any]:
             if not tmp.is_dir():
@@ -468,13 +278,13 @@ class CheckpointManager:
                 self._on_event("file", tmp / name)
 
             if lay.dp_rank == 0:
-                shard = _shard_id(lay)
+                shard = shard_id(lay)
                 for kind, names, objects in (("model", split.plain_models, models),
                                              ("optim", split.plain_optimizers, optimizers)):
                     for name in names:
                         file = f"{kind}.{name}.{shard}.pt"
                         put(file, write_torch(objects[name].state_dict(), tmp / file))
-            rid = _rank_id(lay)
+            rid = rank_id(lay)
             put(f"trainer_state.{rid}.json", write_bytes(state_bytes, tmp / f"trainer_state.{rid}.json"))
             if rng:
                 put(f"rng.{rid}.pt", write_torch(rng_state.capture(dict(generators or {})), tmp / f"rng.{rid}.pt"))
@@ -486,10 +296,10 @@ class CheckpointManager:
                         put(rel, entry)
             return files
 
-        per_rank = _agreed(f"checkpoint step {step}: writing into {tmp}", write_rank_files)
+        per_rank = agreed(f"checkpoint step {step}: writing into {tmp}", write_rank_files)
         for name in split.sharded_models:  # collective: every rank writes its part of each model
             target = tmp / sharded.DIST_DIR / name
-            _agreed(f"checkpoint step {step}: writing {target}",
+            agreed(f"checkpoint step {step}: writing {target}",
                     lambda target=target, name=name: sharded.save(
                         target, models[name], optimizers[name] if name in split.sharded_optimizers else None))
 
@@ -503,8 +313,8 @@ class CheckpointManager:
                     self._on_event("file", f)
             return files
 
-        per_rank.update(_agreed(f"checkpoint step {step}: hashing {tmp / sharded.DIST_DIR}", hash_dist_files))
-        per_rank = _all_gather(per_rank)
+        per_rank.update(agreed(f"checkpoint step {step}: hashing {tmp / sharded.DIST_DIR}", hash_dist_files))
+        per_rank = all_gather(per_rank)
         meta = {name: _model_meta(m) for name, m in models.items()}
 
         def finalize() -> str | None:
@@ -514,7 +324,7 @@ class CheckpointManager:
             for rank_files in per_rank:
                 files.update(rank_files)
             manifest = {
-                "format": FORMAT, "step": step, "created_unix": time.time(), "layout": _layout_dict(lay),
+                "format": FORMAT, "step": step, "created_unix": time.time(), "layout": layout_dict(lay),
                 "components": {"models": sorted(models), "optimizers": sorted(optimizers),
                                "schedulers": sorted(schedulers), "rng": bool(rng),
                                "generators": sorted(generators or {}),
@@ -537,10 +347,10 @@ class CheckpointManager:
                 shutil.rmtree(trash, ignore_errors=True)
             return str(final)
 
-        final = Path(_broadcast(_agreed(f"checkpoint step {step}: finalizing {tmp}", finalize)))
+        final = Path(broadcast(agreed(f"checkpoint step {step}: finalizing {tmp}", finalize)))
         if lay.is_rank0:
             self._prune(keep=step)
-        if _multi():
+        if is_multi():
             dist.barrier()
         return final
 
@@ -605,7 +415,7 @@ class CheckpointManager:
         if current_layout().is_rank0:
             for s in removed:
                 self._remove(s)
-        if _multi():
+        if is_multi():
             dist.barrier()
         return removed
 
@@ -632,10 +442,10 @@ class CheckpointManager:
         path = self.step_dir(step_or_path) if isinstance(step_or_path, int) else Path(step_or_path)
         lay = current_layout()
 
-        def check() -> tuple[dict[str, Any], _Parts]:
+        def check() -> tuple[dict[str, Any], Parts]:
             manifest = read_manifest(path)
-            parts = _split_parts(models, optimizers)
-            saved, now = manifest["layout"], _layout_dict(lay)
+            parts = split_parts(models, optimizers)
+            saved, now = manifest["layout"], layout_dict(lay)
             comp = manifest["components"]
             asked = {"models": models, "optimizers": optimizers, "schedulers": schedulers,
                      "generators": generators or {}}
@@ -645,8 +455,8 @@ class CheckpointManager:
                     raise CheckpointError(f"{path}: saved {kind} {sorted(have)}, asked to load {sorted(want)}")
             if rng and not comp.get("rng"):
                 raise CheckpointError(f"{path}: saved without RNG states (rng=False at save); load with rng=False")
-            _check_layout(path, manifest, parts, lay, rng=rng)
-            rid, shard = _rank_id(lay), _shard_id(lay)
+            check_layout(path, manifest, parts, lay, rng=rng)
+            rid, shard = rank_id(lay), shard_id(lay)
             wanted = [f"model.{n}.{shard}.pt" for n in parts.plain_models]
             wanted += [f"optim.{n}.{shard}.pt" for n in parts.plain_optimizers]
             wanted += [f"sched.{n}.pt" for n in schedulers]
@@ -656,27 +466,27 @@ class CheckpointManager:
                 wanted.append(f"rng.{rid}.pt")
             if lay.is_rank0:  # presence and size of every file, so a damaged checkpoint is named whole
                 for name in manifest["files"]:
-                    _verify_file(path, name, manifest, "size")
+                    verify_file(path, name, manifest, "size")
             for name in wanted:
-                _verify_file(path, name, manifest, verify)
+                verify_file(path, name, manifest, verify)
             if verify == "sha256":  # the dist/ files are read by whichever ranks need them: split the hashing
                 prefixes = tuple(f"{sharded.DIST_DIR}/{n}/" for n in parts.sharded_models)
                 dist_files = sorted(n for n in manifest["files"] if n.startswith(prefixes))
                 for name in dist_files[lay.rank::lay.world_size]:
-                    _verify_file(path, name, manifest, "sha256")
+                    verify_file(path, name, manifest, "sha256")
             return manifest, parts
 
-        manifest, parts = _agreed(f"loading checkpoint {path}", check)
+        manifest, parts = agreed(f"loading checkpoint {path}", check)
         saved_optimizers = manifest["components"].get("sharded_optimizers", {})
         for name in parts.sharded_models:  # collective: every rank reads the slices of its layout
             opt = optimizers.get(name) if name in parts.sharded_optimizers else None
             sharding = saved_optimizers.get(name, {}).get("sharding") if opt is not None else None
             source = path / sharded.DIST_DIR / name
-            _agreed(f"loading {source}", lambda source=source, name=name, opt=opt, sharding=sharding:
+            agreed(f"loading {source}", lambda source=source, name=name, opt=opt, sharding=sharding:
                     _load_sharded(source, name, models[name], opt, sharding))
 
         def restore() -> dict[str, Any]:
-            shard, rid = _shard_id(lay), _rank_id(lay)
+            shard, rid = shard_id(lay), rank_id(lay)
             for name in parts.plain_models:
                 file = path / f"model.{name}.{shard}.pt"
                 try:
@@ -695,10 +505,10 @@ class CheckpointManager:
                 file = path / f"rng.{rid}.pt"
                 rng_state.restore(_torch_load(file), dict(generators or {}), source=str(file))
             state_file = path / f"trainer_state.{rid}.json"
-            if not state_file.is_file() or manifest["layout"] != _layout_dict(lay):
+            if not state_file.is_file() or manifest["layout"] != layout_dict(lay):
                 # another layout (or strict=False): rank 0's state, which the loop keeps the same on every rank
                 rank0 = [n for n, e in manifest["files"].items() if n.startswith("trainer_state.") and e["rank"] == 0]
                 state_file = path / rank0[0]
             return json.loads(state_file.read_text())
 
-        return _agreed(f"loading checkpoint {path}", restore)
+        return agreed(f"loading checkpoint {path}", restore)
