@@ -6,12 +6,32 @@ DOT_FP32 casts both operands to fp32 before an IEEE-fp32 tl.dot: needed under TR
 bf16 tl.dot returns garbage (environment.md), and the fp32-input path on GPUs (true fp32 FMAs, not TF32
 tensor cores: fp32 models are the exactness setting). On GPUs bf16/fp16 tiles go to the tensor cores with
 an fp32 accumulator.
+
+Program order: both kernels run on a 1-D grid of n_row_blocks * n_cols programs, mapped by _grouped_tile to
+(row block, vocab split / tile) in groups of GROUP_N row blocks that walk the whole vocab dimension before
+the next group starts (Triton's matmul tutorial GROUP_SIZE_M). Resident programs then share a few row
+blocks of hidden (GROUP_N * BLOCK_N * H elements, L2-sized) instead of touching all of hidden for every vocab
+tile, as the former rows-fastest 2-D grid did (kernels/traffic_model.py estimates the HBM bytes of both).
+Which program computes a (row block, split) pair changes nothing it computes: results are bitwise those of
+the rows-fastest order (tests/kernels/test_program_order.py).
 """
 
 import triton
 import triton.language as tl
 
 from .._triton_utils import store_rounded
+
+
+@triton.jit
+def _grouped_tile(pid, n_row_blocks, n_cols, GROUP_N: tl.constexpr):
+    """(row block, column) of program `pid` in grouped order: row blocks fastest inside a group of GROUP_N
+    (fewer in the last group), groups one after another. A bijection of [0, n_row_blocks * n_cols); with
+    GROUP_N >= n_row_blocks it is the rows-fastest order (pid % n_row_blocks, pid // n_row_blocks)."""
+    per_group = GROUP_N * n_cols
+    first = (pid // per_group) * GROUP_N
+    size = tl.minimum(n_row_blocks - first, GROUP_N)
+    local = pid % per_group
+    return first + local % size, local // size
 
 
 @triton.jit
@@ -40,15 +60,14 @@ def _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_hn, stride_
 def linear_stats_fwd_kernel(
     h_ptr, w_ptr, labels_ptr, m_ptr, ls_ptr, ent_ptr, zt_ptr,
     N, V, H, stride_hn, stride_wv, inv_temperature, cols_per_split,
-    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr, GROUP_N: tl.constexpr,
     WITH_ENTROPY: tl.constexpr, DOT_FP32: tl.constexpr,
 ):
-    """Grid (row blocks, vocab splits). Each program streams its split's tiles with per-row online
-    (max, sum-exp, sum e*(z-max)) and writes the split's (max, log sum-exp, entropy, z_label or 0) to
-    [split, row]; the
-    splits are merged afterwards in a fixed order (vocab_parallel.merge_pieces). No atomics anywhere."""
-    pid_n = tl.program_id(0)
-    split = tl.program_id(1)
+    """Grid (row blocks * vocab splits,) in grouped order (_grouped_tile). Each program streams its split's
+    tiles with per-row online (max, sum-exp, sum e*(z-max)) and writes the split's (max, log sum-exp,
+    entropy, z_label or 0) to [split, row]; the splits are merged afterwards in a fixed order
+    (vocab_parallel.merge_pieces). No atomics anywhere."""
+    pid_n, split = _grouped_tile(tl.program_id(0), tl.cdiv(N, BLOCK_N), tl.cdiv(V, cols_per_split), GROUP_N)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     labels = tl.load(labels_ptr + rows, mask=row_ok, other=-1)
@@ -86,15 +105,14 @@ def linear_stats_fwd_kernel(
 def linear_dz_kernel(
     h_ptr, w_ptr, labels_ptr, m_ptr, ls_ptr, ent_ptr, g_ptr, g_ent_ptr, dz_ptr,
     N, V, H, stride_hn, stride_wv, inv_temperature,
-    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr, GROUP_N: tl.constexpr,
     WITH_ENTROPY: tl.constexpr, DOT_FP32: tl.constexpr,
 ):
-    """Backward, one vocab chunk: recompute the logits tile and write
-    dz = (1/T)(g (onehot - p) - g_ent p (log p + H)) as [N, V] in dz_ptr's dtype (fp32, or bf16/fp16 for
-    tensor-core GEMMs on CUDA; V = the chunk's width; labels are chunk-local). dhidden and dweight are then
-    deterministic GEMMs of dz (cpu.linear_grad)."""
-    pid_n = tl.program_id(0)
-    pid_v = tl.program_id(1)
+    """Backward, one vocab chunk, grid (row blocks * vocab tiles,) in grouped order (_grouped_tile):
+    recompute the logits tile and write dz = (1/T)(g (onehot - p) - g_ent p (log p + H)) as [N, V] in
+    dz_ptr's dtype (fp32, or bf16/fp16 for tensor-core GEMMs on CUDA; V = the chunk's width; labels are
+    chunk-local). dhidden and dweight are then deterministic GEMMs of dz (cpu.linear_grad)."""
+    pid_n, pid_v = _grouped_tile(tl.program_id(0), tl.cdiv(N, BLOCK_N), tl.cdiv(V, BLOCK_V), GROUP_N)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
     row_ok = rows < N

@@ -1,7 +1,8 @@
-"""Static GPU check (no GPU needed): every Triton kernel compiles for sm_90 and sm_80 without spilling, the
-fused-head kernels use the tensor cores (wgmma on sm_90, mma.sync on sm_80) fed by 16-byte async copies,
-and the bandwidth-bound logits kernels issue 128-bit global loads. bf16 variants only (the production dtype)
-to keep CI time low; `python -m primeflow.kernels.static_check` prints the full table, fp32 included.
+"""Static GPU check (no GPU needed): every Triton kernel compiles for sm_90 and sm_80 without spilling and
+within each target's per-block shared memory (a kernel over it fails the check), the fused-head kernels use
+the tensor cores (wgmma on sm_90, mma.sync on sm_80) fed by 16-byte async copies, and the bandwidth-bound
+logits kernels issue 128-bit global loads. bf16 variants only (the production dtype) to keep CI time low;
+`python -m primeflow.kernels.static_check` prints the full table, fp32 included.
 
 The check runs in a subprocess without TRITON_INTERPRET: other test modules switch triton.jit to the
 interpreter, and interpreted kernels cannot be compiled.
@@ -17,14 +18,18 @@ import sys
 import pytest
 
 
-def _compile(tmp_path_factory, label_filter: str) -> list[dict]:
+def _run_check(tmp_path_factory, label_filter: str, *extra: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
     out = tmp_path_factory.mktemp("static") / "static.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-m", "primeflow.kernels.static_check", "--filter", label_filter,
-                           "--json", str(out)], capture_output=True, text=True, env=env, timeout=600)
+                           "--json", str(out), *extra], capture_output=True, text=True, env=env, timeout=600)
     print(proc.stdout)
     assert out.exists(), proc.stderr[-4000:]
-    return json.loads(out.read_text())
+    return proc, json.loads(out.read_text())
+
+
+def _compile(tmp_path_factory, label_filter: str) -> list[dict]:
+    return _run_check(tmp_path_factory, label_filter)[1]
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +50,51 @@ def test_every_bf16_kernel_compiles_for_sm90_and_sm80_without_spills(reports):
     spilling = [(r["label"], r["arch"], r["stack_bytes"], r["local_bytes"]) for r in reports if r["spills"]]
     assert not spilling, spilling
     assert all(r["registers"] <= 255 for r in reports)
+
+
+# CUDA C++ Programming Guide, Technical Specifications per Compute Capability: 227 KB (9.0), 163 KB (8.0)
+SHARED_LIMIT = {90: 227 * 1024, 80: 163 * 1024}
+
+
+def test_every_bf16_kernel_fits_the_shared_memory_limit(reports):
+    for r in reports:
+        assert r["shared_limit_bytes"] == SHARED_LIMIT[r["arch"]], r
+        assert r["shared_bytes"] <= r["shared_limit_bytes"] and not r["over_shared_limit"], r
+        assert r["programs_per_sm"] >= 1, r
+    fused = [r for r in reports if r["label"].startswith(("linear_stats_fwd[bf16", "linear_dz[bf16"))]
+    assert fused and all(r["shared_bytes"] > 16 * 1024 for r in fused)  # multi-stage tiles: a real number
+
+
+def test_a_kernel_over_the_shared_memory_limit_fails(tmp_path_factory):
+    """linear_dz at 64x128x256 tiles and 4 stages needs (64 + 128) x 256 x 2 B x 4 = 384 KiB of shared memory
+    on sm_90, over both targets' limits (it neither spills nor fails to compile): the check must fail it."""
+    proc, reports = _run_check(tmp_path_factory, "linear_dz[bf16", "--tiles", "64x128x256", "--stages", "4")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert {r["arch"] for r in reports} == {80, 90}
+    for r in reports:
+        assert r["shared_bytes"] > SHARED_LIMIT[r["arch"]] and r["over_shared_limit"], r
+        assert not r["spills"] and r["programs_per_sm"] == 0, r
+        assert f"{r['label']}@sm_{r['arch']}: shared memory {r['shared_bytes']} B > sm_{r['arch']} limit" in proc.stderr
+
+
+def test_shared_limit_and_occupancy_arithmetic():
+    """Hand-computed cases of Report.failures() and programs_per_sm (no compilation)."""
+    from primeflow.kernels import static_check as sc
+
+    def report(arch, shared, regs=128, warps=8, stack=0):
+        return sc.Report("k", arch, regs, stack, 0, shared, "128-bit", [], "none", "none", warps)
+
+    assert report(90, 227 * 1024).failures() == [] and report(80, 163 * 1024).failures() == []
+    assert report(90, 227 * 1024 + 1).failures() == [f"shared memory {227 * 1024 + 1} B > sm_90 limit 232448 B"]
+    assert report(80, 163 * 1024 + 1).over_shared_limit and not report(90, 163 * 1024 + 1).over_shared_limit
+    assert len(report(80, 200 * 1024, stack=8).failures()) == 2  # spills and shared memory, both named
+    # 128 regs x 32 lanes = 4096 per warp -> 16 warps -> 2 programs of 8 warps; shared: 228 KiB // 73 KiB = 3
+    assert sc.programs_per_sm(90, 128, 73728, 8) == 2
+    # 80 regs -> 2560 per warp -> 25 warps -> 3 programs; shared 3 (sm_90) / 2 (sm_80: 164 KiB // 73 KiB)
+    assert sc.programs_per_sm(90, 80, 73728, 8) == 3 and sc.programs_per_sm(80, 80, 73728, 8) == 2
+    assert sc.programs_per_sm(90, 32, 0, 4) == 16  # warp limit: 64 warps / 4
+    assert sc.programs_per_sm(90, 16, 0, 1) == 32  # block limit
+    assert sc.programs_per_sm(90, 32, 228 * 1024, 4) == 0  # over the per-block limit: cannot launch
 
 
 def test_fused_head_kernels_use_tensor_cores(reports):
