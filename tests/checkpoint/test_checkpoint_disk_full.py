@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from child_env import fresh_world_env
 from primeflow.trainer.checkpointing import CheckpointError, CheckpointManager, files
 from primeflow.trainer.checkpointing.manager import CheckpointDiskFull
 
@@ -115,8 +116,7 @@ def test_a_really_full_filesystem(tiny_tmpfs):
 def test_one_ranks_full_disk_is_every_ranks_disk_full(tmp_path):
     """Under torchrun the rank whose disk filled reports it to all: every rank raises CheckpointDiskFull, and
     rank 0 deletes the partial checkpoint the ranks were writing together."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                           "MASTER_PORT", "TRITON_INTERPRET")}
+    env = fresh_world_env()
     worker = Path(__file__).resolve().parent / "mp_disk_full.py"
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                            str(worker), str(tmp_path)], capture_output=True, text=True, timeout=600,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from child_env import fresh_world_env
 from primeflow.trainer.checkpointing import CheckpointError, CheckpointManager
 
 HERE = Path(__file__).resolve().parent
@@ -28,8 +29,7 @@ _spec.loader.exec_module(mp_reshard)
 def saved_cases(tiny_ckpt, tmp_path_factory):
     root = tmp_path_factory.mktemp("reshard")
     seed = int(os.environ.get("PRIMEFLOW_TEST_SEED", int.from_bytes(os.urandom(3), "little")))
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TRITON_INTERPRET")}
+    env = fresh_world_env()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
            str(HERE / "mp_reshard.py"), "--ckpt", str(tiny_ckpt), "--root", str(root), "--seed", str(seed)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**env, "OMP_NUM_THREADS": "1"})

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from child_env import fresh_world_env
 from primeflow.trainer.checkpointing import CheckpointManager
 
 WORKER = Path(__file__).resolve().parent / "crash_worker.py"
@@ -129,10 +130,8 @@ def test_a_killed_process_leaves_nothing_behind_after_a_dist_save(tmp_path):
     survives to hold its stdout open (megatron-core's writer used to leave a Manager server process, so a
     launcher reading the trainer's output waited forever), and the checkpoint it saved verifies."""
     worker = Path(__file__).resolve().parent / "kill_after_dist_save.py"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                           "MASTER_PORT", "TRITON_INTERPRET")}
     proc = subprocess.Popen([sys.executable, str(worker), str(tmp_path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, env=fresh_world_env(), start_new_session=True)
     try:
         out, err = proc.communicate(timeout=300)  # EOF on both pipes: every holder of them has exited
     except subprocess.TimeoutExpired:

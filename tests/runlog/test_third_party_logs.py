@@ -5,13 +5,13 @@ restore() undoes the routing."""
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 import warnings
 from pathlib import Path
 
 import pytest
+from child_env import fresh_world_env
 from primeflow.trainer import third_party_logs
 from primeflow.trainer.config import ConfigError, load_config
 
@@ -107,8 +107,7 @@ print("own line", flush=True)
 def test_vllm_and_transformers_loggers_go_to_the_file(tmp_path):
     """The real libraries, configured after the routing started, as in a run: vLLM configures its loggers when an
     engine is built (unless VLLM_CONFIGURE_LOGGING=0), transformers adds its default handler at first use."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                           "MASTER_PORT", "TRITON_INTERPRET", "VLLM_CONFIGURE_LOGGING")}
+    env = fresh_world_env(drop=("VLLM_CONFIGURE_LOGGING",))
     path = tmp_path / "third_party.log"
     done = subprocess.run([sys.executable, "-c", _REAL_LIBRARIES, str(path)], capture_output=True, text=True,
                           timeout=300, env=env)

@@ -21,13 +21,13 @@ Tolerances (derived, not fitted):
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from child_env import fresh_world_env
 from primeflow.models import make_tiny_checkpoint
 from tolerances import MODEL_PARITY_REL, assert_close_after_one_adam_step
 
@@ -39,10 +39,7 @@ BF16_GRAD_REL = 2.0**-7
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                           "MASTER_PORT", "TRITON_INTERPRET")}
-    env["OMP_NUM_THREADS"] = "1"
-    return env
+    return fresh_world_env(OMP_NUM_THREADS="1")
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from child_env import fresh_world_env
 from primeflow.models import make_tiny_checkpoint
 from tolerances import assert_close_after_one_adam_step
 
@@ -32,10 +33,7 @@ REL = 1e-6
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                           "MASTER_PORT", "TRITON_INTERPRET")}
-    env.update(OMP_NUM_THREADS="1")
-    return env
+    return fresh_world_env(OMP_NUM_THREADS="1")
 
 
 def _launch(pp: int, ckpts: list[Path], out: Path, seed: int) -> subprocess.Popen:

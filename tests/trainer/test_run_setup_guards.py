@@ -19,6 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from child_env import fresh_world_env
 from primeflow.trainer.config import Config
 from primeflow.trainer.run_lock import LOCK_NAME, RunDirInUse, lock_run_dir
 from primeflow.trainer.run_setup import SFT_RECIPE, StaleSFTModel, _reusable_sft_model, _sft_recipe
@@ -50,9 +51,7 @@ def test_a_held_run_dir_is_refused_and_a_killed_holder_leaves_no_stale_lock(tmp_
 def test_a_second_trainer_on_a_held_run_dir_exits_2_in_one_line_and_writes_nothing(tmp_path):
     holder = _holder(tmp_path)
     try:
-        # a fresh process world: the pytest process may hold MASTER_PORT for its own gloo world
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TRITON_INTERPRET")}
+        env = fresh_world_env()
         start = time.monotonic()
         done = subprocess.run([sys.executable, "-m", "primeflow", "train", "--set", f"run.dir={tmp_path}"],
                               capture_output=True, text=True, timeout=600, env=env)

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from child_env import fresh_world_env
 from primeflow.trainer.checkpointing import CheckpointManager
 
 pytestmark = pytest.mark.slow
@@ -29,10 +29,7 @@ LIBRARY_LINES = ("RotaryEmbedding: Failed to load weights", "Initializing a V1 L
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                           "MASTER_PORT", "TRITON_INTERPRET")}
-    env["OMP_NUM_THREADS"] = "1"
-    return env
+    return fresh_world_env(OMP_NUM_THREADS="1")
 
 
 @pytest.fixture(scope="module")

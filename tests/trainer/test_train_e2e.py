@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import socket
 import subprocess
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import tolerances
+from child_env import fresh_world_env
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -37,10 +37,7 @@ CONTRACT_KEYS = ("step", "outcome_acc", "filter_kept_frac", "prm_loss", "prm_acc
 
 
 def _env(**extra) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                           "MASTER_PORT", "TRITON_INTERPRET")}
-    env.update(OMP_NUM_THREADS="1", **extra)
-    return env
+    return fresh_world_env(OMP_NUM_THREADS="1", **extra)
 
 
 def _free_port() -> int:

@@ -7,11 +7,11 @@ happens: `train()` is replaced by a stand-in that raises it (the real run: tests
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
+from child_env import fresh_world_env
 
 _MAIN = """
 import errno, os, sys
@@ -40,10 +40,8 @@ sys.exit(train_mod.main(["--set", f"run.dir={run_dir}"]))
 
 
 def _main(run_dir, case: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                           "MASTER_PORT", "TRITON_INTERPRET")}
     return subprocess.run([sys.executable, "-c", _MAIN, str(run_dir), case], capture_output=True, text=True,
-                          timeout=300, env=env)
+                          timeout=300, env=fresh_world_env())
 
 
 def _one_line(done: subprocess.CompletedProcess) -> str:
