@@ -17,7 +17,7 @@ def tile_config(device: torch.device) -> dict:
     GROUP_N: row blocks per program group (kernel.py, _grouped_tile). On GPUs 32 row blocks of 64 rows at
     the 7B head (H=3584, bf16) are 14.7 MB of hidden, under a third of an H100/H200's 50 MB L2, which leaves
     room for the weight tiles the resident programs stream (kernels/traffic_model.py: the modelled HBM
-    traffic per pass drops from ~140 GB rows-fastest to ~9 GB). Interpreter: 3, so that the small test
+    traffic of the forward drops from ~138 GB rows-fastest to ~10 GB). Interpreter: 3, so that the small test
     shapes have partial last groups. prime_rewards (op.py) shares BLOCK_N/BLOCK_V/BLOCK_H but not GROUP_N."""
     if device.type != "cuda":
         return dict(BLOCK_N=16, BLOCK_V=32, BLOCK_H=32, GROUP_N=3, num_warps=4, COLS_PER_SPLIT=64)

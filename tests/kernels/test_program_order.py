@@ -34,6 +34,7 @@ _spec.loader.exec_module(_h)
 _h.ensure_interpreter()
 USES_TRITON_INTERPRETER = True  # tests/conftest.py keeps TRITON_INTERPRET=1 for this module's tests only
 
+from primeflow.kernels import traffic_model  # noqa: E402
 from primeflow.kernels.linear_logprob import triton_op  # noqa: E402
 from primeflow.kernels.linear_logprob.kernel import _grouped_tile  # noqa: E402
 
@@ -71,6 +72,7 @@ GRIDS = [(1, 1, 3), (1, 5, 3), (2, 4, 3), (4, 3, 3), (7, 2, 3), (6, 4, 3), (6, 4
 def test_grouped_tile_visits_every_pair_exactly_once(n_rb, n_cols, group_n):
     count, order = _probe(n_rb, n_cols, group_n)
     assert torch.equal(count, torch.ones_like(count)), count
+    assert order == traffic_model.grouped_order(n_rb, n_cols, group_n)  # the traffic model's mirror
     for pid, (rb, _) in enumerate(order):  # a group's programs stay inside its GROUP_N row blocks
         assert rb // group_n == pid // (group_n * n_cols)
     if group_n >= n_rb:  # the former 2-D grid, row blocks fastest
