@@ -31,6 +31,8 @@ from bench.model_flops import step_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_SETTINGS = ["train.checkpoint_every=0", "logging.progress=false", "logging.tensorboard=false"]
+EVIDENCE = ("prm_loss", "prm_acc", "prm/localisation", "prm/localisation_chance", "prm/localisation_n", "adv_std",
+            "filter_kept_frac", "outcome_acc")
 
 
 def _env() -> dict[str, str]:
@@ -107,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     model = Path(args.model) if args.model else sft_model(work, args.sft_steps)
     command = "python -m bench.prime_vs_rloo " + " ".join(argv if argv is not None else sys.argv[1:])
     curves: dict[str, dict[str, list]] = {"prime": {}, "rloo": {}}
+    # the evidence for why (issue 18): per seed and step, the PRM's loss/accuracy, localisation, reward scale
+    evidence: dict[str, dict[str, dict[str, list]]] = {"prime": {}, "rloo": {}}
     stage_times: dict[str, dict[str, float]] = {}
     peaks: dict[str, float] = {}
     t0 = time.time()
@@ -118,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 wall += r["time/step"]
                 curve.append([r["step"], round(wall, 3), r["outcome_acc"]])
             curves[mode][str(seed)] = curve
+            evidence[mode][str(seed)] = {k: [r.get(k) for r in rows] for k in EVIDENCE if any(k in r for r in rows)}
             sums = stage_times.setdefault(mode, {})
             # trainer's lifetime peak RSS (vLLM + models + heap), max over ranks and seeds
             peak = max(r.get("memory/peak_rss_gb", 0.0) for r in rows) * 1e9
@@ -142,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         sequences = resolved[mode]["data"]["prompts_per_step"] * resolved[mode]["rollout"]["n"]
         values["flops"] = step_flops(hf_config, resolved[mode], values["tokens"], sequences)
     first = resolved["prime"]
-    config = {"model": str(model), "steps": args.steps, "overrides": args.set, "sft_steps": args.sft_steps,
+    config = {"model": str(model), "steps": args.steps, "overrides": args.set,
+              "sft_steps": None if args.model else args.sft_steps,
               "trainer_config": args.config or "embedded default", "nproc": args.nproc,
               "prompts_per_step": first["data"]["prompts_per_step"], "K": first["rollout"]["n"],
               "max_tokens": first["rollout"]["max_tokens"], "parallel": first["parallel"]}
@@ -152,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
          "gpus": gpus, "peak_flops": peak_flops, "peak_flops_source": peak_source, "modes": modes}, indent=1) + "\n")
     (out / f"learning_efficiency_{args.tag}.json").write_text(json.dumps(
         {"kind": "learning_efficiency", "command": command, "config": config, "seeds": args.seeds,
-         "baseline": "rloo", "curves": curves}, indent=1) + "\n")
+         "baseline": "rloo", "curves": curves, "evidence": evidence}, indent=1) + "\n")
     return 0
 
 

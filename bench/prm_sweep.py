@@ -41,16 +41,17 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _train(sets: list[str]) -> None:
-    cmd = [sys.executable, "-m", "primeflow", "train", *[a for s in sets for a in ("--set", s)]]
+def _train(sets: list[str], config: str | None = None) -> None:
+    cmd = [sys.executable, "-m", "primeflow", "train", *(["--config", config] if config else []),
+           *[a for s in sets for a in ("--set", s)]]
     subprocess.run(cmd, check=True, env=_env(), stdout=subprocess.DEVNULL)
 
 
-def sft_model(work: Path, shared: list[str]) -> Path:
-    """The embedded default's SFT model for these settings (train.steps=0 builds it and trains nothing)."""
+def sft_model(work: Path, shared: list[str], config: str | None = None) -> Path:
+    """The config's SFT model for these settings (train.steps=0 builds it and trains nothing)."""
     out = work / "sft_run" / "sft_model"
     if not (out / "config.json").is_file():
-        _train([f"run.dir={work / 'sft_run'}", "train.steps=0", *BASE_SETTINGS, *shared])
+        _train([f"run.dir={work / 'sft_run'}", "train.steps=0", *BASE_SETTINGS, *shared], config)
     return out
 
 
@@ -92,17 +93,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=str(ROOT / "runs" / "prm_sweep"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--tag", default="cpu_tiny_chain")
+    parser.add_argument("--config", help="trainer config file every run starts from (default: the embedded one)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="run the grid once per seed (default: --seed)")
     args = parser.parse_args(argv)
     work = Path(args.work)
     shared = ["data.task=chain", f"train.seed={args.seed}", *args.set]
-    model = sft_model(work, shared)
+    model = sft_model(work, shared, args.config)  # one SFT model (seed --seed) for every seed
+    seeds = args.seeds or [args.seed]
     runs = []
-    for overrides in parse_grid(args.grid):
+    for overrides in [[*grid, f"train.seed={s}"] if args.seeds else grid
+                      for grid in parse_grid(args.grid) for s in seeds]:
         name = "_".join(o.replace("=", "-").replace(".", "") for o in overrides) or "base"
         run_dir = work / name
         t0 = time.perf_counter()
         _train([f"model.path={model}", f"run.dir={run_dir}", f"train.steps={args.steps}", *BASE_SETTINGS,
-                *shared, *overrides])
+                *shared, *overrides], args.config)
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
         runs.append({"overrides": overrides, "wall_s": time.perf_counter() - t0,
                      "summary": summarise(records, args.window),
@@ -115,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "command": "python -m bench.prm_sweep " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "steps": args.steps, "seed": args.seed, "window": args.window, "shared_settings": shared,
+        "steps": args.steps, "seed": args.seed, "seeds": seeds, "config": args.config, "window": args.window,
+        "shared_settings": shared,
         "ln2": math.log(2), "runs": runs}, indent=1) + "\n")
     print(f"wrote {out}")
     return 0

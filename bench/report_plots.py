@@ -136,3 +136,23 @@ def curves_figure(curves: dict[str, dict[str, Any]], title: str, path: Path) -> 
         ax.legend(fontsize=8)
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def evidence_figure(series: dict[str, tuple[list[float], list[float | None]]], title: str, path: Path) -> bool:
+    """The PRM's signals vs step: loss (left, with ln 2), accuracy and localisation with its chance rate
+    (right). series: {label: (steps, values with None gaps)}; labels as bench/report_evidence.SIGNALS."""
+    if not any(values for _, values in series.values()):
+        return False
+    fig, (ax_l, ax_r) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, (steps, values) in series.items():
+        ax = ax_l if label.startswith("PRM loss") else ax_r
+        ax.plot(steps, [float("nan") if v is None else v for v in values], "--" if "chance" in label else "-",
+                label=label, linewidth=1.2)
+    ax_l.axhline(0.6931471805599453, color="gray", linewidth=0.8, linestyle=":")
+    for ax, ylabel in ((ax_l, "PRM loss"), (ax_r, "fraction")):
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)

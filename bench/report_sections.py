@@ -22,7 +22,9 @@ Learning efficiency (`bench/results/learning_efficiency*.json`, or "kind": "lear
     {"kind": "learning_efficiency", "command": "...", "config": {...}, "seeds": [0, 1, 2],
      "baseline": "rloo",                  # optional, default "rloo"
      "curves": {"prime": {"0": [[step, wall_s, train_acc], ...], "1": [...], ...},
-                "rloo":  {...}}}
+                "rloo":  {...}},
+     "evidence": {"prime": {"0": {"prm_loss": [...], "prm_acc": [...], "prm/localisation": [...], ...}}}}
+                                          # optional: per step, the PRM's signals (bench/report_evidence.py)
     A mode's curves may also be a list aligned with "seeds" (one [[step, wall_s, acc], ...] per seed) or a
     single [[step, wall_s, acc], ...] list. Seeds are averaged at the steps all of them reached.
     One step's accuracy is a mean over few samples (32 per step on the tiny CPU run: about +-0.09), so the
@@ -41,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from . import report_fmt as fmt
+from .report_evidence import bootstrap_difference, render_evidence
 from .report_plots import curves_figure, stage_figure
 
 
@@ -147,9 +150,14 @@ def window_for(data: dict[str, Any], curves: dict[str, dict[str, list[float]]]) 
     return max(1, round(0.2 * steps))
 
 
+def seed_finals(per_seed: dict[str, list[tuple[float, float, float]]], window: int) -> list[float]:
+    """Each seed's mean accuracy over its last `window` steps."""
+    return [sum(p[2] for p in curve[-window:]) / len(curve[-window:]) for curve in per_seed.values()]
+
+
 def final_accuracy(per_seed: dict[str, list[tuple[float, float, float]]], window: int) -> tuple[float, float]:
     """Mean and sd over seeds of each seed's mean accuracy over its last `window` steps."""
-    finals = [sum(p[2] for p in curve[-window:]) / len(curve[-window:]) for curve in per_seed.values()]
+    finals = seed_finals(per_seed, window)
     mean = sum(finals) / len(finals)
     sd = math.sqrt(sum((f - mean) ** 2 for f in finals) / (len(finals) - 1)) if len(finals) > 1 else 0.0
     return mean, sd
@@ -196,7 +204,15 @@ def render_learning_efficiency(source, plots_dir: Path, rel: str) -> str:
                      str(int(reach[0])) if reach else ("—" if target is None else "not reached"),
                      fmt.percent(frac), f"{fmt.seconds(reach[1])} ({fmt.percent(wall_frac)})" if reach else "—"])
     lines += [fmt.table(header, body), ""]
-    name = f"{Path(source.name).stem}.png"
-    if curves_figure(curves, "training accuracy (mean over seeds)", plots_dir / name):
-        lines += [f"![learning efficiency]({rel}/{name})", ""]
+    for mode in curves:
+        if mode != baseline and base and len(per_seed[mode]) > 1 and len(per_seed[baseline]) > 1:
+            diff, lo, hi = bootstrap_difference(seed_finals(per_seed[mode], window),
+                                                seed_finals(per_seed[baseline], window))
+            lines += [f"Final accuracy {mode} − {baseline}: {diff:+.3f}, bootstrap 95 % interval [{lo:+.3f}, "
+                      f"{hi:+.3f}] over seeds ({len(per_seed[mode])} vs {len(per_seed[baseline])}; "
+                      "bench/report_evidence.py).", ""]
+    stem = Path(source.name).stem
+    if curves_figure(curves, "training accuracy (mean over seeds)", plots_dir / f"{stem}.png"):
+        lines += [f"![learning efficiency]({rel}/{stem}.png)", ""]
+    lines += render_evidence(data.get("evidence") or {}, window, plots_dir, stem, rel)
     return "\n".join(lines)
