@@ -39,7 +39,7 @@ def prime_token_rewards_backend(labels: torch.Tensor) -> Backend:
     return triton_or_torch(labels)
 
 
-def _row_contiguous(t: torch.Tensor) -> torch.Tensor:
+def row_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
@@ -48,9 +48,9 @@ def _slot_args(model: ModelInput | None, like: torch.Tensor) -> tuple[list, int,
     if model is None:
         return [like, like, 0, 0, 0, 0], 0, True
     if isinstance(model, torch.Tensor):
-        logits = _row_contiguous(model)
+        logits = row_contiguous(model)
         return [logits, logits, logits.shape[1], 0, logits.stride(0), 0], 1, True
-    hidden, weight = _row_contiguous(model[0]), _row_contiguous(model[1])
+    hidden, weight = row_contiguous(model[0]), row_contiguous(model[1])
     args = [hidden, weight, weight.shape[0], hidden.shape[1], hidden.stride(0), weight.stride(0)]
     return args, 2, _dot_fp32(hidden.dtype)
 
@@ -61,7 +61,7 @@ def sequence_ids(cu_seqlens: torch.Tensor, n_rows: int) -> torch.Tensor:
     return torch.searchsorted(cu_seqlens[1:].to(torch.int64).contiguous(), rows, right=True)
 
 
-def _segmented_total(values_T: torch.Tensor, keys_T: torch.Tensor) -> torch.Tensor:
+def segmented_total(values_T: torch.Tensor, keys_T: torch.Tensor) -> torch.Tensor:
     """Inclusive segmented scan over runs of equal consecutive keys (Hillis-Steele doubling): the last element
     of a run holds the run's total. ceil(log2 T) elementwise steps on a [T] vector, a fixed addition order
     (deterministic on every device, unlike index_add_ / cumsum on CUDA), and tl.where-style selection so a
@@ -83,8 +83,8 @@ def _finish_seq_sums(head_sum, head_cnt, start_sum, start_cnt, seq_N, cu_seqlens
     if n_tiles == 0:  # no rows: every sequence is empty
         return start_sum, start_cnt.to(torch.int64)
     tile_seq = seq_N[::block_n][:n_tiles]
-    tot_sum = _segmented_total(head_sum, tile_seq)
-    tot_cnt = _segmented_total(head_cnt.to(torch.int64), tile_seq)
+    tot_sum = segmented_total(head_sum, tile_seq)
+    tot_cnt = segmented_total(head_cnt.to(torch.int64), tile_seq)
     cu = cu_seqlens.to(torch.int64)
     t_lo = (cu[:-1] + block_n - 1) // block_n
     t_hi = (cu[1:] + block_n - 1) // block_n

@@ -80,7 +80,10 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, n_rows: int, device: torch.device
 
 
 def check_prime_inputs(labels: torch.Tensor, prm: ModelInput, ref: ModelInput, policy: ModelInput | None,
-                       beta: float, mask: torch.Tensor | None, cu_seqlens: torch.Tensor | None = None) -> None:
+                       beta: float, mask: torch.Tensor | None, cu_seqlens: torch.Tensor | None = None, *,
+                       vocab_shards: int = 1) -> None:
+    """vocab_shards: the TP size of a vocab-parallel call (the models are this rank's shard of the vocabulary,
+    labels global ids in [0, shard V * vocab_shards))."""
     require(isinstance(labels, torch.Tensor) and labels.dim() == 1,
             f"labels must be a 1-D int64 tensor [N], got {getattr(labels, 'shape', type(labels).__name__)}")
     n_rows = labels.shape[0]
@@ -91,7 +94,7 @@ def check_prime_inputs(labels: torch.Tensor, prm: ModelInput, ref: ModelInput, p
     for name, model in named:
         require(model_device(model) == labels.device,
                 f"{name} is on {model_device(model)} but labels are on {labels.device}")
-    check_labels("labels", labels, n_rows, vocabs["prm"], labels.device)
+    check_labels("labels", labels, n_rows, vocabs["prm"] * vocab_shards, labels.device)
     require(isinstance(beta, (int, float)) and math.isfinite(beta),
             f"beta must be a finite number, got {beta!r}")
     if mask is not None:

@@ -3,7 +3,9 @@
 Every rank builds the same full inputs from one seed, keeps its contiguous vocab shard, and checks the
 sharded op against the unsharded op on the full inputs: log-probs, entropy, and gradients (the logits
 shard's gradient is the matching slice; dhidden is the full one, reduced inside the op; dweight is the
-shard's slice). <path> is "cpu" (chunked PyTorch twins) or "triton" (the Triton kernels, interpreted).
+shard's slice), for token_logprobs, linear_token_logprobs and linear_prime_rewards (the PRIME rewards,
+per-sequence sums and both models' log-probs, with the PRM differentiable). <path> is "cpu" (chunked
+PyTorch twins) or "triton" (the Triton kernels, interpreted).
 Each rank prints "OK <rank> <checks>" on success and exits non-zero on the first mismatch.
 """
 
@@ -110,12 +112,98 @@ def check_linear(rank: int, world: int, gen: torch.Generator) -> list[str]:
     return done
 
 
+def _prime_bound(z_NV: torch.Tensor) -> torch.Tensor:
+    """Allowed |TP=2 - TP=1| per row of a log-prob: both sides are within FP32_LOGIT_ULPS = 8 fp32 ulps of
+    the row's logit scale (tests/tolerances.py: ~1 from each GEMM output, the rest from the softmax sums), and
+    the scale is max|z_n| plus the log-sum-exp below the max (<= log V)."""
+    scale = z_NV.double().abs().amax(1) + torch.log(torch.tensor(float(z_NV.shape[1]), dtype=torch.float64))
+    return 2 * 8 * 2.0 ** -24 * scale
+
+
+def _within(name: str, got: torch.Tensor, want: torch.Tensor, allowed: torch.Tensor) -> str:
+    err = (got.detach().double() - want.detach().double()).abs()
+    allowed = allowed.detach().double().expand_as(err)
+    bad = err > allowed  # an allowed 0 (an empty sequence's sum) demands equality
+    assert not bad.any(), (f"rank {dist.get_rank()} {PATH} {name}: err {err[bad].tolist()} > allowed "
+                           f"{allowed[bad].tolist()}")
+    used = (err / allowed)[allowed > 0]
+    return f"{name} <= {float(used.max()) if used.numel() else 0.0:.2f} of the bound"
+
+
+def check_prime_rewards(rank: int, world: int, gen: torch.Generator) -> list[str]:
+    """linear_prime_rewards with tp_group vs the unsharded call: labels on both shards and on the shard
+    boundary, masked tokens, cu_seqlens with an empty sequence; the reference as (hidden, weight) and as
+    logits; fp32 and bf16."""
+    done = []
+    n_rows, hidden, vocab, beta = 13, 16, 2 * 45, 0.3  # each shard 45 columns (odd)
+    local = vocab // world
+    shard = slice(rank * local, (rank + 1) * local)
+    cu = torch.tensor([0, 4, 4, 9, 13], dtype=torch.int32)
+    for dtype, ref_form in ((torch.float32, "linear"), (torch.float32, "logits"), (torch.bfloat16, "linear")):
+        h0 = torch.randn(n_rows, hidden, generator=gen).to(dtype)
+        w0 = (torch.randn(vocab, hidden, generator=gen) / 2).to(dtype)
+        rh = torch.randn(n_rows, hidden, generator=gen).to(dtype)
+        rw = (torch.randn(vocab, hidden, generator=gen) / 2).to(dtype)
+        h0[1] *= 30  # a large logit scale in one row
+        labels = torch.randint(0, vocab, (n_rows,), generator=gen)
+        labels[:6] = torch.tensor([0, local - 1, local, vocab - 1, local - 1, local])  # edges and the boundary
+        mask = torch.rand(n_rows, generator=gen) > 0.3
+        mask[2] = False  # a masked token in the first sequence whatever the draw
+        coefs = [torch.randn(n_rows, generator=gen), torch.randn(n_rows, generator=gen),
+                 torch.randn(cu.shape[0] - 1, generator=gen)]
+        ref_full = (rh, rw) if ref_form == "linear" else (rh.float() @ rw.float().T).to(dtype)
+        ref_shard = (rh, rw[shard]) if ref_form == "linear" else ref_full[:, shard]
+        h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+        want = K.linear_prime_rewards(labels, prm=(h, w), ref=ref_full, beta=beta, mask=mask, cu_seqlens=cu)
+        loss = sum((o * c).sum() for o, c in zip((want.prm_logp, want.reward, want.seq_reward_sum), coefs, strict=True))
+        loss.backward()
+        hs, ws = h0.clone().requires_grad_(), w0[shard].clone().requires_grad_()
+        CALLS.clear()
+        got = K.linear_prime_rewards(labels, prm=(hs, ws), ref=ref_shard, beta=beta, mask=mask, cu_seqlens=cu,
+                                     tp_group=dist.group.WORLD)
+        assert CALLS == ["all_gather"], f"prime forward collectives: {CALLS}"
+        CALLS.clear()
+        loss = sum((o * c).sum() for o, c in zip((got.prm_logp, got.reward, got.seq_reward_sum), coefs, strict=True))
+        loss.backward()
+        assert CALLS == ["all_reduce"], f"prime backward collectives: {CALLS}"
+        what = f"prime {dtype} ref={ref_form}"
+        done.append(f"{what}: 1 all-gather forward, 1 all-reduce (dhidden) backward")
+        ref_z = ref_full if ref_form == "logits" else rh.float() @ rw.float().T
+        lp_prm, lp_ref = _prime_bound(h0.float() @ w0.float().T), _prime_bound(ref_z)
+        done.append(_within(f"{what} prm_logp", got.prm_logp, want.prm_logp, lp_prm))
+        done.append(_within(f"{what} ref_logp", got.ref_logp, want.ref_logp, lp_ref))
+        # reward = beta * (logp_prm - logp_ref) from the same pieces: beta times both log-prob bounds, plus
+        # one rounding of the reward itself; masked tokens exactly 0 on both
+        r_allowed = beta * (lp_prm + lp_ref) + 2.0 ** -24 * want.reward.double().abs()
+        done.append(_within(f"{what} reward", got.reward, want.reward, r_allowed))
+        assert not got.reward[~mask].any(), "masked rewards must be exactly 0"
+        # a sequence's sum: its tokens' reward bounds plus the two sides' summation orders (n roundings each)
+        spans = list(zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True))
+        s_allowed = torch.stack([(r_allowed[a:b][mask[a:b]].sum()
+                                  + 2 * (b - a) * 2.0 ** -24 * want.reward[a:b].double().abs().sum())
+                                 for a, b in spans])
+        done.append(_within(f"{what} seq_reward_sum", got.seq_reward_sum, want.seq_reward_sum, s_allowed))
+        assert torch.equal(got.seq_valid_count, want.seq_valid_count), "seq_valid_count"
+        # the gradients: the bounds of check_linear's (the vocab-parallel linear_token_logprobs), bf16 one ulp
+        grad_tol = 1e-5 if dtype == torch.float32 else 2 ** -7 + 1e-5
+        done.append(close(f"{what} dhidden (all-reduced in the op)", hs.grad, h.grad, atol=1e-5, rtol=grad_tol))
+        done.append(close(f"{what} dweight shard", ws.grad, w.grad[shard], atol=1e-5, rtol=grad_tol))
+        assert hs.grad.dtype == dtype and ws.grad.dtype == dtype
+        outputs = torch.cat([got.prm_logp, got.ref_logp, got.reward, got.seq_reward_sum]).detach()
+        gathered = [torch.empty_like(outputs) for _ in range(world)]
+        dist.all_gather(gathered, outputs)
+        assert all(torch.equal(gathered[0], t) for t in gathered), f"{what}: ranks disagree bitwise"
+        done.append(f"{what}: ranks bitwise identical")
+    return done
+
+
 def main() -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     count_collectives()
     gen = torch.Generator().manual_seed(int(os.environ.get("PRIMEFLOW_TEST_SEED", "1234")))
-    done = check_token_logprobs(rank, world, gen) + check_linear(rank, world, gen)
+    done = (check_token_logprobs(rank, world, gen) + check_linear(rank, world, gen)
+            + check_prime_rewards(rank, world, gen))
     print(f"OK {rank} {PATH}: " + "; ".join(done), flush=True)
     dist.destroy_process_group()
 
