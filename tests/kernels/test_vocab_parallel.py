@@ -7,7 +7,6 @@ float64 truth under explicit tolerances, never with a separately computed fold b
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from child_env import fresh_world_env
 from primeflow.kernels.vocab_parallel import local_labels, merge_pieces, tree_sum
 from reference64 import token_logprobs64
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -135,8 +135,8 @@ def test_local_labels():
 @pytest.mark.parametrize("path", ["cpu", "triton"])
 def test_sharded_equals_unsharded_under_torchrun(path, seed):
     worker = Path(__file__).with_name("_dist_worker.py")
-    env = dict(os.environ, PRIMEFLOW_TEST_SEED=str(seed), OMP_NUM_THREADS="1")
-    env.pop("TRITON_INTERPRET", None)  # the worker sets it itself for the triton path
+    # no inherited world (RANK, MASTER_PORT, ...) nor TRITON_INTERPRET: the worker sets it for the triton path
+    env = fresh_world_env(PRIMEFLOW_TEST_SEED=str(seed), OMP_NUM_THREADS="1")
     with socket.socket() as sock:  # a free port (torchrun's --master_port 0 hangs the gloo rendezvous here)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

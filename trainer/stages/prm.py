@@ -9,7 +9,7 @@ PRM mini-batches are contiguous slices of the batch in row order (PRIME does not
 Two heads compute it, chosen in one place (prm_head.fused_head_supported): the fused head (prm_head.py: per
 micro-batch both trunks, then ONE linear_prime_rewards call for both models' log-probs, the rewards and
 their per-response sums) and the two-head path (the reference and the PRM each through their own
-linear_token_logprobs head, the log-ratio in torch), kept for ref_type=policy, TP > 1, PP > 1 and
+linear_token_logprobs head, the log-ratio in torch), kept for ref_type=policy, PP > 1 and
 prm.fused_head=false. Both run the same number of trunk passes: `after` scores the reference on the update's
 own micro-batches; `before` takes the reference from the update's forwards and then scores the updated PRM
 alone (the reference does not change, so a second reference pass would only cost).

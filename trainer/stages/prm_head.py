@@ -8,6 +8,12 @@ Only the response tokens go through the head: their hidden states are gathered o
 packed token. Both trunks see the same packed micro-batch, so while the PRM equals the reference (step 0)
 their hidden states, and therefore the kernel's two sets of pieces, are bitwise equal: rewards exactly 0.
 
+Under TP the head is vocab-parallel: each rank holds its shard of both output weights, the one
+linear_prime_rewards call merges the shards' pieces with one all-gather, and its backward all-reduces d hidden
+over the TP group inside the op, as the models' own linear_token_logprobs head does (models/gpt.py), so the
+hidden states reach it the same way: as they are without sequence parallelism, gathered over the TP group with
+it (the gather's backward keeping this rank's slice).
+
 Legend: b rows of the micro-batch, R response columns, n response tokens of the micro-batch, t packed tokens.
 """
 
@@ -18,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
 from primeflow.kernels import linear_prime_rewards
 from primeflow.models import logprobs as packed_io
 from primeflow.models import unwrap_model
@@ -35,15 +42,13 @@ def fused_head_supported(models: PrimeModels, config: Config) -> bool:
 
     The two-head path (the reference and the PRM scored by separate linear_token_logprobs heads, the log-ratio
     taken in torch) stays for: prm.fused_head false (to compare); ref_type=policy (the reference is the
-    policy's old log-probs, there is no reference trunk); TP > 1 (linear_prime_rewards has no vocabulary
-    split yet: its kernel merges a row's (max, lse) over the whole vocabulary, where the vocab-parallel head
-    needs per-shard pieces and one all-gather); PP > 1 (the head lives on the last stage inside Megatron's
-    schedule, which hands one model's output to the loss); a padded vocabulary (the kernel has no
-    valid-vocabulary bound; models/gpt.py masks padded columns on its logits path only)."""
+    policy's old log-probs, there is no reference trunk); PP > 1 (the head lives on the last stage inside
+    Megatron's schedule, which hands one model's output to the loss); a padded vocabulary (the kernel has no
+    valid-vocabulary bound; models/gpt.py masks padded columns on its logits path only). TP > 1 runs the
+    fused head vocab-parallel (module docstring)."""
     if not config.prm.fused_head or config.prime.ref_type != "freeze" or models.ref is None:
         return False
-    lay = parallel.layout()
-    if lay.tp > 1 or lay.pp > 1:
+    if parallel.layout().pp > 1:
         return False
     inner = [unwrap_model(m) for m in (models.prm, models.ref)]
     return all(m.vocab_size == m.real_vocab_size for m in inner)
@@ -102,19 +107,46 @@ class HeadScores:
         return out.index_copy(0, t.dst_n, values_n.detach()).view(t.rows, t.columns)
 
 
+def head_hidden_states(model: torch.nn.Module, packed: packed_io.PackedBatch) -> torch.Tensor:
+    """[t, H] final hidden states of every packed token on every TP rank, for the vocab-parallel fused head.
+
+    TP = 1: models.hidden.final_hidden_states. TP > 1 (which that function refuses: it leaves the TP gradient
+    convention to the head, and this head's is known): the model's own head-skipping forward, then under
+    sequence parallelism the gather of the tokens over TP with tensor_parallel_output_grad=False, exactly as
+    models/gpt.py feeds linear_token_logprobs, because linear_prime_rewards all-reduces d hidden itself.
+    (This branch belongs in models/hidden.py; it lives here because that file is not this change's.)"""
+    if parallel.layout().tp == 1:
+        return final_hidden_states(model, packed)
+    inner = unwrap_model(model)
+    inner.returns_hidden = True
+    try:
+        hidden_tH = model(packed.tokens_1t, packed.position_ids_1t, None, labels=packed.labels_1t,
+                          packed_seq_params=packed.params)
+    finally:
+        inner.returns_hidden = False
+    if inner.config.sequence_parallel:  # this rank's t / tp tokens -> all t (b = 1: dim 0 is the tokens)
+        hidden_tH = gather_from_sequence_parallel_region(hidden_tH, tensor_parallel_output_grad=False)
+    return hidden_tH.to(output_weight(model).dtype)  # Float16Module's fp32 copy back: exact
+
+
 def fused_head_scores(prm: torch.nn.Module, ref: torch.nn.Module, batch: TrainBatch, rows: list[int], *,
                       beta: float) -> HeadScores:
     """Both trunks on the packed rows (the reference without grad), then one linear_prime_rewards call on the
-    response tokens' hidden states. PP = 1, TP = 1 (fused_head_supported)."""
+    response tokens' hidden states, vocab-parallel over the TP group when TP > 1. PP = 1
+    (fused_head_supported)."""
     input_ids, _, lengths = micro_batch_tensors(batch, rows)
-    packed = packed_io.pack_rows(input_ids, [0] * len(rows), lengths)
+    # under sequence parallelism the token count must split over the TP ranks: padding goes after the rows,
+    # so the response tokens' packed positions (response_tokens) do not move
+    packed = packed_io.pack_rows(input_ids, [0] * len(rows), lengths, multiple_of=packed_io.token_multiple(prm))
     tokens = response_tokens(batch, rows)
     with torch.no_grad():
-        ref_hidden_nH = final_hidden_states(ref, packed).index_select(0, tokens.src_n)
-    prm_hidden_nH = final_hidden_states(prm, packed).index_select(0, tokens.src_n)
+        ref_hidden_nH = head_hidden_states(ref, packed).index_select(0, tokens.src_n)
+    prm_hidden_nH = head_hidden_states(prm, packed).index_select(0, tokens.src_n)
     labels_n = packed.labels_1t[0].index_select(0, tokens.src_n)
+    tp_group = parallel.tp_group() if parallel.layout().tp > 1 else None
     out = linear_prime_rewards(labels_n, prm=(prm_hidden_nH, output_weight(prm)),
-                               ref=(ref_hidden_nH, output_weight(ref)), beta=beta, cu_seqlens=tokens.cu_b1)
+                               ref=(ref_hidden_nH, output_weight(ref)), beta=beta, cu_seqlens=tokens.cu_b1,
+                               tp_group=tp_group)
     return HeadScores(out.prm_logp, out.ref_logp, out.reward, out.seq_reward_sum, tokens)
 
 
