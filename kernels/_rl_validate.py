@@ -1,9 +1,9 @@
 """Argument checks for the RL ops on [B, T] response tensors (rloo, ppo_loss, prm_loss).
 
 Every failure is a ValueError naming the argument and what is allowed. Checks that must read tensor values
-(mask values, prefix masks, outcome range) synchronise a CUDA stream once per call; these ops run once per
-micro-batch or once per step, where one sync is noise next to the model's forward/backward. They are skipped
-where values cannot be read (fake tensors, torch.compile tracing: kernels/_library.py).
+(mask values, prefix masks, outcome range) are gathered on one ValueChecks per call and read back together:
+one device-to-host copy per op call (kernels/_validate.py). They are skipped where values cannot be read
+(fake tensors, torch.compile tracing: kernels/_library.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import math
 import torch
 
 from ._library import values_readable
-from ._validate import require
+from ._validate import ValueChecks, check_value, require
 
 
 def check_bt(name: str, tensor: torch.Tensor, shape: tuple[int, int] | None = None) -> None:
@@ -36,8 +36,10 @@ def check_same_device(reference: torch.Tensor, **tensors: torch.Tensor) -> None:
         )
 
 
-def check_mask(name: str, mask: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """A 0/1 mask of `shape` (bool or any numeric dtype); returns it as bool."""
+def check_mask(name: str, mask: torch.Tensor, shape: tuple[int, int], checks: ValueChecks | None = None
+               ) -> torch.Tensor:
+    """A 0/1 mask of `shape` (bool or any numeric dtype); returns it as bool. The value check is queued on
+    `checks` when given, else read now."""
     require(isinstance(mask, torch.Tensor), f"{name} must be a torch.Tensor, got {type(mask).__name__}")
     require(
         tuple(mask.shape) == shape, f"{name} must have shape [B, T] = {list(shape)}, got {list(mask.shape)}"
@@ -47,11 +49,12 @@ def check_mask(name: str, mask: torch.Tensor, shape: tuple[int, int]) -> torch.T
         return mask
     if not values_readable(mask):
         return mask != 0
-    require(bool(((mask == 0) | (mask == 1)).all()), f"{name} must contain only 0 and 1 (or be bool)")
+    check_value(checks, ((mask == 0) | (mask == 1)).all(), f"{name} must contain only 0 and 1 (or be bool)")
     return mask != 0
 
 
-def check_outcome(name: str, outcome: torch.Tensor, batch: int, *, unit_interval: bool) -> None:
+def check_outcome(name: str, outcome: torch.Tensor, batch: int, *, unit_interval: bool,
+                  checks: ValueChecks | None = None) -> None:
     """Per-response scores [B], real-valued; with `unit_interval`, in [0, 1] (NaN passes: it propagates)."""
     require(isinstance(outcome, torch.Tensor), f"{name} must be a torch.Tensor, got {type(outcome).__name__}")
     require(
@@ -61,10 +64,10 @@ def check_outcome(name: str, outcome: torch.Tensor, batch: int, *, unit_interval
     require(not outcome.is_complex(), f"{name} must be real-valued, got dtype {outcome.dtype}")
     if unit_interval and outcome.numel() and values_readable(outcome):
         bad = (outcome < 0) | (outcome > 1)  # NaN compares False: a NaN label propagates instead of raising
-        require(not bool(bad.any()), f"{name} must lie in [0, 1] (a soft BCE label), got values outside")
+        check_value(checks, ~bad.any(), f"{name} must lie in [0, 1] (a soft BCE label), got values outside")
 
 
-def check_prefix_mask(name: str, valid_BT: torch.Tensor) -> None:
+def check_prefix_mask(name: str, valid_BT: torch.Tensor, checks: ValueChecks | None = None) -> None:
     """Every row is 1..1 0..0 with at least one 1: the response mask of prime_spec section 2.
 
     Why it must hold for the advantage: the outcome sits on the *last valid* token, which PRIME locates as
@@ -73,14 +76,16 @@ def check_prefix_mask(name: str, valid_BT: torch.Tensor) -> None:
     """
     if not values_readable(valid_BT):
         return
-    require(
-        bool(valid_BT[:, 0].all()),
+    check_value(
+        checks,
+        valid_BT[:, 0].all(),
         f"{name}: every row needs at least one valid token at position 0 (responses are right-padded; "
         "an empty response has no token to carry its outcome)",
     )
     if valid_BT.shape[1] > 1:
-        require(
-            not bool((valid_BT[:, 1:] & ~valid_BT[:, :-1]).any()),
+        check_value(
+            checks,
+            ~(valid_BT[:, 1:] & ~valid_BT[:, :-1]).any(),
             f"{name} must be a prefix mask per row (1 up to and including the EOS token, 0 after it); "
             "found a valid token after a padding position",
         )
@@ -147,7 +152,8 @@ def validate_rloo_args(
     check_bt("token_rewards", token_rewards)
     shape = tuple(token_rewards.shape)
     require(shape[1] > 0, "token_rewards has T = 0 positions; every response needs at least one token")
-    check_outcome("outcome", outcome, shape[0], unit_interval=False)
+    checks = ValueChecks()  # the value checks below are read back together, once
+    check_outcome("outcome", outcome, shape[0], unit_interval=False, checks=checks)
     check_same_device(token_rewards, outcome=outcome, mask=mask)
     check_group_size(group_size, shape[0])
     check_real("gamma_process", gamma_process, lo=0.0, hi=1.0)
@@ -157,8 +163,9 @@ def validate_rloo_args(
     check_choice("reward_norm", reward_norm, ("batch_norm", "none"))
     check_choice("form", form, ("prime", "paper"))
     require(isinstance(whiten, bool), f"whiten must be a bool, got {whiten!r}")
-    valid_BT = check_mask("mask", mask, shape)
-    check_prefix_mask("mask", valid_BT)
+    valid_BT = check_mask("mask", mask, shape, checks)
+    check_prefix_mask("mask", valid_BT, checks)
+    checks.run()
     return valid_BT
 
 
@@ -192,8 +199,11 @@ def validate_prm_ce_args(
     check_bt("prm_logp", prm_logp)
     shape = tuple(prm_logp.shape)
     check_bt("ref_logp", ref_logp, shape)
-    check_outcome("outcome", outcome, shape[0], unit_interval=True)
+    checks = ValueChecks()  # one read-back for the outcome range and the mask values
+    check_outcome("outcome", outcome, shape[0], unit_interval=True, checks=checks)
     check_same_device(prm_logp, ref_logp=ref_logp, mask=mask, outcome=outcome)
     check_real("beta", beta, lo=0.0, lo_open=True)
     require(shape[0] > 0, "prm_logp has B = 0 rows; the loss is a mean over responses")
-    return check_mask("mask", mask, shape)
+    valid_BT = check_mask("mask", mask, shape, checks)
+    checks.run()
+    return valid_BT

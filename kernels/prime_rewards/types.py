@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 
 from .._library import values_readable
-from .._validate import check_labels, require
+from .._validate import ValueChecks, check_labels, check_value, require
 
 # A model is given either as logits [N, V] or as (hidden [N, H], lm_head weight [V, H]).
 ModelInput = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
@@ -58,9 +58,11 @@ def model_device(model: ModelInput) -> torch.device:
     return model.device if isinstance(model, torch.Tensor) else model[0].device
 
 
-def check_cu_seqlens(cu_seqlens: torch.Tensor, n_rows: int, device: torch.device) -> None:
+def check_cu_seqlens(cu_seqlens: torch.Tensor, n_rows: int, device: torch.device,
+                     checks: ValueChecks | None = None) -> None:
     """cu_seqlens: integer [S+1] on labels' device, 0 = cu[0] <= cu[1] <= ... <= cu[S] = N: sequence s is
-    rows [cu[s], cu[s+1]) (empty when equal). Reads the values (one sync on CUDA, like the labels check)."""
+    rows [cu[s], cu[s+1]) (empty when equal). The value conditions are queued on `checks` when given (read
+    back with the call's other value checks), else read now."""
     require(isinstance(cu_seqlens, torch.Tensor) and cu_seqlens.dim() == 1 and cu_seqlens.numel() >= 1,
             f"cu_seqlens must be a 1-D integer tensor [S+1] (sequence s is rows cu_seqlens[s]:cu_seqlens[s+1]),"
             f" got {getattr(cu_seqlens, 'shape', type(cu_seqlens).__name__)}")
@@ -69,14 +71,12 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, n_rows: int, device: torch.device
     require(cu_seqlens.device == device, f"cu_seqlens is on {cu_seqlens.device} but labels are on {device}")
     if not values_readable(cu_seqlens):
         return
-    cu = cu_seqlens.to("cpu", torch.int64)
-    require(int(cu[0]) == 0 and int(cu[-1]) == n_rows,
-            f"cu_seqlens must start at 0 and end at N={n_rows} (the number of labels), "
-            f"got {int(cu[0])} ... {int(cu[-1])}")
-    steps = cu.diff()
-    require(bool((steps >= 0).all()),
-            f"cu_seqlens must be nondecreasing (sequence lengths >= 0), got a step of "
-            f"{int(steps.min()) if steps.numel() else 0}")
+    check_value(checks, (cu_seqlens[0] == 0) & (cu_seqlens[-1] == n_rows),
+             lambda: f"cu_seqlens must start at 0 and end at N={n_rows} (the number of labels), "
+                     f"got {int(cu_seqlens[0])} ... {int(cu_seqlens[-1])}")
+    steps = cu_seqlens.diff()
+    check_value(checks, (steps >= 0).all(),
+             lambda: f"cu_seqlens must be nondecreasing (sequence lengths >= 0), got a step of {int(steps.min())}")
 
 
 def check_prime_inputs(labels: torch.Tensor, prm: ModelInput, ref: ModelInput, policy: ModelInput | None,
@@ -94,7 +94,8 @@ def check_prime_inputs(labels: torch.Tensor, prm: ModelInput, ref: ModelInput, p
     for name, model in named:
         require(model_device(model) == labels.device,
                 f"{name} is on {model_device(model)} but labels are on {labels.device}")
-    check_labels("labels", labels, n_rows, vocabs["prm"] * vocab_shards, labels.device)
+    checks = ValueChecks()  # the labels' range and cu_seqlens' values: one read-back for the call
+    check_labels("labels", labels, n_rows, vocabs["prm"] * vocab_shards, labels.device, checks)
     require(isinstance(beta, (int, float)) and math.isfinite(beta),
             f"beta must be a finite number, got {beta!r}")
     if mask is not None:
@@ -102,4 +103,5 @@ def check_prime_inputs(labels: torch.Tensor, prm: ModelInput, ref: ModelInput, p
                 f"mask must have shape [{n_rows}] (one entry per label), got {getattr(mask, 'shape', mask)}")
         require(mask.device == labels.device, f"mask is on {mask.device} but labels are on {labels.device}")
     if cu_seqlens is not None:
-        check_cu_seqlens(cu_seqlens, n_rows, labels.device)
+        check_cu_seqlens(cu_seqlens, n_rows, labels.device, checks)
+    checks.run()
