@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import report_fmt as fmt
-from . import report_scaling
+from . import report_scaling, report_sweep
 from .hardware import environment, gpu_limits
 from .report_data import OURS, Row, Source, load_sources, machine, pytest_rows
 from .report_plots import kernel_figure
@@ -235,6 +235,7 @@ def build_report(results: Path, out: Path) -> str:
          lambda s: render_step_breakdown(s, plots_dir, rel)),
         ("Learning efficiency: PRIME vs outcome-only RLOO", by_kind["learning_efficiency"],
          lambda s: render_learning_efficiency(s, plots_dir, rel)),
+        ("PRM sweeps: the tiny presets' PRM settings", by_kind["prm_sweep"], report_sweep.render),
         ("Other suites", other_sources, lambda s: render_pytest(s, plots_dir, rel, cpu_limits)),
         ("Hardware measurements", by_kind["hardware"], render_unknown_hardware),
         ("Unrecognised results files", by_kind["unknown"], render_unknown),

@@ -6,6 +6,7 @@ A results file is one of (detected from its content, never from its name):
   - `{"kind": "scaling", ...}` (bench/bench_scaling.py), `{"kind": "hardware", ...}` (bench/hardware.py),
     `{"kind": "refit", ...}` (bench/bench_refit.py);
   - step breakdown / learning efficiency (schemas in report_sections.py; kind or file-name prefix);
+  - PRM sweeps (bench/prm_sweep.py, rendered by report_sweep.py; kind or file-name prefix);
   - anything else: listed with its scalar fields.
 
 Work counted per row (the formulas are printed in the report):
@@ -41,7 +42,8 @@ class Source:
     """One results file."""
 
     path: Path
-    kind: str  # pytest-benchmark | scaling | hardware | refit | step_breakdown | learning_efficiency | unknown
+    kind: str  # pytest-benchmark | scaling | hardware | refit | step_breakdown | learning_efficiency | prm_sweep
+    # | unknown
     data: Any
     command: str | None = None
     command_note: str = ""
@@ -78,13 +80,13 @@ def detect_kind(path: Path, data: Any) -> str:
         if isinstance(data.get("benchmarks"), list):
             return "pytest-benchmark"
         kind = data.get("kind")
-        if kind in ("scaling", "hardware", "refit", "step_breakdown", "learning_efficiency"):
+        if kind in ("scaling", "hardware", "refit", "step_breakdown", "learning_efficiency", "prm_sweep"):
             return kind
         if "modes" in data:
             return "step_breakdown"
         if "curves" in data:
             return "learning_efficiency"
-    for prefix in ("step_breakdown", "learning_efficiency"):
+    for prefix in ("step_breakdown", "learning_efficiency", "prm_sweep"):
         if path.name.startswith(prefix):
             return prefix
     return "unknown"
