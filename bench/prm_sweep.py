@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) / f"prm_sweep_{args.tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "kind": "prm_sweep", "command": "python -m bench.prm_sweep " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "kind": "prm_sweep",
+        "command": "python -m bench.prm_sweep " + " ".join(argv if argv is not None else sys.argv[1:]),
         "steps": args.steps, "seed": args.seed, "seeds": seeds, "config": args.config, "window": args.window,
         "shared_settings": shared,
         "ln2": math.log(2), "runs": runs}, indent=1) + "\n")

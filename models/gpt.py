@@ -27,16 +27,20 @@ from .compat import enable_cpu_megatron, tensor_cuda_is_identity
 from .config import ModelConfig
 from .memory import ActivationMemory
 from .spec import block_spec
+from .transformer_impl import resolve_transformer_impl
 
 ROLES = ("policy", "prm", "ref")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def transformer_config(cfg: ModelConfig, *, params_dtype: torch.dtype = torch.float32,
-                       memory: ActivationMemory | None = None, initialize: bool = True) -> TransformerConfig:
+                       memory: ActivationMemory | None = None, initialize: bool = True,
+                       transformer_impl: str = "local") -> TransformerConfig:
     """Megatron TransformerConfig for `cfg` at the current TP/PP sizes, with `memory`'s recompute and
-    sequence parallelism. Every fusion is off: the local (non-TE) modules run unfused on CPU, and fused CUDA
-    paths come from our kernels, not from these flags."""
+    sequence parallelism. With the local modules every fusion is off: they run unfused on CPU, and fused CUDA
+    paths come from our kernels. With Transformer Engine (a resolved transformer_impl, CUDA only) TE's fused
+    RoPE and Megatron's fused SwiGLU are on, as Megatron-LM runs them."""
+    te = transformer_impl == "transformer_engine"
     tp = parallel_state.get_tensor_model_parallel_world_size()
     pp = parallel_state.get_pipeline_model_parallel_world_size()
     cfg.check_parallel(tp=tp, pp=pp)
@@ -55,10 +59,10 @@ def transformer_config(cfg: ModelConfig, *, params_dtype: torch.dtype = torch.fl
         add_qkv_bias=cfg.qkv_bias,
         hidden_dropout=0.0,
         attention_dropout=0.0,
-        bias_activation_fusion=False,
+        bias_activation_fusion=te,
         bias_dropout_fusion=False,
         masked_softmax_fusion=False,
-        apply_rope_fusion=False,
+        apply_rope_fusion=te,
         persist_layer_norm=False,
         gradient_accumulation_fusion=False,
         attention_softmax_in_fp32=True,
@@ -181,7 +185,7 @@ def unwrap_model(model: torch.nn.Module) -> PrimeGPTModel:
 
 def build_model(cfg: ModelConfig, *, role: str, params_dtype: torch.dtype | str | None = None,
                 device: torch.device | str | None = None, memory: ActivationMemory | None = None,
-                initialize: bool = True) -> PrimeGPTModel:
+                initialize: bool = True, transformer_impl: str = "auto") -> PrimeGPTModel:
     """The GPTModel stage of `cfg` for this rank (current TP/PP from megatron parallel_state).
 
     role: "policy" | "prm" | "ref" (the PRIME models share one architecture; "ref" is frozen: no grads).
@@ -189,6 +193,8 @@ def build_model(cfg: ModelConfig, *, role: str, params_dtype: torch.dtype | str 
     use `load_hf_checkpoint` to fill them. memory: recompute and sequence parallelism (default: neither).
     initialize=False leaves the weights uninitialised (torch.empty) for a caller that loads every one of them
     next (`load_hf_checkpoint` checks that it does): start-up then skips the random init of full matrices.
+    transformer_impl: auto | local | transformer_engine (models/transformer_impl.py); the resolved choice is
+    kept as `model.transformer_impl` (it decides the parameter names: models/weight_names.py).
     """
     if role not in ROLES:
         raise ValueError(f"role={role!r} is not allowed; allowed: {list(ROLES)}")
@@ -206,12 +212,14 @@ def build_model(cfg: ModelConfig, *, role: str, params_dtype: torch.dtype | str 
     device = torch.device(device) if device is not None else (
         torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu"))
 
-    tcfg = transformer_config(cfg, params_dtype=params_dtype, memory=memory, initialize=initialize)
+    impl = resolve_transformer_impl(transformer_impl, device.type)
+    tcfg = transformer_config(cfg, params_dtype=params_dtype, memory=memory, initialize=initialize,
+                              transformer_impl=impl)
     tp = tcfg.tensor_model_parallel_size
     n_local_layers = get_num_layers_to_build(tcfg)
     model = PrimeGPTModel(
         config=tcfg,
-        transformer_layer_spec=block_spec(n_local_layers, device.type),
+        transformer_layer_spec=block_spec(n_local_layers, device.type, impl),
         vocab_size=cfg.padded_vocab_size(tp),
         real_vocab_size=cfg.vocab_size,
         max_sequence_length=cfg.max_position_embeddings,
@@ -234,6 +242,7 @@ def build_model(cfg: ModelConfig, *, role: str, params_dtype: torch.dtype | str 
     model.model_config = cfg        # read by load/export_hf_checkpoint
     model.hf_source_path = None     # set by load_hf_checkpoint (export copies tokenizer/config from it)
     model.role = role
+    model.transformer_impl = impl   # read by stage_weight_names and the checkpoint manifest
     if role == "ref":
         model.requires_grad_(False)
     return model

@@ -2,7 +2,9 @@
 
 Layer: pre-RMSNorm -> SelfAttention(ColumnParallel fused QKV, core attention, RowParallel proj) -> residual
 -> pre-RMSNorm -> MLP(ColumnParallel fused gate|up, SwiGLU, RowParallel down) -> residual. All Megatron-core
-"local" modules (no Transformer Engine, no apex), so the same spec runs on CPU/gloo and on CUDA.
+"local" modules (no Transformer Engine, no apex), so the same spec runs on CPU/gloo and on CUDA. On CUDA with
+Transformer Engine installed, model.transformer_impl chooses megatron-core's TE spec instead
+(models/transformer_impl.py).
 
 Core attention is ours, not Megatron's `DotProductAttention`: that one allocates its score buffer with
 `torch.cuda.current_device()` and materialises [b, heads, s, s] scores. `SDPAttention` calls
@@ -32,6 +34,8 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
+
+from .transformer_impl import te_final_norm, te_layer_spec
 
 
 class SDPAttention(MegatronModule):
@@ -185,8 +189,11 @@ def core_attention_class(device_type: str) -> type[SDPAttention]:
     return SDPAttention
 
 
-def layer_spec(device_type: str = "cpu") -> ModuleSpec:
-    """The TransformerLayer spec (Megatron local modules + our core attention)."""
+def layer_spec(device_type: str = "cpu", transformer_impl: str = "local") -> ModuleSpec:
+    """The TransformerLayer spec: Megatron local modules + our core attention, or (transformer_impl =
+    "transformer_engine", resolved by models/transformer_impl.py) megatron-core's TE spec."""
+    if transformer_impl == "transformer_engine":
+        return te_layer_spec()
     return ModuleSpec(
         module=TransformerLayer,
         submodules=TransformerLayerSubmodules(
@@ -211,7 +218,9 @@ def layer_spec(device_type: str = "cpu") -> ModuleSpec:
     )
 
 
-def block_spec(num_layers_this_stage: int, device_type: str = "cpu") -> TransformerBlockSubmodules:
+def block_spec(num_layers_this_stage: int, device_type: str = "cpu", transformer_impl: str = "local"
+               ) -> TransformerBlockSubmodules:
     """All layers of this pipeline stage plus the final RMSNorm."""
-    return TransformerBlockSubmodules(layer_specs=[layer_spec(device_type)] * num_layers_this_stage,
-                                      layer_norm=RMSNorm)
+    final_norm = te_final_norm() if transformer_impl == "transformer_engine" else RMSNorm
+    return TransformerBlockSubmodules(layer_specs=[layer_spec(device_type, transformer_impl)] * num_layers_this_stage,
+                                      layer_norm=final_norm)

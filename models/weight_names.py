@@ -2,7 +2,7 @@
 tensor(s), and how its TP shards are laid out. HF import, HF export (models/hf_checkpoint.py) and the vLLM
 refit (trainer/rollout/weight_sync.py) all walk this table, so a name or a layout is written once.
 
-Layouts of a Megatron parameter (Megatron local modules, TP size tp; ng KV groups, nq query heads, d head dim):
+Layouts of a Megatron parameter (TP size tp; ng KV groups, nq query heads, d head dim):
   replicated  norms: the whole tensor on every TP rank; one HF tensor.
   vocab       word_embeddings / output_layer: rows split after padding the vocabulary to a multiple of tp with
               zero rows (the model masks their logits to -inf, see gpt.py); HF holds only the real rows.
@@ -11,6 +11,8 @@ Layouts of a Megatron parameter (Megatron local modules, TP size tp; ng KV group
   fc1         linear_fc1 [2 F / tp, H]: this rank's slice of gate_proj, then the same slice of up_proj.
   cols        linear_proj / linear_fc2: input columns split (RowParallel); HF: o_proj / down_proj.
 Layers: Megatron layer j of a PP stage holds HF layer `layer_number - 1` (layer_number is global).
+Names: the local modules' and Transformer Engine's differ only in where a layer's two norm weights live
+(`norm_names`); layouts are the same.
 """
 
 from __future__ import annotations
@@ -45,11 +47,24 @@ class WeightName:
         return _TP_DIM[self.layout]
 
 
+def norm_names(transformer_impl: str) -> tuple[str, str]:
+    """A layer's (pre-attention, pre-MLP) RMSNorm weight, relative to the layer: Transformer Engine fuses each
+    norm into the GEMM after it (TELayerNormColumnParallelLinear owns `layer_norm_weight`)."""
+    if transformer_impl == "transformer_engine":
+        return "self_attention.linear_qkv.layer_norm_weight", "mlp.linear_fc1.layer_norm_weight"
+    if transformer_impl == "local":
+        return "input_layernorm.weight", "pre_mlp_layernorm.weight"
+    raise ValueError(f"transformer_impl={transformer_impl!r} is not a resolved implementation; allowed: "
+                     "'local', 'transformer_engine'")
+
+
 def weight_names(cfg: ModelConfig, layers: Mapping[int, int] | None = None, *, first_stage: bool = True,
-                 last_stage: bool = True) -> list[WeightName]:
+                 last_stage: bool = True, transformer_impl: str = "local") -> list[WeightName]:
     """The table for one pipeline stage: `layers` maps HF layer index -> local Megatron layer index (None:
-    every layer, identity, i.e. PP = 1); first_stage / last_stage hold the embedding / final norm and head.
+    every layer, identity, i.e. PP = 1); first_stage / last_stage hold the embedding / final norm and head;
+    transformer_impl (resolved: local | transformer_engine) names the norm weights (`norm_names`).
     Order: embedding, layers, final norm, head (the order the refit feeds vLLM in)."""
+    attn_norm, mlp_norm = norm_names(transformer_impl)
     H, V, F, d = cfg.hidden_size, cfg.vocab_size, cfg.ffn_hidden_size, cfg.head_dim
     q, kv = cfg.num_attention_heads * d, cfg.num_query_groups * d
     if layers is None:
@@ -64,14 +79,14 @@ def weight_names(cfg: ModelConfig, layers: Mapping[int, int] | None = None, *, f
     for hf_i, j in sorted(layers.items()):
         hf, mg = f"model.layers.{hf_i}.", f"decoder.layers.{j}."
         attn = hf + "self_attn."
-        add(mg + "input_layernorm.weight", "replicated", [(hf + "input_layernorm.weight", (H,))])
+        add(mg + attn_norm, "replicated", [(hf + "input_layernorm.weight", (H,))])
         add(mg + "self_attention.linear_qkv.weight", "qkv",
             [(attn + "q_proj.weight", (q, H)), (attn + "k_proj.weight", (kv, H)), (attn + "v_proj.weight", (kv, H))])
         if cfg.qkv_bias:
             add(mg + "self_attention.linear_qkv.bias", "qkv",
                 [(attn + "q_proj.bias", (q,)), (attn + "k_proj.bias", (kv,)), (attn + "v_proj.bias", (kv,))])
         add(mg + "self_attention.linear_proj.weight", "cols", [(attn + "o_proj.weight", (H, q))])
-        add(mg + "pre_mlp_layernorm.weight", "replicated", [(hf + "post_attention_layernorm.weight", (H,))])
+        add(mg + mlp_norm, "replicated", [(hf + "post_attention_layernorm.weight", (H,))])
         add(mg + "mlp.linear_fc1.weight", "fc1", [(hf + "mlp.gate_proj.weight", (F, H)),
                                                   (hf + "mlp.up_proj.weight", (F, H))])
         add(mg + "mlp.linear_fc2.weight", "cols", [(hf + "mlp.down_proj.weight", (H, F))])
@@ -92,7 +107,7 @@ def local_layers(model) -> dict[int, int]:
 def stage_weight_names(model) -> list[WeightName]:
     """The table for the pipeline stage `model` (a primeflow GPT model, unwrapped) holds."""
     return weight_names(model.model_config, local_layers(model), first_stage=model.pre_process,
-                        last_stage=model.post_process)
+                        last_stage=model.post_process, transformer_impl=getattr(model, "transformer_impl", "local"))
 
 
 def hf_tensor_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:

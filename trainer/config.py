@@ -37,6 +37,9 @@ class ModelSection:
     # The frozen reference. Must equal params_dtype when the PRM is trained against it (prime mode, ref_type
     # freeze): r_t = beta (log pi_phi - log pi_ref) is then exactly 0 at step 0, as PRIME requires.
     ref_dtype: str = choice("float32", "bfloat16")
+    # Layer implementation (models/transformer_impl.py): auto = Transformer Engine's layers on CUDA when
+    # transformer_engine imports, Megatron's local layers otherwise (always on CPU).
+    transformer_impl: str = choice("auto", "local", "transformer_engine")
     tiny_overrides: dict = field(default_factory=dict)  # make_tiny_checkpoint(**overrides) for the default run
 
 

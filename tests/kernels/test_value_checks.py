@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-
 from primeflow.kernels._rl_validate import validate_prm_ce_args, validate_rloo_args
 from primeflow.kernels._validate import ValueChecks, check_labels
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 class CountScalarReads(TorchDispatchMode):

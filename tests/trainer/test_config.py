@@ -42,6 +42,8 @@ def test_dotted_overrides_parse_yaml_scalars_and_lists():
     ("ppo.clipp=0.2", "unknown config key ppo.clipp; allowed keys under ppo: ['agg', 'clip', 'epochs'"),
     ("prm.update=sometimes", "prm.update: 'sometimes' is not allowed; allowed values: ['after', 'before', 'none']"),
     ("prime.ref_type=sft", "prime.ref_type: 'sft' is not allowed; allowed values: ['freeze', 'policy']"),
+    ("model.transformer_impl=te",
+     "model.transformer_impl: 'te' is not allowed; allowed values: ['auto', 'local', 'transformer_engine']"),
     ("train.steps=many", "train.steps: expected an integer, got 'many'"),
     ("rollout.n=1", "rollout.n: must be >= 2"),
     ("filter.low=0.9", "filter.low/filter.high: need 0 <= low <= high <= 1"),

@@ -80,7 +80,8 @@ def export_hf(run_dir: str | os.PathLike, step: int | str | None = None, out: st
             if target.exists() and not overwrite:
                 raise CheckpointError(f"{target}: already exists (pass overwrite=True / --force to replace it)")
             cfg = ModelConfig(**meta["model_config"])
-            model = build_model(cfg, role=meta["role"] or "policy", params_dtype=meta["params_dtype"])
+            model = build_model(cfg, role=meta["role"] or "policy", params_dtype=meta["params_dtype"],
+                                transformer_impl=meta.get("transformer_impl", "local"))
             CheckpointManager(run_dir).load(path, models={name: model}, optimizers={}, schedulers={},
                                             rng=False, strict=False)
             side = path / "hf" / name

@@ -91,7 +91,19 @@ def _model_meta(model: torch.nn.Module) -> dict[str, Any]:
         "model_config": dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else None,
         "hf_source_path": str(src) if src is not None else None,
         "params_dtype": str(first.dtype).removeprefix("torch.") if first is not None else None,
+        # local | transformer_engine: the implementations name the norm weights differently
+        "transformer_impl": getattr(model, "transformer_impl", "local"),
     }
+
+
+def _check_transformer_impl(path: Path, manifest: dict[str, Any], models: Mapping[str, torch.nn.Module]) -> None:
+    """A model saved with one layer implementation loads only into the same one (parameter names differ)."""
+    for name, model in models.items():
+        saved = (manifest["models"].get(name) or {}).get("transformer_impl", "local")
+        running = getattr(model, "transformer_impl", "local")
+        if saved != running:
+            raise CheckpointError(f"{path}: model {name!r} was saved with transformer_impl={saved!r}, this run "
+                                  f"builds it with {running!r}; set model.transformer_impl={saved} to resume it")
 
 
 def _load_sharded(source: Path, name: str, model: torch.nn.Module, optimizer: Any | None,
@@ -456,6 +468,7 @@ class CheckpointManager:
             if rng and not comp.get("rng"):
                 raise CheckpointError(f"{path}: saved without RNG states (rng=False at save); load with rng=False")
             check_layout(path, manifest, parts, lay, rng=rng)
+            _check_transformer_impl(path, manifest, models)
             rid, shard = rank_id(lay), shard_id(lay)
             wanted = [f"model.{n}.{shard}.pt" for n in parts.plain_models]
             wanted += [f"optim.{n}.{shard}.pt" for n in parts.plain_optimizers]
