@@ -230,6 +230,11 @@ def main(argv: list[str] | None = None) -> int:
             report[name] = {"error": traceback.format_exc()}
         args.out.write_text(json.dumps(report, indent=1, default=str))
         print(f"== {name}:", json.dumps(report[name], default=str)[:3000], flush=True)
+    from primeflow.kernels.linear_logprob import cpu as grad_driver
+
+    # False when this build lacked CUDA's addmm.dtype_out: the bf16 backward then widened its operands
+    report["fused_bf16_grad_accumulate"] = grad_driver._fused_lowp_accumulate
+    args.out.write_text(json.dumps(report, indent=1, default=str))
     parallel.shutdown()
     failed = [c for k in report.get("kernels", []) if isinstance(k, dict) for c in k.get("checks", [])
               if not c["ok"]]
