@@ -6,7 +6,7 @@
 Kernels: linear_stats_fwd_kernel (forward; grid row blocks x COLS_PER_SPLIT vocab splits, each program
 streams its split's BLOCK_V tiles), linear_dz_kernel (backward recompute; one BLOCK_N x BLOCK_V tile per
 program, vocab chunks from triton_op.grad_chunking), prime_rewards_kernel (one program per BLOCK_N rows
-streaming each model's full vocabulary, no split). Tiles are linear_logprob.triton_op.tile_config's on CUDA.
+streaming each model's full vocabulary, no split: what prime_token_rewards runs when V fits one split). Tiles are linear_logprob.triton_op.tile_config's on CUDA.
 Orders: "rows_fastest" (the former 2-D grids: row blocks fastest) and "grouped" (kernel.py's _grouped_tile,
 GROUP_N row blocks walk the vocab dimension before the next group). prime_rewards has one order (its grid
 has no vocab dimension).
@@ -27,7 +27,9 @@ Assumptions (the model compares tilings and program orders; it is not a timing):
 5. Backward: only linear_dz_kernel (recompute + dz written in bf16, triton_op.dz_dtype on CUDA); the dh and
    dW GEMMs that read dz (cuBLAS) are not counted.
 6. prime_rewards: three models (policy, PRM, reference) of the same shape, each with its own hidden and
-   weight. The "split_grouped" what-if row gives it COLS_PER_SPLIT splits and the grouped order.
+   weight. "as_is" is the one-launch kernel; "split_grouped" is what prime_token_rewards runs for a
+   vocabulary wider than one split (prime_rewards/sharded.split_forward: each model's linear_stats_fwd launch,
+   COLS_PER_SPLIT splits in the grouped order), modelled as one three-model launch with those splits.
 7. FLOPs: 2 N H V per model (the logits GEMM). Time = max(FLOPs / peak dense bf16, HBM bytes read and
    written / HBM bandwidth): a roofline assuming MMAs at peak and perfectly overlapped transfers. It ignores
    L2->SM bandwidth (reported as l2_to_sm bytes per FLOP, no L2 bandwidth assumed), the exp epilogue,
@@ -177,7 +179,8 @@ def _col_ranges(lo: int, hi: int, width: int) -> Iterator[tuple[int, int]]:
 def streaming_launch(shape: Shape, tiles: Tiles, group_n: int, cols_per_split: int, n_models: int,
                      out_bytes_per_row: int) -> Launch:
     """Programs (row block, split) in grouped order that stream the split's BLOCK_V tiles of each model in
-    turn: linear_stats_fwd (1 model, COLS_PER_SPLIT) and prime_rewards (3 models, the full V today)."""
+    turn: linear_stats_fwd (1 model, COLS_PER_SPLIT) and prime_rewards (3 models; the full V as one split for
+    the one-launch kernel)."""
     bn, h, e = tiles.block_n, shape.hidden, shape.elt_bytes
     n_rb = -(-shape.n_rows // bn)
     n_splits = -(-shape.vocab // cols_per_split)
@@ -216,8 +219,8 @@ def dz_launches(shape: Shape, tiles: Tiles, group_n: int) -> list[Launch]:
 
 
 def launches(kernel: str, order: str, shape: Shape, tiles: Tiles) -> tuple[list[Launch], int]:
-    """(launches, models) of `kernel` under `order` ("rows_fastest", "grouped"; prime_rewards: "as_is",
-    or the "split_grouped" what-if)."""
+    """(launches, models) of `kernel` under `order` ("rows_fastest", "grouped"; prime_rewards: "as_is", the
+    one-launch kernel, or "split_grouped", the vocab-split path)."""
     n_rb = -(-shape.n_rows // tiles.block_n)
     group = {"rows_fastest": n_rb, "grouped": tiles.group_n, "as_is": n_rb, "split_grouped": tiles.group_n}[order]
     if kernel == "linear_stats_fwd":

@@ -1,9 +1,9 @@
 """`linear_prime_rewards`: `prime_token_rewards` on the training path, differentiable w.r.t. the PRM's hidden
 states and head weight.
 
-Forward: the one fused launch of prime_token_rewards (PRM and reference log-probs from hidden states and head
-weights, the token rewards, with cu_seqlens the per-sequence sums), which also hands back the PRM's softmax
-pieces (max, log-sum-exp below it). Backward: the chain rule down to d loss / d prm_logp, then the
+Forward: prime_token_rewards' own forward (PRM and reference log-probs from hidden states and head weights, the
+token rewards, with cu_seqlens the per-sequence sums; one fused launch, or the vocab-split path for wide
+vocabularies), which also hands back the PRM's softmax pieces (max, log-sum-exp below it). Backward: the chain rule down to d loss / d prm_logp, then the
 recompute-in-backward of linear_token_logprobs (custom_ops.linear_grad) with those pieces, so the backward
 streams the vocabulary exactly as linear_token_logprobs' does and no second forward is needed.
 
@@ -31,7 +31,8 @@ from .._backend import Backend
 from ..linear_logprob import custom_ops as linear_ops
 from ..vocab_parallel import local_labels, vocab_shard_offset
 from . import sharded
-from .op import prime_pieces, prime_token_rewards_backend, row_contiguous, sequence_ids
+from .op import prime_pieces, prime_token_rewards_backend, row_contiguous
+from .segments import sequence_ids
 from .types import ModelInput, PrimeLogprobs, check_prime_inputs
 
 
@@ -113,7 +114,7 @@ class LinearPrimeRewards(torch.autograd.Function):
 def linear_prime_rewards(labels: torch.Tensor, *, prm: tuple[torch.Tensor, torch.Tensor], ref: ModelInput,
                          beta: float, mask: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
                          tp_group: dist.ProcessGroup | None = None) -> PrimeLogprobs:
-    """prime_token_rewards (same launch, same outputs, bitwise) with gradients w.r.t. the PRM's hidden [N, H]
+    """prime_token_rewards (same forward, same outputs, bitwise) with gradients w.r.t. the PRM's hidden [N, H]
     and head weight [V, H] through prm_logp, reward and seq_reward_sum; ref (logits [N, V] or (hidden,
     weight)) and the counts get none. policy_logp is None: the policy trains through linear_token_logprobs.
 

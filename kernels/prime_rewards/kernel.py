@@ -1,4 +1,7 @@
-"""ONE Triton launch scoring up to three models (policy, PRM, reference) and forming the implicit reward.
+"""ONE Triton launch scoring up to three models (policy, PRM, reference) and forming the implicit reward, for
+vocabularies that fit one split (V <= linear_logprob.triton_op's COLS_PER_SPLIT); wider ones go through the
+vocab-split stats kernels and a torch epilogue instead (sharded.split_forward: one program per row tile
+streaming a 152k vocabulary would fill N/64 SMs and re-read the weights per wave).
 
 Legend: a program owns BLOCK_N rows and streams the whole vocabulary of each model in turn; a model is
 absent (KIND 0), given as logits [N, V] (KIND 1, tiles loaded) or as (hidden [N, H], weight [V, H])

@@ -1,5 +1,7 @@
-"""Public `prime_token_rewards`: ONE Triton launch for all models on CUDA / under TRITON_INTERPRET=1,
-the chunked PyTorch path (bounded memory, same fp32 pieces) on CPU. Scoring only: outputs carry no grad
+"""Public `prime_token_rewards` on CUDA / under TRITON_INTERPRET=1: ONE Triton launch for all models when the
+vocabulary fits one split (kernel.py), else each model's vocab-split stats launch (fixed-width splits, grouped
+order) and the rewards formed in torch from the merged fp32 pieces (sharded.split_forward). On CPU: the chunked
+PyTorch path (bounded memory, same fp32 pieces). Scoring only: outputs carry no grad
 (train the PRM through `linear_prime_rewards`, function.py, the policy through `linear_token_logprobs`).
 
 Per-sequence sums (`cu_seqlens`): sequences are given as contiguous row ranges, as in packed/varlen
@@ -23,7 +25,8 @@ from .._library import absent, qualified
 from ..linear_logprob import cpu as linear_cpu
 from ..linear_logprob.triton_op import _dot_fp32, tile_config
 from ..logprob import torch_op as logits_cpu
-from . import kernel
+from . import kernel, sharded
+from .segments import segmented_total, sequence_ids
 from .types import ModelInput, PrimeLogprobs, check_prime_inputs
 
 # What both paths return: (fp32 [5, N]: the log-probs in the order policy (0 without one), PRM, reference,
@@ -55,26 +58,6 @@ def _slot_args(model: ModelInput | None, like: torch.Tensor) -> tuple[list, int,
     return args, 2, _dot_fp32(hidden.dtype)
 
 
-def sequence_ids(cu_seqlens: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """int64 [N]: the sequence of each row (empty sequences own no row), without a host sync."""
-    rows = torch.arange(n_rows, device=cu_seqlens.device, dtype=torch.int64)
-    return torch.searchsorted(cu_seqlens[1:].to(torch.int64).contiguous(), rows, right=True)
-
-
-def segmented_total(values_T: torch.Tensor, keys_T: torch.Tensor) -> torch.Tensor:
-    """Inclusive segmented scan over runs of equal consecutive keys (Hillis-Steele doubling): the last element
-    of a run holds the run's total. ceil(log2 T) elementwise steps on a [T] vector, a fixed addition order
-    (deterministic on every device, unlike index_add_ / cumsum on CUDA), and tl.where-style selection so a
-    NaN never crosses into another run."""
-    out = values_T
-    d = 1
-    while d < out.shape[0]:
-        same = keys_T[d:] == keys_T[:-d]
-        out = torch.cat([out[:d], out[d:] + torch.where(same, out[:-d], torch.zeros_like(out[:-d]))])
-        d *= 2
-    return out
-
-
 def _finish_seq_sums(head_sum, head_cnt, start_sum, start_cnt, seq_N, cu_seqlens, block_n):
     """(sum fp32 [S], count int64 [S]) = start[s] + the head[] partials of the tiles whose first row lies
     in sequence s (tiles ceil(a/BLOCK_N) .. ceil(b/BLOCK_N) - 1 for rows [a, b): contiguous, and every tile
@@ -95,7 +78,19 @@ def _finish_seq_sums(head_sum, head_cnt, start_sum, start_cnt, seq_N, cu_seqlens
     return seq_sum, seq_cnt
 
 
+def model_vocab_size(model: ModelInput) -> int:
+    return model.shape[1] if isinstance(model, torch.Tensor) else model[1].shape[0]
+
+
+def uses_vocab_splits(prm: ModelInput, device: torch.device) -> bool:
+    """Whether the Triton path splits the vocabulary (sharded.split_forward): when it is wider than one split
+    of linear_token_logprobs' stats kernel. A function of V alone, so a row's outputs never depend on N."""
+    return model_vocab_size(prm) > tile_config(device)["COLS_PER_SPLIT"]
+
+
 def _triton(labels, prm, ref, policy, beta, mask, cu_seqlens) -> Pieces:
+    if uses_vocab_splits(prm, labels.device):
+        return sharded.split_forward(labels, prm, ref, policy, beta, mask, cu_seqlens)
     n_rows = labels.shape[0]
     dev = labels.device
     logp_5N = torch.zeros((5, n_rows), dtype=torch.float32, device=dev)
@@ -217,13 +212,14 @@ def prime_token_rewards(labels: torch.Tensor, *, prm: ModelInput, ref: ModelInpu
     All outputs fp32 [N]. A NaN input propagates to the affected outputs (masked rewards are 0).
 
     cu_seqlens (optional, int32/int64 [S+1], 0 = cu[0] <= ... <= cu[S] = N): rows cu[s]:cu[s+1] are
-    sequence s (e.g. arange(B + 1) * T for a flattened [B, T] batch). Then, in the same launch,
+    sequence s (e.g. arange(B + 1) * T for a flattened [B, T] batch). Then, in the same call,
     seq_reward_sum fp32 [S] = sum of the sequence's rewards over mask != 0 tokens and seq_valid_count
     int64 [S] = its number of such tokens, so the RLOO baseline's m_i = seq_reward_sum / seq_valid_count
     (before rloo_advantages' batch_norm, which divides every m_i by one scalar). Deterministic; a NaN reward
     on a valid token makes its own sequence's sum NaN only. The per-token outputs are bitwise the same with
     or without cu_seqlens; a sequence's sum is rounded differently depending on where its tile boundaries
-    fall (its offset in the batch), so, unlike the per-token outputs, it is not batch-invariant bitwise."""
+    (or scan steps) fall, i.e. its offset in the batch, so, unlike the per-token outputs, it is not
+    batch-invariant bitwise."""
     check_prime_inputs(labels, prm, ref, policy, beta, mask, cu_seqlens)
     logp_5N, reward_N, seq_sum, seq_cnt = prime_pieces(labels.contiguous(), prm, ref, policy, beta, mask,
                                                        cu_seqlens)

@@ -1,4 +1,14 @@
-"""The vocab-parallel forward of `linear_prime_rewards`: each TP rank reduces its vocabulary shard of the PRM
+"""The vocab-split forwards of prime_token_rewards / linear_prime_rewards, from per-model softmax pieces.
+
+Vocab-split (TP = 1, `split_forward`): a vocabulary wider than one split (linear_logprob.triton_op's
+COLS_PER_SPLIT columns) is not streamed whole by one program per row tile (kernel.py): each model's pieces come
+from linear_token_logprobs' vocab-split stats kernel (grid row tiles x fixed-width splits in the grouped,
+L2-aware order, then the fixed-order merge), and the log-probs, rewards and per-sequence sums are formed in
+torch from those pieces as below. The split width is fixed, so a row's outputs do not depend on its batch.
+Why: one program per 64 rows streaming three models' full vocabularies fills at most N/64 SMs and re-reads
+the weights from HBM per wave (kernels/traffic_model.py at the 7B head: ~422 GB vs ~31 GB split and grouped).
+
+Vocab-parallel (tp_group): the forward of `linear_prime_rewards`: each TP rank reduces its vocabulary shard of the PRM
 and of the reference to per-row fp32 pieces (max, log-sum-exp below it, z_label or 0), ONE all-gather carries
 both models' pieces packed into one [N, 6] tensor (vocab_parallel.all_gather_pieces), and every rank merges
 them locally in rank order (vocab_parallel.merge_pieces), so all ranks hold bitwise-identical pieces.
@@ -17,10 +27,11 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 
+from .._library import absent
 from ..linear_logprob import custom_ops as linear_ops
 from ..logprob import custom_ops as logits_ops
 from ..vocab_parallel import all_gather_pieces, merge_pieces
-from .op import segmented_total
+from .segments import segmented_total, sequence_ids
 from .types import ModelInput
 
 
@@ -72,7 +83,7 @@ def sequence_sums(reward_N: torch.Tensor, mask_N: torch.Tensor | None, seq_N: to
                   cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum fp32 [S] of the (masked) rewards, count int64 [S] of mask != 0 tokens) per sequence.
 
-    The sums are op.segmented_total's fixed-order scan (deterministic on every device, no sync), read at each
+    The sums are segments.segmented_total's fixed-order scan (deterministic on every device, no sync), read at each
     sequence's last row; empty sequences get 0. Counts are exact integer prefix sums."""
     cu = cu_seqlens.to(torch.int64)
     n_rows = reward_N.shape[0]
@@ -85,3 +96,19 @@ def sequence_sums(reward_N: torch.Tensor, mask_N: torch.Tensor | None, seq_N: to
     has = cu[1:] > cu[:-1]
     seq_sum = torch.where(has, total_N[(cu[1:] - 1).clamp(min=0)], 0.0)
     return seq_sum, seq_cnt
+
+
+def split_forward(labels_N: torch.Tensor, prm: ModelInput, ref: ModelInput, policy: ModelInput | None,
+                  beta: float, mask_N: torch.Tensor | None, cu_seqlens: torch.Tensor | None):
+    """The TP = 1 vocab-split path (module docstring), with op.py's outputs: (logp fp32 [5, N]: policy (0
+    without one), PRM, reference log-probs, the PRM's max and log-sum-exp below it; reward [N]; and with
+    cu_seqlens the per-sequence sums [S] and counts [S])."""
+    prm_p, ref_p = shard_pieces(prm, labels_N, True), shard_pieces(ref, labels_N, True)
+    reward_N = rewards(prm_p, ref_p, beta, mask_N)
+    policy_logp_N = torch.zeros_like(reward_N) if policy is None else shard_pieces(policy, labels_N, True).logp()
+    logp_5N = torch.stack((policy_logp_N, prm_p.logp(), ref_p.logp(), prm_p.m_N, prm_p.ls_N))
+    if cu_seqlens is None:
+        return logp_5N, reward_N, absent(reward_N), reward_N.new_empty(0, dtype=torch.int64)
+    seq_N = sequence_ids(cu_seqlens, labels_N.shape[0])
+    seq_sum_S, seq_cnt_S = sequence_sums(reward_N, mask_N, seq_N, cu_seqlens)
+    return logp_5N, reward_N, seq_sum_S, seq_cnt_S

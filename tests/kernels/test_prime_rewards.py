@@ -108,20 +108,23 @@ def test_matches_reference_and_single_model_ops(path, generator):
     torch.testing.assert_close(out.prm_logp, K.linear_token_logprobs(*prm, labels), atol=2e-5, rtol=2e-5)
 
 
-def test_batch_invariance_bitwise(path, generator):
-    labels, prm, ref, policy = _models(9, 50, torch.float32, generator)
+# 50 columns: one launch streams each row's whole vocabulary (kernel.py); 150 > the interpreter's 64-column
+# split: the vocab-split path (sharded.split_forward)
+@pytest.mark.parametrize("V", [50, 150])
+def test_batch_invariance_bitwise(path, V, generator):
+    labels, prm, ref, policy = _models(9, V, torch.float32, generator)
     full = K.prime_token_rewards(labels, prm=prm, ref=ref, policy=policy, beta=0.1)
     other_ref = ref.clone()
-    other_ref[5:] = torch.randn(4, 50, generator=generator)
+    other_ref[5:] = torch.randn(4, V, generator=generator)
     part = K.prime_token_rewards(labels, prm=prm, ref=other_ref, policy=policy, beta=0.1)
     assert full.seq_reward_sum is None and full.seq_valid_count is None  # not requested (no cu_seqlens)
     for a, b in zip(full[:4], part[:4], strict=True):  # the per-token outputs
         assert torch.equal(a[:5], b[:5])
-    if path == "triton":  # fixed tiles, no splits: also independent of N and of a row's place in its tile
+    if path == "triton":  # fixed tiles and split widths: also independent of N and of a row's place in its tile
         # exact GEMMs (see make_dyadic_linear): the interpreter's tl.dot is the host BLAS, whose summation
         # order depends on the row's position in the tile on AVX2 hosts
-        h_prm, w_prm, labels = _h.make_dyadic_linear(9, 24, 50, generator)
-        h_pol, w_pol, _ = _h.make_dyadic_linear(9, 16, 50, generator)
+        h_prm, w_prm, labels = _h.make_dyadic_linear(9, 24, V, generator)
+        h_pol, w_pol, _ = _h.make_dyadic_linear(9, 16, V, generator)
         prm, policy = (h_prm, w_prm), (h_pol, w_pol)
         full = K.prime_token_rewards(labels, prm=prm, ref=ref, policy=policy, beta=0.1)
         for rows in ([7, 2], [8], list(range(1, 9))):
@@ -156,3 +159,23 @@ def test_bad_input_raises_value_error(bad, match):
                 beta=0.1, mask=None) | bad
     with pytest.raises(ValueError, match=match):
         K.prime_token_rewards(args.pop("labels"), **args)
+
+
+def test_vocabularies_wider_than_one_split_take_the_split_path(monkeypatch, generator):
+    """The Triton path routes V > COLS_PER_SPLIT (64 under the interpreter) through sharded.split_forward and
+    keeps the one-launch kernel for narrower ones; both agree with the reference op (test_vs_float64 checks both
+paths against float64 at V = 7 and 129)."""
+    from primeflow.kernels.prime_rewards import sharded
+
+    assert K.prime_token_rewards_backend(torch.zeros(1)) is Backend.TRITON  # this module runs interpreted
+    calls = []
+    real = sharded.split_forward
+    monkeypatch.setattr(sharded, "split_forward", lambda *args: calls.append(args[1][1].shape[0]) or real(*args))
+    for V in (64, 65, 150):
+        labels, prm, _, policy = _models(5, V, torch.float32, generator)
+        ref = torch.randn(5, V, generator=generator) * 3  # plain logits: see test_matches_reference_...
+        out = K.prime_token_rewards(labels, prm=prm, ref=ref, policy=policy, beta=0.1)
+        want = reference.prime_token_rewards(labels, prm=prm, ref=ref, policy=policy, beta=0.1)
+        for a, b in zip(out, want, strict=True):
+            torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5)
+    assert calls == [65, 150]

@@ -103,11 +103,14 @@ def _allowed_sum_error(reward64: torch.Tensor, mag64: torch.Tensor, cu: torch.Te
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["single", "boundaries", "ragged"])
-def test_seq_sums_vs_float64(path, layout, dtype, generator):
+# 33 columns: the one-launch kernel's in-tile partials; 150 (> the interpreter's 64-column split): the
+# vocab-split path's segmented scan (sharded.split_forward)
+@pytest.mark.parametrize("vocab", [33, 150])
+def test_seq_sums_vs_float64(path, layout, dtype, vocab, generator):
     lengths = _layout(layout, generator)
     cu = _cu(lengths)
     n_rows = int(cu[-1])
-    labels, prm, ref = _inputs(n_rows, 33, dtype, generator)
+    labels, prm, ref = _inputs(n_rows, vocab, dtype, generator)
     mask = torch.rand(n_rows, generator=generator) > 0.25
     if layout == "boundaries":
         mask[cu[3]:cu[4]] = False  # a fully masked sequence (length 1)
