@@ -65,6 +65,29 @@ def run(mode: str, seed: int, model: Path, steps: int, work: Path, extra: list[s
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
+def parse_reuse(items: list[str]) -> dict[str, Path]:
+    """--reuse MODE=DIR values -> {mode: DIR}."""
+    out = {}
+    for item in items:
+        mode, sep, folder = item.partition("=")
+        if not sep or mode not in ("prime", "rloo") or not folder:
+            raise SystemExit(f"--reuse {item!r}: expected MODE=DIR with MODE one of prime, rloo")
+        out[mode] = Path(folder)
+    return out
+
+
+def reused_rows(run_dir: Path, steps: int) -> list[dict]:
+    """The metrics of a finished run of exactly `steps` steps (a shorter or longer one is refused)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise SystemExit(f"--reuse: {path} does not exist")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if [r.get("step") for r in rows] != list(range(1, steps + 1)):
+        raise SystemExit(f"--reuse: {path} holds steps {rows[0].get('step') if rows else None}.."
+                         f"{rows[-1].get('step') if rows else None}, not 1..{steps}")
+    return rows
+
+
 def devices_and_peak(nproc: int, peak_flops: float | None, out: Path) -> tuple[int, float | None, str]:
     """(devices that divide tokens/s and MFU, peak flops per device, where the peak comes from). On CUDA one
     device per process; on CPU the processes share one machine, whose peak is its measured fp32 GEMM rate."""
@@ -101,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="trainer config file (default: the embedded tiny default)")
     parser.add_argument("--peak-flops", type=float, help="peak flops per device for MFU (default: the vendor "
                         "bf16 figure on CUDA, else the newest *_hardware.json in --out: measured fp32 GEMM)")
+    parser.add_argument("--reuse", action="append", default=[], metavar="MODE=DIR",
+                        help="take MODE's runs from DIR/<mode>_seed<seed>/metrics.jsonl (each must hold --steps "
+                             "steps) instead of training them, e.g. the rloo runs of an earlier comparison from "
+                             "the same SFT model when only PRIME's settings changed (recorded in the output)")
     parser.add_argument("--tag", default="cpu_tiny", help="names the outputs step_breakdown_<tag>.json and "
                         "learning_efficiency_<tag>.json")
     args = parser.parse_args(argv)
@@ -114,9 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     stage_times: dict[str, dict[str, float]] = {}
     peaks: dict[str, float] = {}
     t0 = time.time()
+    reused = parse_reuse(args.reuse)
     for seed in args.seeds:
         for mode in ("prime", "rloo"):
-            rows = run(mode, seed, model, args.steps, work, args.set, nproc=args.nproc, config=args.config)
+            if mode in reused:
+                rows = reused_rows(reused[mode] / f"{mode}_seed{seed}", args.steps)
+            else:
+                rows = run(mode, seed, model, args.steps, work, args.set, nproc=args.nproc, config=args.config)
             wall, curve = 0.0, []
             for r in rows:
                 wall += r["time/step"]
@@ -142,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     hf_config = json.loads((model / "config.json").read_text())
-    resolved = {m: yaml.safe_load((work / f"{m}_seed{args.seeds[0]}" / "config.yaml").read_text()) for m in modes}
+    resolved = {m: yaml.safe_load((reused.get(m, work) / f"{m}_seed{args.seeds[0]}" / "config.yaml").read_text())
+                for m in modes}
     for mode, values in modes.items():
         sequences = resolved[mode]["data"]["prompts_per_step"] * resolved[mode]["rollout"]["n"]
         values["flops"] = step_flops(hf_config, resolved[mode], values["tokens"], sequences)
@@ -151,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
               "sft_steps": None if args.model else args.sft_steps,
               "trainer_config": args.config or "embedded default", "nproc": args.nproc,
               "prompts_per_step": first["data"]["prompts_per_step"], "K": first["rollout"]["n"],
-              "max_tokens": first["rollout"]["max_tokens"], "parallel": first["parallel"]}
+              "max_tokens": first["rollout"]["max_tokens"], "parallel": first["parallel"],
+              "reused_runs": {m: str(d) for m, d in reused.items()}}
     gpus, peak_flops, peak_source = devices_and_peak(args.nproc, args.peak_flops, out)
     (out / f"step_breakdown_{args.tag}.json").write_text(json.dumps(
         {"kind": "step_breakdown", "command": command, "environment": environment(), "config": config,
