@@ -21,7 +21,7 @@ import primeflow.trainer.stages.prm_head as prm_head
 import torch
 import torch.distributed as dist
 from primeflow.models import hf_state_dict
-from primeflow.models.hidden import output_weight
+from primeflow.models.hidden import final_hidden_states, output_weight
 from primeflow.models.logprobs import pack_rows, token_multiple
 from primeflow.trainer import parallel
 from primeflow.trainer.config import Config
@@ -69,7 +69,7 @@ def _max_logit(models, batch) -> float:
     input_ids, _, lengths = micro_batch_tensors(batch, rows)
     packed = pack_rows(input_ids, [0] * len(rows), lengths, multiple_of=token_multiple(models.prm))
     with torch.no_grad():
-        local = max(float((prm_head.head_hidden_states(m, packed) @ output_weight(m).T).abs().max())
+        local = max(float((final_hidden_states(m, packed) @ output_weight(m).T).abs().max())
                     for m in (models.prm, models.ref))
     top = torch.tensor([local], dtype=torch.float64)
     dist.all_reduce(top, op=dist.ReduceOp.MAX)

@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
 from primeflow.kernels import linear_prime_rewards
 from primeflow.models import logprobs as packed_io
 from primeflow.models import unwrap_model
@@ -107,28 +106,6 @@ class HeadScores:
         return out.index_copy(0, t.dst_n, values_n.detach()).view(t.rows, t.columns)
 
 
-def head_hidden_states(model: torch.nn.Module, packed: packed_io.PackedBatch) -> torch.Tensor:
-    """[t, H] final hidden states of every packed token on every TP rank, for the vocab-parallel fused head.
-
-    TP = 1: models.hidden.final_hidden_states. TP > 1 (which that function refuses: it leaves the TP gradient
-    convention to the head, and this head's is known): the model's own head-skipping forward, then under
-    sequence parallelism the gather of the tokens over TP with tensor_parallel_output_grad=False, exactly as
-    models/gpt.py feeds linear_token_logprobs, because linear_prime_rewards all-reduces d hidden itself.
-    (This branch belongs in models/hidden.py; it lives here because that file is not this change's.)"""
-    if parallel.layout().tp == 1:
-        return final_hidden_states(model, packed)
-    inner = unwrap_model(model)
-    inner.returns_hidden = True
-    try:
-        hidden_tH = model(packed.tokens_1t, packed.position_ids_1t, None, labels=packed.labels_1t,
-                          packed_seq_params=packed.params)
-    finally:
-        inner.returns_hidden = False
-    if inner.config.sequence_parallel:  # this rank's t / tp tokens -> all t (b = 1: dim 0 is the tokens)
-        hidden_tH = gather_from_sequence_parallel_region(hidden_tH, tensor_parallel_output_grad=False)
-    return hidden_tH.to(output_weight(model).dtype)  # Float16Module's fp32 copy back: exact
-
-
 def fused_head_scores(prm: torch.nn.Module, ref: torch.nn.Module, batch: TrainBatch, rows: list[int], *,
                       beta: float) -> HeadScores:
     """Both trunks on the packed rows (the reference without grad), then one linear_prime_rewards call on the
@@ -140,8 +117,8 @@ def fused_head_scores(prm: torch.nn.Module, ref: torch.nn.Module, batch: TrainBa
     packed = packed_io.pack_rows(input_ids, [0] * len(rows), lengths, multiple_of=packed_io.token_multiple(prm))
     tokens = response_tokens(batch, rows)
     with torch.no_grad():
-        ref_hidden_nH = head_hidden_states(ref, packed).index_select(0, tokens.src_n)
-    prm_hidden_nH = head_hidden_states(prm, packed).index_select(0, tokens.src_n)
+        ref_hidden_nH = final_hidden_states(ref, packed).index_select(0, tokens.src_n)
+    prm_hidden_nH = final_hidden_states(prm, packed).index_select(0, tokens.src_n)
     labels_n = packed.labels_1t[0].index_select(0, tokens.src_n)
     tp_group = parallel.tp_group() if parallel.layout().tp > 1 else None
     out = linear_prime_rewards(labels_n, prm=(prm_hidden_nH, output_weight(prm)),
