@@ -13,7 +13,8 @@ otherwise the vectorisation the report shows would not be the one a real launch 
 
 A kernel fails the check (exit status 1) if it spills or if its shared memory exceeds the target's per-block
 limit: the compiler does not refuse such a kernel without a GPU, the launch would ("out of resource: shared
-memory"). --tiles BNxBVxBH compiles the fused-head kernels at other tiles, to try a tiling before adopting it.
+memory"). --tiles BNxBVxBH compiles the fused-head kernels at other tiles, to try a tiling before adopting it;
+--autotune-tiles compiles them at each candidate of the opt-in autotune set (linear_logprob/tiles.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # silence triton 3.9's transition warning
@@ -36,6 +37,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from .linear_logprob import kernel as linear_kernel  # noqa: E402
+from .linear_logprob.tiles import AUTOTUNE_TILES, DEFAULT_TILE  # noqa: E402
 from .linear_logprob.triton_op import tile_config  # noqa: E402
 from .logprob import kernel as logprob_kernel  # noqa: E402
 from .logprob.triton_op import MAX_BLOCK_V, NUM_WARPS  # noqa: E402
@@ -137,9 +139,25 @@ def _sig(fn, types: dict[str, str]) -> dict[str, str]:
     return {name: types.get(name, "constexpr") for name in fn.arg_names}
 
 
+def autotune_specs(arch: int) -> list[KernelSpec]:
+    """The bf16 fused-head kernels at each of their autotune candidates for `arch` (min_capability <= arch)
+    but the default (linear_logprob/tiles.py), labelled with the tile: a candidate that spills or overflows
+    shared memory on a target fails the check before the autotuner could pick it on a GPU."""
+    prefixes = {"stats": "linear_stats_fwd[bf16", "dz": "linear_dz[bf16"}
+    out = []
+    for kernel, candidates in AUTOTUNE_TILES.items():
+        for tile in candidates:
+            if tile == DEFAULT_TILE or tile.min_capability > arch:
+                continue
+            override = tile.constexprs() | {"num_warps": tile.num_warps, "num_stages": tile.num_stages}
+            out += [replace(spec, label=f"{spec.label}@{tile.label()}") for spec in specs(override)
+                    if spec.label.startswith(prefixes[kernel])]
+    return out
+
+
 def specs(linear_tiles: dict | None = None) -> list[KernelSpec]:
     """Every Triton kernel, at the tile configuration its launcher uses on CUDA; `linear_tiles` (BLOCK_N,
-    BLOCK_V, BLOCK_H, optionally num_warps / num_stages) replaces the fused-head kernels' tiles."""
+    BLOCK_V, BLOCK_H, optionally GROUP_N / num_warps / num_stages) replaces the fused-head kernels' tiles."""
     linear_cfg = GPU_TILES | (linear_tiles or {})
     out: list[KernelSpec] = []
     for dtype in ("bf16", "fp32"):
@@ -264,13 +282,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="fused-head tiles to compile instead of tile_config's, e.g. 128x256x64")
     parser.add_argument("--warps", type=int, default=None, help="num_warps of the fused-head kernels")
     parser.add_argument("--stages", type=int, default=None, help="num_stages of the fused-head kernels")
+    parser.add_argument("--autotune-tiles", action="store_true",
+                        help="compile the bf16 fused-head kernels at each autotune candidate (tiles.py) instead")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
     override = (args.tiles or {}) | ({"num_warps": args.warps} if args.warps else {}) | (
         {"num_stages": args.stages} if args.stages else {})
-    reports = [compile_one(spec, arch) for spec in specs(override) if args.filter in spec.label
-               for arch in args.arch]
+    if args.autotune_tiles:
+        reports = [compile_one(spec, arch) for arch in args.arch for spec in autotune_specs(arch)
+                   if args.filter in spec.label]
+    else:
+        reports = [compile_one(spec, arch) for spec in specs(override) if args.filter in spec.label
+                   for arch in args.arch]
     print(format_table(reports))
     if args.json:
         args.json.write_text(json.dumps([r.as_dict() for r in reports], indent=1))

@@ -6,7 +6,9 @@
 Kernels: linear_stats_fwd_kernel (forward; grid row blocks x COLS_PER_SPLIT vocab splits, each program
 streams its split's BLOCK_V tiles), linear_dz_kernel (backward recompute; one BLOCK_N x BLOCK_V tile per
 program, vocab chunks from triton_op.grad_chunking), prime_rewards_kernel (one program per BLOCK_N rows
-streaming each model's full vocabulary, no split: what prime_token_rewards runs when V fits one split). Tiles are linear_logprob.triton_op.tile_config's on CUDA.
+streaming each model's full vocabulary, no split: what prime_token_rewards runs when V fits one split).
+Tiles are linear_logprob.triton_op.tile_config's on CUDA; tile_sweep models each autotune candidate
+(linear_logprob/tiles.py) of the first two.
 Orders: "rows_fastest" (the former 2-D grids: row blocks fastest) and "grouped" (kernel.py's _grouped_tile,
 GROUP_N row blocks walk the vocab dimension before the next group). prime_rewards has one order (its grid
 has no vocab dimension).
@@ -312,6 +314,53 @@ def group_sweep(shape: Shape, gpu: Gpu, programs_per_sm: int, groups: tuple[int,
     return out
 
 
+def tile_sweep(shape: Shape, gpu: Gpu, programs_per_sm: dict[tuple[str, str], int] | None = None) -> list[dict]:
+    """Each autotune candidate (linear_logprob/tiles.py) of linear_stats_fwd and linear_dz, grouped order, at
+    `shape` on `gpu`: modelled HBM traffic, L2->SM bytes per FLOP (the operand bytes the tile's MMAs read per
+    FLOP, (BN + BV) e / (2 BN BV) up to edge tiles: what a larger tile halves) and the roofline estimate.
+    `programs_per_sm` maps (kernel, tile label) to resident programs (static_check), else
+    ASSUMED_PROGRAMS_PER_SM."""
+    from .linear_logprob.tiles import AUTOTUNE_TILES
+    base = gpu_tiles(shape.n_rows)
+    names = {"stats": "linear_stats_fwd", "dz": "linear_dz"}
+    out = []
+    for kernel, candidates in AUTOTUNE_TILES.items():
+        for tile in candidates:
+            tiles = replace(base, block_n=tile.block_n, block_v=tile.block_v, group_n=tile.group_n)
+            per_sm = (programs_per_sm or {}).get((kernel, tile.label()), ASSUMED_PROGRAMS_PER_SM)
+            est = estimate(names[kernel], "grouped", shape, gpu, tiles, per_sm)
+            out.append({"kernel": names[kernel], "tile": tile.label(), "programs_per_sm": per_sm,
+                        "hbm_read_gb": est.hbm_read_bytes / 1e9, "hbm_write_gb": est.hbm_write_bytes / 1e9,
+                        "l2_to_sm_bytes_per_flop": est.l2_to_sm_bytes_per_flop, "est_ms": est.time_ms,
+                        "pct_of_peak": est.pct_of_peak, "bound": est.bound})
+    return out
+
+
+def candidate_occupancy(arch: int = 90) -> dict[tuple[str, str], int]:
+    """Programs per SM of every autotune candidate's bf16 kernel from static_check (compiles; no GPU)."""
+    from . import static_check
+    from .linear_logprob.tiles import AUTOTUNE_TILES, DEFAULT_TILE
+    out = {}
+    default = static_check_occupancy(arch)
+    for kernel, name in (("stats", "linear_stats_fwd"), ("dz", "linear_dz")):
+        out[(kernel, DEFAULT_TILE.label())] = default[name]
+    for spec in static_check.autotune_specs(arch):
+        kernel = "stats" if spec.label.startswith("linear_stats_fwd") else "dz"
+        out[(kernel, spec.label.split("@")[1])] = static_check.compile_one(spec, arch).programs_per_sm
+    assert set(out) == {(k, t.label()) for k, ts in AUTOTUNE_TILES.items() for t in ts}
+    return out
+
+
+def format_tile_sweep(rows: list[dict]) -> str:
+    lines = ["| kernel | tile | programs/SM | HBM read GB | written GB | L2->SM B/FLOP | est. ms | % peak | bound |",
+             "|" + "---|" * 9]
+    for r in rows:
+        lines.append(f"| {r['kernel']} | {r['tile']} | {r['programs_per_sm']} | {r['hbm_read_gb']:.2f} | "
+                     f"{r['hbm_write_gb']:.2f} | {r['l2_to_sm_bytes_per_flop']:.2e} | {r['est_ms']:.1f} | "
+                     f"{r['pct_of_peak']:.0f} | {r['bound']} |")
+    return "\n".join(lines)
+
+
 def format_table(rows: list[Estimate]) -> str:
     lines = ["| kernel | shape | order | GPU | resident | HBM read GB | written GB | read B/FLOP | L2->SM B/FLOP "
              "| compute ms | memory ms | est. ms | % peak | bound |", "|" + "---|" * 14]
@@ -339,18 +388,27 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - no compiler here: fall back to the stated assumption
             occupancy, source = dict.fromkeys(KERNELS, ASSUMED_PROGRAMS_PER_SM), f"assumed ({exc!r:.80})"
     rows = model_table(occupancy)
+    try:
+        candidate_sm = candidate_occupancy(90) if "static_check" in source else None
+    except Exception:  # noqa: BLE001 - as above
+        candidate_sm = None
+    sweep_tiles = tile_sweep(SHAPES[0], GPUS[0], candidate_sm)
     sweep = group_sweep(SHAPES[0], GPUS[0], occupancy["linear_stats_fwd"], (1, 4, 8, 16, 32, 64, 128, 256))
     print(f"programs per SM: {occupancy} ({source})")
     print(format_table(rows))
     print("linear_stats_fwd, grouped, 7B head, H100: HBM read GB per GROUP_N: "
           + ", ".join(f"{s['group_n']}: {s['hbm_read_gb']:.2f}" for s in sweep))
+    print("autotune candidates, grouped, 7B head, H100 (programs per SM: "
+          f"{'static_check sm_90' if candidate_sm else f'assumed {ASSUMED_PROGRAMS_PER_SM}'}):")
+    print(format_tile_sweep(sweep_tiles))
     if args.json:
         tiles = {s.name: asdict(gpu_tiles(s.n_rows)) for s in SHAPES}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "assumptions": __doc__, "programs_per_sm": occupancy, "programs_per_sm_source": source,
             "tiles": tiles, "shapes": [asdict(s) for s in SHAPES], "gpus": [asdict(g) for g in GPUS],
-            "rows": [asdict(r) for r in rows], "group_n_sweep_7b_h100_fwd": sweep}, indent=1) + "\n")
+            "rows": [asdict(r) for r in rows], "group_n_sweep_7b_h100_fwd": sweep,
+            "autotune_tiles_7b_h100": sweep_tiles}, indent=1) + "\n")
     return 0
 
 

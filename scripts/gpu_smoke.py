@@ -6,6 +6,9 @@ so the trainer side is measured alone). Sections, each recorded even if another 
            inputs: token_logprobs and linear_token_logprobs (values and gradients, bf16 and fp32),
            rloo_advantages, prm_ce_loss, ppo_clip_loss; max errors, the bound used, pass/fail, and each
            forward+backward's time against torch eager.
+  tiles    the fused head (linear_token_logprobs, bf16) at the 7B head's H and V with the fixed tiles and under
+           PRIMEFLOW_KERNEL_AUTOTUNE=1 (linear_logprob/tiles.py): each forward+backward's time, the tiles
+           the autotuner chose, and the two results' largest difference (bounded by the bf16 rule above).
   trainer  one PRIME step's training stages on CUDA in bf16 with fp32 masters (megatron-core DDP + optimizer,
            NCCL world of 1): old log-probs, PRM stage (rewards of the first PRM mini-batch must be exactly 0),
            advantages, policy update; per stage: seconds and torch.cuda.max_memory_allocated.
@@ -15,7 +18,9 @@ Writes one JSON (--out). `--device cpu` runs the same code on CPU (gloo, CPU ker
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 import traceback
@@ -120,6 +125,61 @@ def kernel_checks(device: torch.device) -> list[dict]:
     return results
 
 
+@contextlib.contextmanager
+def _env(name: str, value: str):
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+def head_tiles(device: torch.device) -> dict:
+    """linear_token_logprobs forward+backward, bf16, at the 7B head (H 3584, V 152064; small on CPU): fixed
+    tiles vs autotuned (the first autotuned call tunes; timings are best of 5 after it). On CPU nothing is
+    tuned (autotune_engaged False) and the speedup is noise."""
+    from primeflow.kernels import linear_token_logprobs
+    from primeflow.kernels._backend import triton_interpret
+    from primeflow.kernels.linear_logprob import tiles, triton_op
+
+    gpu = device.type == "cuda"
+    N, H, V = (4096, 3584, 152064) if gpu else (64, 128, 2048)
+    g = torch.Generator(device="cpu").manual_seed(int(time.time()) % 2**31)
+    hidden = torch.randn(N, H, generator=g).to(device=device, dtype=torch.bfloat16).requires_grad_()
+    weight = (torch.randn(V, H, generator=g) * H**-0.5).to(device=device, dtype=torch.bfloat16).requires_grad_()
+    labels = torch.randint(0, V, (N,), generator=g).to(device)
+    r = torch.randn(N, generator=g).to(device)
+
+    def step():
+        hidden.grad = weight.grad = None
+        (linear_token_logprobs(hidden, weight, labels) * r).sum().backward()
+
+    out: dict = {"shape": [N, H, V], "tiles": tiles.describe()}
+    results = {}
+    for mode in ("0", "1"):
+        with _env(tiles.AUTOTUNE_ENV, mode):
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            first = time.perf_counter() - start
+            results[mode] = (linear_token_logprobs(hidden, weight, labels).detach(), hidden.grad.clone(),
+                             weight.grad.clone())
+            out[f"autotune={mode}"] = {"first_call_s": first, "fwd_bwd_s": _timed(step, device)}
+            if mode == "1":
+                out["autotune_engaged"] = tiles.autotunes(hidden, triton_interpret())
+    if out["autotune_engaged"]:
+        out["chosen"] = {k: str(triton_op._autotuned(k).best_config) for k in ("stats", "dz")}
+    out["checks"] = [_check(f"{name} autotuned vs fixed", tuned, fixed.double(), BF16_REL)
+                     for name, tuned, fixed in zip(("logp", "dhidden", "dweight"), results["1"], results["0"],
+                                                   strict=True)]
+    out["speedup"] = out["autotune=0"]["fwd_bwd_s"] / out["autotune=1"]["fwd_bwd_s"]
+    return out
+
+
 def _rl_op_checks(device: torch.device, g: torch.Generator) -> dict:
     """The RL losses and the RLOO reduction on CUDA against primeflow.kernels.reference in float64."""
     from primeflow.kernels import ppo_clip_loss, prm_ce_loss, reference, rloo_advantages
@@ -222,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         report["gpu"] = torch.cuda.get_device_name()
     sections = [] if args.skip_trainer else [("trainer", lambda: trainer_step(device, args.size, args.out.parent))]
     if not args.skip_kernels:
-        sections.insert(0, ("kernels", lambda: kernel_checks(device)))
+        sections[:0] = [("kernels", lambda: kernel_checks(device)), ("tiles", lambda: head_tiles(device))]
     for name, fn in sections:
         try:
             report[name] = fn()
@@ -236,8 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     report["fused_bf16_grad_accumulate"] = grad_driver._fused_lowp_accumulate
     args.out.write_text(json.dumps(report, indent=1, default=str))
     parallel.shutdown()
-    failed = [c for k in report.get("kernels", []) if isinstance(k, dict) for c in k.get("checks", [])
-              if not c["ok"]]
+    checked = [*report.get("kernels", []), report.get("tiles", {})]
+    failed = [c for k in checked if isinstance(k, dict) for c in k.get("checks", []) if not c["ok"]]
     broken = [n for n, _ in sections if isinstance(report.get(n), dict) and "error" in report[n]]
     print("GPU SMOKE:", "FAILED" if failed or broken else "passed", f"(failed checks {len(failed)}, "
           f"broken sections {broken})")

@@ -2,26 +2,46 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 
 from .._backend import triton_interpret
 from ..vocab_parallel import merge_pieces
 from .kernel import linear_dz_kernel, linear_stats_fwd_kernel
+from .tiles import (
+    AUTOTUNE_TILES,
+    COLS_PER_SPLIT_CUDA,
+    DEFAULT_TILE,
+    INTERPRETER_TILE,
+    autotunes,
+    prune_by_shared_memory,
+    triton_configs,
+)
 
 
 def tile_config(device: torch.device) -> dict:
-    """Tile sizes. GPU: 64x128 logits tiles, 64-wide K steps, 8 warps (zero spills on sm_80/sm_90 per
-    kernels/static_check.py). Interpreter: small tiles (every tile op is a numpy call).
-
-    GROUP_N: row blocks per program group (kernel.py, _grouped_tile). On GPUs 32 row blocks of 64 rows at
-    the 7B head (H=3584, bf16) are 14.7 MB of hidden, under a third of an H100/H200's 50 MB L2, which leaves
-    room for the weight tiles the resident programs stream (kernels/traffic_model.py: the modelled HBM
-    traffic of the forward drops from ~138 GB rows-fastest to ~10 GB). Interpreter: 3, so that the small test
-    shapes have partial last groups. prime_rewards (op.py) shares BLOCK_N/BLOCK_V/BLOCK_H but not GROUP_N."""
+    """The fixed tiles (tiles.py): DEFAULT_TILE on GPUs, INTERPRETER_TILE under the interpreter, with the
+    fixed vocab split width. prime_rewards (op.py) shares BLOCK_N/BLOCK_V/BLOCK_H but not GROUP_N."""
     if device.type != "cuda":
-        return dict(BLOCK_N=16, BLOCK_V=32, BLOCK_H=32, GROUP_N=3, num_warps=4, COLS_PER_SPLIT=64)
-    return dict(BLOCK_N=64, BLOCK_V=128, BLOCK_H=64, GROUP_N=32, num_warps=8, num_stages=3, COLS_PER_SPLIT=4096)
+        return dict(INTERPRETER_TILE.constexprs(), num_warps=INTERPRETER_TILE.num_warps, COLS_PER_SPLIT=64)
+    return dict(DEFAULT_TILE.constexprs(), num_warps=DEFAULT_TILE.num_warps,
+                num_stages=DEFAULT_TILE.num_stages, COLS_PER_SPLIT=COLS_PER_SPLIT_CUDA)
+
+
+@functools.cache
+def _autotuned(kernel: str):
+    """Triton's autotuner around one fused-head kernel (tiles.py says when it runs and what it changes)."""
+    fn = {"stats": linear_stats_fwd_kernel, "dz": linear_dz_kernel}[kernel]
+    key = ["H", "V"] if kernel == "stats" else ["H"]
+    return triton.autotune(configs=triton_configs(AUTOTUNE_TILES[kernel]), key=key, cache_results=True,
+                           prune_configs_by={"early_config_prune": prune_by_shared_memory})(fn)
+
+
+def _fixed_launch(cfg: dict) -> dict:
+    launch = {k: cfg[k] for k in ("BLOCK_N", "BLOCK_V", "BLOCK_H", "GROUP_N", "num_warps")}
+    return launch | ({"num_stages": cfg["num_stages"]} if "num_stages" in cfg else {})
 
 
 def _dot_fp32(dtype: torch.dtype) -> bool:
@@ -45,13 +65,17 @@ def linear_stats(hidden_NH: torch.Tensor, weight_VH: torch.Tensor, labels_N: tor
     zt_KN = torch.empty_like(m_KN)
     ent_KN = torch.empty_like(m_KN) if with_entropy else m_KN
     if n_rows:
-        grid = (triton.cdiv(n_rows, cfg["BLOCK_N"]) * n_splits,)  # 1-D, grouped order (kernel.py)
-        linear_stats_fwd_kernel[grid](
-            hidden_NH, weight_VH, labels_N, m_KN, ls_KN, ent_KN, zt_KN, n_rows, vocab, hidden,
-            hidden_NH.stride(0), weight_VH.stride(0), 1.0 / temperature, cfg["COLS_PER_SPLIT"],
-            BLOCK_N=cfg["BLOCK_N"], BLOCK_V=cfg["BLOCK_V"], BLOCK_H=cfg["BLOCK_H"], GROUP_N=cfg["GROUP_N"],
-            WITH_ENTROPY=with_entropy, DOT_FP32=_dot_fp32(hidden_NH.dtype), num_warps=cfg["num_warps"],
-            **({"num_stages": cfg["num_stages"]} if "num_stages" in cfg else {}))
+        args = (hidden_NH, weight_VH, labels_N, m_KN, ls_KN, ent_KN, zt_KN, n_rows, vocab, hidden,
+                hidden_NH.stride(0), weight_VH.stride(0), 1.0 / temperature, cfg["COLS_PER_SPLIT"])
+        flags = dict(WITH_ENTROPY=with_entropy, DOT_FP32=_dot_fp32(hidden_NH.dtype))
+
+        def grid(meta):  # 1-D, grouped order (kernel.py)
+            return (triton.cdiv(n_rows, meta["BLOCK_N"]) * n_splits,)
+
+        if autotunes(hidden_NH, triton_interpret()):
+            _autotuned("stats")[grid](*args, **flags)
+        else:
+            linear_stats_fwd_kernel[grid](*args, **flags, **_fixed_launch(cfg))
     return merge_pieces(m_KN, ls_KN, ent_KN if with_entropy else None, zt_KN)
 
 
@@ -61,13 +85,18 @@ def triton_dz_fn(h_raw_RH, w_raw_CH, _h_RH, _w_CH, labels_R, m_R, ls_R, ent_R, g
     cfg = tile_config(h_raw_RH.device)
     n_rows, width = out.shape
     with_entropy = g_ent_R is not None
-    grid = (triton.cdiv(n_rows, cfg["BLOCK_N"]) * triton.cdiv(width, cfg["BLOCK_V"]),)  # grouped (kernel.py)
-    linear_dz_kernel[grid](
-        h_raw_RH, w_raw_CH, labels_R, m_R, ls_R, ent_R if with_entropy else m_R, g_R,
-        g_ent_R if with_entropy else g_R, out, n_rows, width, h_raw_RH.shape[1], h_raw_RH.stride(0),
-        w_raw_CH.stride(0), inv_t, BLOCK_N=cfg["BLOCK_N"], BLOCK_V=cfg["BLOCK_V"], BLOCK_H=cfg["BLOCK_H"],
-        GROUP_N=cfg["GROUP_N"], WITH_ENTROPY=with_entropy, DOT_FP32=_dot_fp32(h_raw_RH.dtype),
-        num_warps=cfg["num_warps"])
+    args = (h_raw_RH, w_raw_CH, labels_R, m_R, ls_R, ent_R if with_entropy else m_R, g_R,
+            g_ent_R if with_entropy else g_R, out, n_rows, width, h_raw_RH.shape[1], h_raw_RH.stride(0),
+            w_raw_CH.stride(0), inv_t)
+    flags = dict(WITH_ENTROPY=with_entropy, DOT_FP32=_dot_fp32(h_raw_RH.dtype))
+
+    def grid(meta):  # 1-D, grouped order (kernel.py)
+        return (triton.cdiv(n_rows, meta["BLOCK_N"]) * triton.cdiv(width, meta["BLOCK_V"]),)
+
+    if autotunes(h_raw_RH, triton_interpret()):
+        _autotuned("dz")[grid](*args, **flags)
+    else:
+        linear_dz_kernel[grid](*args, **flags, **_fixed_launch(cfg))
     return out
 
 

@@ -3,7 +3,8 @@ states and head weight.
 
 Forward: prime_token_rewards' own forward (PRM and reference log-probs from hidden states and head weights, the
 token rewards, with cu_seqlens the per-sequence sums; one fused launch, or the vocab-split path for wide
-vocabularies), which also hands back the PRM's softmax pieces (max, log-sum-exp below it). Backward: the chain rule down to d loss / d prm_logp, then the
+vocabularies), which also hands back the PRM's softmax pieces (max, log-sum-exp below it). Backward: the
+chain rule down to d loss / d prm_logp, then the
 recompute-in-backward of linear_token_logprobs (custom_ops.linear_grad) with those pieces, so the backward
 streams the vocabulary exactly as linear_token_logprobs' does and no second forward is needed.
 

@@ -37,6 +37,7 @@ USES_TRITON_INTERPRETER = True  # tests/conftest.py keeps TRITON_INTERPRET=1 for
 from primeflow.kernels import traffic_model  # noqa: E402
 from primeflow.kernels.linear_logprob import triton_op  # noqa: E402
 from primeflow.kernels.linear_logprob.kernel import _grouped_tile  # noqa: E402
+from primeflow.kernels.linear_logprob.tiles import AUTOTUNE_TILES  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy inf/nan warnings in masked lanes
 
@@ -102,10 +103,10 @@ def _poison_empty(monkeypatch) -> None:
     monkeypatch.setattr(torch, "empty_like", poisoned(empty_like))
 
 
-def _run(monkeypatch, group_n: int, hidden, weight, labels, g, g_ent):
+def _run(monkeypatch, group_n: int, hidden, weight, labels, g, g_ent, tiles: dict = CPU_TILES):
     """(per-split partials m/ls/ent/zt [splits, N], dz [N, V]) through the real launchers at GROUP_N."""
     with monkeypatch.context() as mp:
-        mp.setattr(triton_op, "tile_config", lambda device: CPU_TILES | {"GROUP_N": group_n})
+        mp.setattr(triton_op, "tile_config", lambda device: tiles | {"GROUP_N": group_n})
         captured = {}
         merge = triton_op.merge_pieces
 
@@ -137,10 +138,9 @@ def _truth_row_stats(hidden, weight, labels):
     return m.float(), torch.log(s).float(), ent.float()
 
 
-def _truth_partials(hidden, weight, labels) -> tuple[torch.Tensor, ...]:
+def _truth_partials(hidden, weight, labels, width: int = CPU_TILES["COLS_PER_SPLIT"]) -> tuple[torch.Tensor, ...]:
     """float64 per-split (max, log sum exp(z - max), entropy, z_label or 0), [splits, N]."""
     z = _logits64(hidden, weight)
-    width = CPU_TILES["COLS_PER_SPLIT"]
     out = []
     for lo in range(0, z.shape[1], width):
         zs = z[:, lo:lo + width]
@@ -193,3 +193,26 @@ def test_grouped_order_is_bitwise_the_rows_fastest_order(monkeypatch, N, H, V, d
     m_N, ls_N, ent_N = _truth_row_stats(hidden, weight, labels)
     t_dz, extra = _truth_dz(hidden, weight, labels, m_N, ls_N, ent_N, g, g_ent)
     assert_close_to_truth(dz0, t_dz, torch.float32, grad=True, what="dz", extra_atol=extra)
+
+
+@pytest.mark.parametrize("tile", sorted(set().union(*AUTOTUNE_TILES.values()), key=lambda t: t.label()),
+                         ids=lambda t: t.label())
+def test_every_autotune_tile_computes_the_float64_truth(monkeypatch, tile, generator):
+    """The CUDA autotune candidates (tiles.py, forward and backward) run the same kernel code at tiles up to
+    128 x 256 x 64 that the
+    small interpreter tiles never reach: each one through the real launchers (NaN-poisoned outputs) against
+    float64, at a shape with partial row blocks, a partial K step, a partial last split and a partial last
+    tile inside it (splits two tiles wide), and its GROUP_N with fewer row blocks than a group."""
+    tiles = dict(tile.constexprs(), num_warps=tile.num_warps, COLS_PER_SPLIT=2 * tile.block_v)
+    n_rows, hidden_size = 2 * tile.block_n + 7, tile.block_h + 16
+    vocab = 2 * tiles["COLS_PER_SPLIT"] + tile.block_v + 5
+    hidden, weight, labels = _h.make_dyadic_linear(n_rows, hidden_size, vocab, generator)
+    g, g_ent = torch.randn(n_rows, generator=generator), torch.randn(n_rows, generator=generator)
+    parts, dz = _run(monkeypatch, tile.group_n, hidden, weight, labels, g, g_ent, tiles)
+    truth = _truth_partials(hidden, weight, labels, tiles["COLS_PER_SPLIT"])
+    for name, got, want in zip(("max", "lse", "entropy", "z_label"), parts, truth, strict=True):
+        assert got.shape == want.shape == (3, n_rows)
+        assert_close_to_truth(got, want, torch.float32, what=f"{tile.label()} split {name}")
+    m_N, ls_N, ent_N = _truth_row_stats(hidden, weight, labels)
+    t_dz, extra = _truth_dz(hidden, weight, labels, m_N, ls_N, ent_N, g, g_ent)
+    assert_close_to_truth(dz, t_dz, torch.float32, grad=True, what=f"{tile.label()} dz", extra_atol=extra)

@@ -136,3 +136,25 @@ def test_every_kernel_module_is_covered():
     launched = set().union(*(kernels(m) for m in (k1, k2, k3, k4, k5, k6)))
     covered = {s.fn.fn.__name__ if hasattr(s.fn, "fn") else s.fn.__name__ for s in static_check.specs()}
     assert launched <= covered, launched - covered
+
+
+def test_every_autotune_candidate_compiles_without_spills_within_its_shared_estimate(tmp_path_factory):
+    """The opt-in autotune set (linear_logprob/tiles.py) holds only tilings the GPU can run well: each
+    candidate's bf16 forward and backward recompute compile for sm_90, and for sm_80 unless the tile says it
+    needs sm_90 (min_capability), on the tensor cores without spilling, and the shared memory they compile
+    to is at most the operand-ring estimate the autotuner prunes by, so pruning never keeps a tiling whose
+    launch would fail."""
+    from primeflow.kernels.linear_logprob.tiles import AUTOTUNE_TILES, DEFAULT_TILE
+    proc, reports = _run_check(tmp_path_factory, "bf16", "--autotune-tiles")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    prefixes = {"stats": "linear_stats_fwd[bf16", "dz": "linear_dz[bf16"}
+    expected = {(prefixes[k], t.label(), arch): t for k, ts in AUTOTUNE_TILES.items() for t in ts
+                for arch in (80, 90) if t != DEFAULT_TILE and t.min_capability <= arch}
+    got = {(r["label"].split(",")[0], r["label"].split("@")[1], r["arch"]): r for r in reports}
+    assert set(got) == set(expected) and len(reports) == len(expected)
+    assert any(t.min_capability == 90 for t in expected.values())  # the sm_80 exclusion is exercised
+    for key, r in got.items():
+        tile = expected[key]
+        assert not r["spills"] and r["mma"] == ("wgmma" if r["arch"] == 90 else "mma.sync"), r
+        assert r["shared_bytes"] <= tile.operand_shared_bytes(2) <= SHARED_LIMIT[r["arch"]], r
+        assert r["programs_per_sm"] >= 1, r

@@ -100,3 +100,28 @@ def test_grouped_order_cuts_modelled_traffic_at_the_7b_head():
     flops = 2.0 * shape.n_rows * shape.hidden * shape.vocab
     assert (old.read_bytes + old.write_bytes) / gpu.hbm_bytes_per_s > flops / gpu.peak_flops  # HBM-bound
     assert (new.read_bytes + new.write_bytes) / gpu.hbm_bytes_per_s < flops / gpu.peak_flops  # compute-bound
+
+
+def test_tile_sweep_models_every_candidate_and_its_l2_to_sm_intensity():
+    """tile_sweep (the autotune candidates' table) at a mid-size shape: one row per (kernel, candidate), the
+    default's row equal to the grouped row of the same kernel, and L2->SM bytes per FLOP the analytic
+    (BN + BV) e / (2 BN BV) of the tile (within edge tiles' share: rows and columns here are multiples of
+    every tile), so the larger tiles' halved operand traffic is what the table shows."""
+    from primeflow.kernels.linear_logprob.tiles import AUTOTUNE_TILES, DEFAULT_TILE
+    shape, gpu = tm.Shape("mid", 2048, 256, 16384), tm.GPUS[0]
+    rows = tm.tile_sweep(shape, gpu)
+    assert [(r["kernel"], r["tile"]) for r in rows] == [
+        ({"stats": "linear_stats_fwd", "dz": "linear_dz"}[k], t.label())
+        for k, ts in AUTOTUNE_TILES.items() for t in ts]
+    by_label = {t.label(): t for ts in AUTOTUNE_TILES.values() for t in ts}
+    for r in rows:
+        t = by_label[r["tile"]]
+        intensity = (t.block_n + t.block_v) * 2 / (2 * t.block_n * t.block_v)
+        assert r["l2_to_sm_bytes_per_flop"] == pytest.approx(intensity)
+        assert r["programs_per_sm"] == tm.ASSUMED_PROGRAMS_PER_SM
+    for kernel in ("linear_stats_fwd", "linear_dz"):
+        default = next(r for r in rows if r["kernel"] == kernel and r["tile"] == DEFAULT_TILE.label())
+        grouped = tm.estimate(kernel, "grouped", shape, gpu, tm.gpu_tiles(shape.n_rows), tm.ASSUMED_PROGRAMS_PER_SM)
+        assert default["hbm_read_gb"] == pytest.approx(grouped.hbm_read_bytes / 1e9)
+    smallest = min(r["l2_to_sm_bytes_per_flop"] for r in rows)
+    assert smallest == pytest.approx(rows[0]["l2_to_sm_bytes_per_flop"] / 2)  # 128x256 vs 64x128
