@@ -15,6 +15,12 @@ busy neighbour on a shared host inflates least), and the peak extra memory of on
 (bench/memory.py's peak extra RSS on CPU; torch.cuda.max_memory_allocated above the allocation before the
 call on CUDA), plus the fused / two-head ratios of the medians and peaks. On CUDA every call ends with
 torch.cuda.synchronize().
+
+--head-shape N,H,V instead times the heads alone at a real head shape (the 0.5B head: 1024,896,151936), with
+random fp32 hidden states and weights in place of the trunks, forward + backward of the PRM CE loss on the
+per-sequence reward sums (16 sequences of N/16 tokens, outcome labels alternating): fused, one
+linear_prime_rewards call; two-head, the PRM's linear_token_logprobs with grad, the reference's without, the
+log-ratio and the per-sequence sums in torch, as prm.fused_head=false computes them.
 """
 
 from __future__ import annotations
@@ -111,13 +117,84 @@ def run(repeats: int) -> dict:
     return out
 
 
+def head_shape_run(n_rows: int, hidden: int, vocab: int, repeats: int, beta: float = 0.05) -> dict:
+    """Fused vs two-head PRM head at one head shape (module docstring), interleaved rounds after a warm-up."""
+    import torch.nn.functional as F
+    from primeflow.kernels import linear_prime_rewards, linear_token_logprobs
+
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    g = torch.Generator().manual_seed(0)
+    n_seqs = 16
+    h_prm = torch.randn(n_rows, hidden, generator=g).to(device).requires_grad_()
+    w_prm = (torch.randn(vocab, hidden, generator=g) * hidden**-0.5).to(device).requires_grad_()
+    h_ref = torch.randn(n_rows, hidden, generator=g).to(device)
+    w_ref = (torch.randn(vocab, hidden, generator=g) * hidden**-0.5).to(device)
+    labels = torch.randint(0, vocab, (n_rows,), generator=g).to(device)
+    bounds = torch.linspace(0, n_rows, n_seqs + 1).round().long()
+    cu_seqlens = bounds.to(torch.int32).to(device)
+    seq_ids = torch.repeat_interleave(torch.arange(n_seqs), bounds.diff()).to(device)
+    outcome = (torch.arange(n_seqs) % 2).float().to(device)
+
+    def fused():
+        out = linear_prime_rewards(labels, prm=(h_prm, w_prm), ref=(h_ref, w_ref), beta=beta, cu_seqlens=cu_seqlens)
+        F.binary_cross_entropy_with_logits(out.seq_reward_sum, outcome).backward()
+
+    def two_head():
+        prm_logp = linear_token_logprobs(h_prm, w_prm, labels)
+        with torch.no_grad():
+            ref_logp = linear_token_logprobs(h_ref, w_ref, labels)
+        reward = beta * (prm_logp - ref_logp)
+        sums = torch.zeros(n_seqs, device=device).index_add(0, seq_ids, reward)
+        F.binary_cross_entropy_with_logits(sums, outcome).backward()
+
+    calls = {"fused": fused, "two_head": two_head}
+    grads = {}
+    for head, call in calls.items():  # the same loss and gradients, so the timing compares equal work
+        h_prm.grad = w_prm.grad = None
+        call()
+        grads[head] = (h_prm.grad.clone(), w_prm.grad.clone())
+    agreement = {name: float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+                 for name, a, b in zip(("dhidden", "dweight"), grads["fused"], grads["two_head"], strict=True)}
+    times: dict[str, list[float]] = {h: [] for h in calls}
+    cpu: dict[str, list[float]] = {h: [] for h in calls}
+    for _ in range(repeats):
+        for head, call in calls.items():
+            h_prm.grad = w_prm.grad = None
+            _sync()
+            t0, c0 = time.perf_counter(), time.process_time()
+            call()
+            _sync()
+            times[head].append(time.perf_counter() - t0)
+            cpu[head].append(time.process_time() - c0)
+    peaks = {}
+    for head, call in calls.items():
+        h_prm.grad = w_prm.grad = None
+        peaks[head] = _peak(call)
+    res: dict = {h: {"min_s": min(t), "median_s": statistics.median(t), "min_cpu_s": min(cpu[h]),
+                     "median_cpu_s": statistics.median(cpu[h]), "peak_extra_bytes": peaks[h]}
+                 for h, t in times.items()}
+    res["shape"] = {"n_rows": n_rows, "hidden": hidden, "vocab": vocab, "dtype": "float32", "sequences": n_seqs}
+    res["grad_rel_diff_fused_vs_two_head"] = agreement
+    res["fused_over_two_head_median"] = res["fused"]["median_s"] / res["two_head"]["median_s"]
+    res["fused_over_two_head_median_cpu"] = res["fused"]["median_cpu_s"] / res["two_head"]["median_cpu_s"]
+    res["fused_over_two_head_peak"] = res["fused"]["peak_extra_bytes"] / max(res["two_head"]["peak_extra_bytes"], 1)
+    return res
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--head-shape", default=None, metavar="N,H,V",
+                        help="time the two heads alone at this shape (e.g. 1024,896,151936) instead of the stage")
     args = parser.parse_args()
-    result = {"environment": environment(), "repeats": args.repeats, "prm_stage": run(args.repeats)}
-    print(result["prm_stage"])
+    result = {"environment": environment(), "repeats": args.repeats}
+    if args.head_shape:
+        n_rows, hidden, vocab = (int(x) for x in args.head_shape.split(","))
+        result["prm_head"] = head_shape_run(n_rows, hidden, vocab, args.repeats)
+    else:
+        result["prm_stage"] = run(args.repeats)
+    print({k: v for k, v in result.items() if k != "environment"})
     if args.out is not None:
         write_json_atomic(args.out, result)
 

@@ -154,6 +154,10 @@ class PRMConfig:
     # supported (stages/prm_head.py: TP=1, PP=1, ref_type freeze); false: the two-head path, to compare.
     fused_head: bool = True
     mini_batch_size: int = 8            # responses per PRM optimizer step (global); the paper: 256 of 1024
+    # How the CE terms of a PRM mini-batch are combined: `mean` (prime_spec 4.1, PRIME's code), or
+    # `class_balanced`: correct and wrong responses each carry half of the loss (stages/prm_ce.py), so at
+    # init the tokens they share get no net push whatever the batch's accuracy (an opt-in experiment).
+    ce_weighting: str = choice("mean", "class_balanced")
     # The paper's 7B values are lr 1e-6 (PRM) and 5e-7 (policy); the tiny default needs larger steps to move
     # within a few dozen RL steps (measured on 30-step runs: 1e-5..5e-5 raise training accuracy).
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, weight_decay=0.0, grad_clip=10.0))

@@ -27,6 +27,7 @@ from ..config import Config
 from ..models_setup import PrimeModels
 from .logprobs import all_rows_sum, batch_logprobs, micro_batch_plan, row_index
 from .optim_step import MicroLoss, chunks, minibatch_step
+from .prm_ce import balanced_ce_sum, class_weights
 from .prm_head import HeadRecord, HeadScores, evaluating, fused_head_scores, fused_head_supported, score_with_head
 from .results import PRMScores
 
@@ -60,16 +61,28 @@ def reference_logprobs(models: PrimeModels, batch: TrainBatch, config: Config, p
     return batch_logprobs(models.ref, batch, budget=config.train.micro_batch_tokens, plan=plan)
 
 
+def _balanced_weights(batch: TrainBatch, config: Config,
+                      minibatch_rows: list[int]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """prm.ce_weighting=class_balanced: the mini-batch's class weights (prm_ce.py); None for the mean CE."""
+    if config.prm.ce_weighting != "class_balanced":
+        return None
+    return class_weights(batch.outcome.index_select(0, row_index(minibatch_rows, batch.outcome)))
+
+
 def prm_micro_loss(batch: TrainBatch, ref_BR: torch.Tensor, config: Config, minibatch_rows: list[int],
                    record_BR: torch.Tensor | None = None) -> MicroLoss:
     """The PRM CE loss share of a micro-batch (CE is a mean over the mini-batch's responses); writes the
     micro-batch's PRM log-probs into `record_BR` (on the last pipeline stage)."""
     mask, beta, n_rows = batch.response_mask, config.prime.beta, len(minibatch_rows)
+    weights = _balanced_weights(batch, config, minibatch_rows)
 
     def share(micro: list[int], prm_logp: torch.Tensor) -> torch.Tensor:
         idx = row_index(micro, prm_logp)
         if record_BR is not None:
             record_BR.index_copy_(0, idx, prm_logp.detach())
+        if weights is not None:
+            q = torch.where(mask.index_select(0, idx), prm_logp - ref_BR.index_select(0, idx), 0.0)
+            return balanced_ce_sum(beta * q.sum(-1), batch.outcome.index_select(0, idx), weights)
         loss = prm_ce_loss(prm_logp, ref_BR.index_select(0, idx), mask.index_select(0, idx),
                            batch.outcome.index_select(0, idx), beta=beta)
         return loss * (len(micro) / n_rows)
@@ -83,6 +96,7 @@ def fused_micro_loss(models: PrimeModels, batch: TrainBatch, config: Config, min
     (prm_head.fused_head_scores), its share the CE on the head's per-response sums R_b; writes the head's
     results into `record`."""
     beta, n_rows = config.prime.beta, len(minibatch_rows)
+    weights = _balanced_weights(batch, config, minibatch_rows)
 
     def forward(prm: torch.nn.Module, micro: list[int]) -> HeadScores:
         return fused_head_scores(prm, models.ref, batch, micro, beta=beta)
@@ -90,6 +104,8 @@ def fused_micro_loss(models: PrimeModels, batch: TrainBatch, config: Config, min
     def share(micro: list[int], scores: HeadScores) -> torch.Tensor:
         record.add(micro, scores)
         outcome_b = batch.outcome.index_select(0, row_index(micro, scores.reward_sum_b))
+        if weights is not None:
+            return balanced_ce_sum(scores.reward_sum_b, outcome_b, weights)
         return prm_ce_terms(scores.reward_sum_b, outcome_b).sum() / n_rows
 
     return MicroLoss(batch, share, forward=forward)
