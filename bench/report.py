@@ -236,6 +236,8 @@ def build_report(results: Path, out: Path) -> str:
         ("Learning efficiency: PRIME vs outcome-only RLOO", by_kind["learning_efficiency"],
          lambda s: render_learning_efficiency(s, plots_dir, rel)),
         ("PRM sweeps: the tiny presets' PRM settings", by_kind["prm_sweep"], report_sweep.render),
+        ("PRM offline: can the implicit PRM learn the task without the RL loop?", by_kind["prm_offline"],
+         report_sweep.render_offline),
         ("Other suites", other_sources, lambda s: render_pytest(s, plots_dir, rel, cpu_limits)),
         ("Hardware measurements", by_kind["hardware"], render_unknown_hardware),
         ("Unrecognised results files", by_kind["unknown"], render_unknown),

@@ -80,7 +80,8 @@ def detect_kind(path: Path, data: Any) -> str:
         if isinstance(data.get("benchmarks"), list):
             return "pytest-benchmark"
         kind = data.get("kind")
-        if kind in ("scaling", "hardware", "refit", "step_breakdown", "learning_efficiency", "prm_sweep"):
+        if kind in ("scaling", "hardware", "refit", "step_breakdown", "learning_efficiency", "prm_sweep",
+                    "prm_offline"):
             return kind
         if "modes" in data:
             return "step_breakdown"

@@ -48,3 +48,25 @@ def render(source: Source) -> str:
     n_learn = sum(r[5] == "yes" for r in rows)
     lines += [f"{n_learn} of {len(rows)} runs end with the PRM loss below ln 2 and its accuracy above chance.", ""]
     return "\n".join(lines)
+
+
+def render_offline(source: Source) -> str:
+    """An offline PRM diagnostic (bench/prm_offline.py): per run, the held-out numbers after each epoch."""
+    data = source.data
+    desc = ("synthetic pairs (one correct, one with a wrong step)" if data.get("data") == "synthetic" else
+            f"the SFT model's own samples ({data.get('samples', '?')} per problem, mixed-outcome problems only)")
+    lines = [f"### `{source.name}`", "", f"Command: `{source.command}`"
+             + (f" ({source.command_note})" if source.command_note else ""), "",
+             f"Data: {desc}; {data.get('train_groups', data.get('train_problems', '?'))} training and "
+             f"{data.get('test_groups', data.get('test_problems', '?'))} held-out problems; batch "
+             f"{data.get('batch', '?')}; PRM trained through `{data.get('path', 'hf')}`. Epoch 0 is the untrained "
+             f"PRM (R = 0: CE ln 2, pairwise 0.5).", ""]
+    rows = []
+    for run in data.get("runs", []):
+        for h in run.get("history", []):
+            loc = h.get("localisation")
+            rows.append([f"lr {run.get('lr')} beta {run.get('beta')}", str(h.get("epoch")), f"{h['ce']:.4f}",
+                         f"{h['pairwise_acc']:.3f}",
+                         "—" if loc is None else f"{loc:.3f} vs {h.get('localisation_chance', 0):.3f}"])
+    lines += [fmt.table(["run", "epoch", "held-out CE", "held-out pairwise acc", "localisation vs chance"], rows), ""]
+    return "\n".join(lines)

@@ -39,3 +39,19 @@ def test_a_sweep_file_renders_its_runs_in_the_report(tmp_path, bench_module):
     assert section.count("| prm.optim.lr=3e-4 | 0.7300 → 0.7500 |") == 2
     assert section.count("1 of 2 runs end with the PRM loss below ln 2") == 2
     assert "Unrecognised results files" in text and "`other.json`" not in text.split("Unrecognised")[1]
+
+
+def test_an_offline_prm_file_renders_its_epochs(tmp_path, bench_module):
+    report = bench_module("report")
+    hist = [{"epoch": 0, "ce": math.log(2), "pairwise_acc": 0.5, "localisation": 0.25, "localisation_chance": 0.25},
+            {"epoch": 1, "ce": 0.62, "pairwise_acc": 0.86, "localisation": 0.74, "localisation_chance": 0.25}]
+    body = {"kind": "prm_offline", "command": "python -m bench.prm_offline x", "data": "policy", "samples": 4,
+            "train_groups": 128, "test_groups": 188, "batch": 8, "path": "trainer",
+            "runs": [{"lr": 1e-4, "beta": 0.05, "history": hist}]}
+    (tmp_path / "prm_offline_x.json").write_text(json.dumps(body))
+    text = report.build_report(tmp_path, tmp_path / "REPORT.md")
+    section = text.split("## PRM offline")[1].split("\n## ")[0]
+    assert "| lr 0.0001 beta 0.05 | 1 | 0.6200 | 0.860 | 0.740 vs 0.250 |" in section
+    assert "| lr 0.0001 beta 0.05 | 0 | 0.6931 | 0.500 | 0.250 vs 0.250 |" in section
+    assert "128 training and 188 held-out problems" in section and "`trainer`" in section
+    assert "`prm_offline_x.json`" not in text.split("Unrecognised")[1]
