@@ -129,6 +129,20 @@ def response_logp(model, examples: list[dict]) -> list[torch.Tensor]:
     return [logp[i, e["start"] - 1:len(e["ids"]) - 1] for i, e in enumerate(examples)]
 
 
+def pairwise_accuracy(groups: list[list[dict]], R: list[float]) -> float:
+    """Over every (correct, wrong) pair of responses to one problem, the share whose correct one has the
+    larger R (a tie counts 0.5); R is in the groups' flattened order. Unlike the trainer's prm_acc
+    (kernels.prm_pairwise_accuracy: a mean over groups, ties 0) a mean over pairs, so problems with more
+    mixed pairs weigh more."""
+    scores, at = [], 0
+    for group in groups:
+        r = R[at:at + len(group)]
+        at += len(group)
+        scores += [1.0 if r[i] > r[j] else 0.5 if r[i] == r[j] else 0.0
+                   for i, a in enumerate(group) for j, b in enumerate(group) if a["label"] > b["label"]]
+    return sum(scores) / len(scores)
+
+
 def evaluate(prm, ref, pairs: list[list[dict]], beta: float, batch: int = 32) -> dict:
     from primeflow.kernels import prm_ce_terms
     from primeflow.trainer.stages.localisation import localisation
@@ -144,15 +158,9 @@ def evaluate(prm, ref, pairs: list[list[dict]], beta: float, batch: int = 32) ->
                     wrong.append(([float(q[a:b].sum()) for a, b in e["steps"]], e["wrong_step"]))
     R_t = torch.tensor(R)
     labels = torch.tensor([e["label"] for e in flat])
-    pairwise, at = [], 0
-    for group in pairs:  # every (correct, wrong) pair of a problem
-        r = R[at:at + len(group)]
-        at += len(group)
-        pairwise += [1.0 if r[i] > r[j] else 0.5 if r[i] == r[j] else 0.0
-                     for i, a in enumerate(group) for j, b in enumerate(group) if a["label"] > b["label"]]
     loc = localisation(wrong)
     return {"ce": float(prm_ce_terms(R_t, labels).mean()), "acc": float(((R_t > 0).float() == labels).float().mean()),
-            "pairwise_acc": sum(pairwise) / len(pairwise), "localisation": loc.localised,
+            "pairwise_acc": pairwise_accuracy(pairs, R), "localisation": loc.localised,
             "localisation_chance": loc.chance, "localisation_n": loc.n, "responses": len(flat),
             "correct_frac": float(labels.mean()),
             "mean_R_correct": float(R_t[labels == 1].mean()), "mean_R_wrong": float(R_t[labels == 0].mean())}
@@ -220,23 +228,16 @@ def train_with_trainer(model_dir: Path, train: list[list[dict]], test: list[list
 
     def held_out(groups: list[list[dict]]) -> dict:
         config.prm.update = "none"
-        R, at = [], 0
+        R = []
         for i in range(0, len(groups), 16):
             chunk = groups[i:i + 16]
             b = as_batch(chunk)
             scores = prm_stage(models, b, config, old_logp=torch.zeros(b.response_mask.shape))
             R += scores.token_rewards.sum(-1).tolist()
         config.prm.update = "after"
-        flat = [e for g in groups for e in g]
-        pairwise = []
-        for g in groups:
-            r = R[at:at + len(g)]
-            at += len(g)
-            pairwise += [1.0 if r[i] > r[j] else 0.5 if r[i] == r[j] else 0.0
-                         for i, a in enumerate(g) for j, b in enumerate(g) if a["label"] > b["label"]]
         from primeflow.kernels import prm_ce_terms
-        ce = float(prm_ce_terms(torch.tensor(R), torch.tensor([e["label"] for e in flat])).mean())
-        return {"ce": ce, "pairwise_acc": sum(pairwise) / len(pairwise)}
+        ce = float(prm_ce_terms(torch.tensor(R), torch.tensor([e["label"] for g in groups for e in g])).mean())
+        return {"ce": ce, "pairwise_acc": pairwise_accuracy(groups, R)}
 
     groups_per_batch = max(1, batch // len(train[0]))
     history = [{"epoch": 0, **held_out(test)}]

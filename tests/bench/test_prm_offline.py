@@ -51,3 +51,11 @@ def test_examples_pair_a_correct_and_a_wrong_response_with_step_spans(bench_modu
             lines = response.split("\n")
             assert [response[a:b] for a, b in e["steps"]] == lines[:-1] and lines[-1].startswith("\\boxed{")
         assert 0 <= bad["wrong_step"] < len(bad["steps"])
+
+
+def test_pairwise_accuracy_counts_every_mixed_pair_once(bench_module):
+    offline = bench_module("prm_offline")
+    groups = [[{"label": 1.0}, {"label": 0.0}], [{"label": 0.0}, {"label": 1.0}, {"label": 1.0}]]
+    # pairs: (0 > 1) right; (2 vs 1) right, (3 vs 1) tie -> 0.5: (1 + 1 + 0.5) / 3
+    assert offline.pairwise_accuracy(groups, [0.3, 0.1, -0.2, 0.4, -0.2]) == (1 + 1 + 0.5) / 3
+    assert offline.pairwise_accuracy(groups, [0.0] * 5) == 0.5  # an untrained PRM: all ties
