@@ -10,7 +10,8 @@ step over its prompt+response tokens, as primeflow's trainer runs them:
   PRIME only:      reference log-probs 1 forward (ref_type=freeze; none with ref_type=policy),
                    PRM (prm.update): after  3 (its update's forward+backward also gives the rewards),
                                      before 3 + 1 (the update, then scoring with the updated PRM),
-                                     none   1 (scoring only; an offline PRM has no backward).
+                                     none   1 (scoring only; an offline PRM has no backward),
+                                     + 3 per further PRM pass (prm.epochs > 1; the PRM alone, no reference).
 The verifier, the advantage and the weight sync do no model flops. MFU = flops / (step time x devices x
 peak flops per device), the convention of PaLM and NeMo-RL.
 """
@@ -48,7 +49,10 @@ def forward_passes(trainer_config: dict[str, Any]) -> int:
     passes = 1 + 1 + 3 * trainer_config["ppo"]["epochs"]
     if trainer_config["prime"]["mode"] == "prime":
         passes += 1 if trainer_config["prime"]["ref_type"] == "freeze" else 0
-        passes += PRM_PASSES[trainer_config["prm"]["update"]]
+        update = trainer_config["prm"]["update"]
+        passes += PRM_PASSES[update]
+        if update != "none":  # configs recorded before prm.epochs existed ran one pass
+            passes += 3 * (trainer_config["prm"].get("epochs", 1) - 1)
     return passes
 
 

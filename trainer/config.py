@@ -158,6 +158,11 @@ class PRMConfig:
     # `class_balanced`: correct and wrong responses each carry half of the loss (stages/prm_ce.py), so at
     # init the tokens they share get no net push whatever the batch's accuracy (an opt-in experiment).
     ce_weighting: str = choice("mean", "class_balanced")
+    # Passes of the PRM update over each batch. The rewards always come from the first pass (`after`: each
+    # mini-batch scored before its first optimizer step) or from after the last (`before`); prm_loss is the
+    # first pass's mean, the loss on data the PRM has not trained on. More passes let the PRM keep pace with
+    # a policy that moves its sample distribution every step (bench/README, issue 18).
+    epochs: int = 1
     # The paper's 7B values are lr 1e-6 (PRM) and 5e-7 (policy); the tiny default needs larger steps to move
     # within a few dozen RL steps (measured on 30-step runs: 1e-5..5e-5 raise training accuracy).
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, weight_decay=0.0, grad_clip=10.0))
@@ -336,6 +341,8 @@ def validate(config: Config) -> None:
         (config.train.micro_batch_tokens >= 16, "train.micro_batch_tokens", "must be >= 16"),
         (config.ppo.mini_batch_size >= 1 and config.prm.mini_batch_size >= 1, "ppo/prm.mini_batch_size",
          "must be >= 1"),
+        (config.ppo.epochs >= 1, "ppo.epochs", "must be >= 1"),
+        (config.prm.epochs >= 1, "prm.epochs", "must be >= 1"),
         (config.parallel.tp >= 1 and config.parallel.pp >= 1, "parallel.tp/pp", "must be >= 1"),
         (config.rollout.tis_cap >= 0, "rollout.tis_cap", "must be >= 0 (0 = off)"),
         (len(config.ppo.optim.betas) == 2, "ppo.optim.betas", "needs two values"),

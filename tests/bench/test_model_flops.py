@@ -96,7 +96,7 @@ def _matmul_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def _measured_passes(ckpt, mode: str, ref_type: str, update: str, epochs: int) -> float:
+def _measured_passes(ckpt, mode: str, ref_type: str, update: str, epochs: int, prm_epochs: int = 1) -> float:
     from primeflow.trainer.config import Config
     from primeflow.trainer.stages.advantage import advantage_stage
     from primeflow.trainer.stages.logprobs import batch_logprobs
@@ -106,6 +106,7 @@ def _measured_passes(ckpt, mode: str, ref_type: str, update: str, epochs: int) -
 
     config = Config()
     config.prime.mode, config.prime.ref_type, config.prm.update, config.ppo.epochs = mode, ref_type, update, epochs
+    config.prm.epochs = prm_epochs
     models, config = stage_helpers.tiny_models(ckpt, config)
     batch = stage_helpers.random_rollouts(0)
     budget = config.train.micro_batch_tokens
@@ -121,16 +122,20 @@ def _measured_passes(ckpt, mode: str, ref_type: str, update: str, epochs: int) -
     return ROLLOUT_PASSES + _matmul_flops(step) / one_forward
 
 
-@pytest.mark.parametrize("mode,ref_type,update,epochs", [
-    ("rloo", "freeze", "none", 1),
-    ("rloo", "freeze", "none", 2),
-    ("prime", "freeze", "after", 1),
-    ("prime", "policy", "after", 1),
-    ("prime", "freeze", "before", 1),
-    ("prime", "freeze", "none", 1),
-    ("prime", "policy", "none", 2),
+@pytest.mark.parametrize("mode,ref_type,update,epochs,prm_epochs", [
+    ("rloo", "freeze", "none", 1, 1),
+    ("rloo", "freeze", "none", 2, 1),
+    ("prime", "freeze", "after", 1, 1),
+    ("prime", "policy", "after", 1, 1),
+    ("prime", "freeze", "before", 1, 1),
+    ("prime", "freeze", "none", 1, 1),
+    ("prime", "policy", "none", 2, 1),
+    ("prime", "freeze", "after", 1, 3),    # the fused head's first pass, then the PRM alone
+    ("prime", "policy", "before", 1, 2),   # the two-head path
+    ("prime", "freeze", "none", 1, 2),     # no update: prm.epochs does nothing
 ])
-def test_forward_passes_equal_what_the_step_stages_run(tiny_ckpt, mode, ref_type, update, epochs):
-    measured = _measured_passes(tiny_ckpt, mode, ref_type, update, epochs)
-    config = {"ppo": {"epochs": epochs}, "prime": {"mode": mode, "ref_type": ref_type}, "prm": {"update": update}}
+def test_forward_passes_equal_what_the_step_stages_run(tiny_ckpt, mode, ref_type, update, epochs, prm_epochs):
+    measured = _measured_passes(tiny_ckpt, mode, ref_type, update, epochs, prm_epochs)
+    config = {"ppo": {"epochs": epochs}, "prime": {"mode": mode, "ref_type": ref_type},
+              "prm": {"update": update, "epochs": prm_epochs}}
     assert _model_flops().forward_passes(config) == pytest.approx(measured, rel=1e-12)

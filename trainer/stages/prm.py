@@ -113,13 +113,20 @@ def fused_micro_loss(models: PrimeModels, batch: TrainBatch, config: Config, min
 
 def _update(models: PrimeModels, config: Config, minibatches: MiniBatches,
             micro_loss: Callable[[list[int]], MicroLoss]) -> list[float]:
-    """PRM optimizer steps over the batch, one per mini-batch, with `micro_loss(mini-batch rows)`'s shares."""
-    losses = []
-    for rows, plan in minibatches:
-        stats = minibatch_step(models.prm, models.prm_optim, plan, micro_loss(rows))
-        losses.append(stats["loss"])
+    """One pass of PRM optimizer steps over the batch, one per mini-batch, with `micro_loss(mini-batch rows)`'s
+    shares; returns the mini-batches' losses."""
+    return [minibatch_step(models.prm, models.prm_optim, plan, micro_loss(rows))["loss"]
+            for rows, plan in minibatches]
+
+
+def _finish_update(models: PrimeModels, batch: TrainBatch, config: Config, minibatches: MiniBatches,
+                   ref_BR: torch.Tensor) -> None:
+    """The passes after the first (prm.epochs > 1), the PRM alone against the first pass's reference
+    log-probs (the reference does not change, so scoring it again would only cost), then the PRM's
+    learning-rate schedule steps once per RL step."""
+    for _ in range(config.prm.epochs - 1):
+        _update(models, config, minibatches, lambda rows: prm_micro_loss(batch, ref_BR, config, rows))
     models.prm_sched.step()
-    return losses
 
 
 def token_rewards(prm_BR: torch.Tensor, ref_BR: torch.Tensor, mask_BR: torch.Tensor, *, beta: float,
@@ -157,6 +164,8 @@ def _fused_stage(models: PrimeModels, batch: TrainBatch, config: Config, minibat
             losses = _update(models, config, minibatches,
                              lambda rows: fused_micro_loss(models, batch, config, rows, record))
     prm_BR, ref_BR, reward_BR, reward_sum_B = record.combined()
+    if mode != "none":
+        _finish_update(models, batch, config, minibatches, ref_BR)
     if mode == "before":
         prm_BR = batch_logprobs(models.prm, batch, budget=config.train.micro_batch_tokens, plan=scoring_plan)
         rewards = token_rewards(prm_BR, ref_BR, mask, beta=beta, granularity=config.prime.granularity)
@@ -192,11 +201,13 @@ def prm_stage(models: PrimeModels, batch: TrainBatch, config: Config, *, old_log
         record = torch.zeros(batch.response_mask.shape, dtype=torch.float32, device=batch.device)
         losses = _update(models, config, minibatches,
                          lambda rows: prm_micro_loss(batch, ref_BR, config, rows, record))
+        _finish_update(models, batch, config, minibatches, ref_BR)
         prm_BR = all_rows_sum(record)
     else:
         if mode == "before":
             losses = _update(models, config, minibatches,
                              lambda rows: prm_micro_loss(batch, ref_BR, config, rows, None))
+            _finish_update(models, batch, config, minibatches, ref_BR)
         prm_BR = batch_logprobs(models.prm, batch, budget=budget, plan=scoring_plan)
     rewards = token_rewards(prm_BR, ref_BR, batch.response_mask, beta=config.prime.beta,
                             granularity=config.prime.granularity)
