@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE_SETTINGS = ["train.checkpoint_every=0", "logging.progress=false", "logging.tensorboard=false",
                  "run.resume=none", "train.validate_every=0"]
 TRACKED = ("prm_loss", "prm_acc", "prm/localisation", "prm/localisation_chance", "prm/localisation_n",
-           "outcome_acc", "time/step")
+           "prm/reward_correct", "prm/reward_wrong", "outcome_acc", "time/step")
 _DROP = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TRITON_INTERPRET")
 
 
@@ -74,7 +74,8 @@ def _mean(values: list[float]) -> float | None:
 def summarise(records: list[dict], window: int) -> dict[str, float | None]:
     series = {k: [r.get(k) for r in records] for k in TRACKED}
     out: dict[str, float | None] = {}
-    for key in ("prm_loss", "prm_acc", "prm/localisation", "prm/localisation_chance", "outcome_acc"):
+    for key in ("prm_loss", "prm_acc", "prm/localisation", "prm/localisation_chance", "prm/reward_correct",
+                "prm/reward_wrong", "outcome_acc"):
         out[f"{key}/first"] = _mean(series[key][:window])
         out[f"{key}/last"] = _mean(series[key][-window:])
     out["prm_loss/min"] = min((v for v in series["prm_loss"] if v is not None), default=None)

@@ -180,11 +180,32 @@ def _fused_stage(models: PrimeModels, batch: TrainBatch, config: Config, minibat
 def _scores(batch: TrainBatch, ref_BR: torch.Tensor, prm_BR: torch.Tensor, rewards: torch.Tensor,
             losses: list[float], monitor: float | None) -> PRMScores:
     """PRMScores with the metrics: prm_loss (the update's mean training loss over PRM mini-batches; `none`
-    reports the CE of the scores, `monitor`) and prm_acc."""
+    reports the CE of the scores, `monitor`), prm_acc, and the reward scale by class (reward_scale)."""
     with torch.no_grad():
-        acc = float(prm_pairwise_accuracy(rewards, batch.response_mask, batch.outcome, group_size=batch.group_size))
-    metrics = {"prm_loss": sum(losses) / len(losses) if losses else monitor, "prm_acc": acc}
+        acc_1 = prm_pairwise_accuracy(rewards, batch.response_mask, batch.outcome, group_size=batch.group_size)
+        acc, *scale = torch.cat([acc_1.reshape(1).float(), _class_sums(rewards, batch.outcome)]).tolist()  # 1 read
+    metrics = {"prm_loss": sum(losses) / len(losses) if losses else monitor, "prm_acc": acc, **reward_scale(*scale)}
     return PRMScores(ref_BR, prm_BR, rewards, metrics)
+
+
+def _class_sums(rewards_BR: torch.Tensor, outcome_B: torch.Tensor) -> torch.Tensor:
+    """[4]: the sums of the responses' total rewards R_b weighted by outcome and by 1 - outcome, and the two
+    weights' sums (soft labels weigh a response into both classes)."""
+    R_B, o_B = rewards_BR.sum(-1), outcome_B.to(rewards_BR.dtype)
+    return torch.stack([(R_B * o_B).sum(), o_B.sum(), (R_B * (1 - o_B)).sum(), (1 - o_B).sum()])
+
+
+def reward_scale(sum_correct: float, n_correct: float, sum_wrong: float, n_wrong: float) -> dict[str, float]:
+    """prm/reward_correct, prm/reward_wrong: the mean total implicit reward R_b = sum_t r_t of correct and of
+    wrong responses (a key is left out when its class has no response). Their gap is what the PRM tells
+    apart, their common drift how far it has moved from the reference on what the policy samples now
+    (bench/README, issue 18)."""
+    out = {}
+    if n_correct > 0:
+        out["prm/reward_correct"] = sum_correct / n_correct
+    if n_wrong > 0:
+        out["prm/reward_wrong"] = sum_wrong / n_wrong
+    return out
 
 
 def prm_stage(models: PrimeModels, batch: TrainBatch, config: Config, *, old_logp: torch.Tensor) -> PRMScores:
