@@ -21,6 +21,15 @@ def _pair(summary: dict[str, Any], key: str) -> str:
     return f"{first:.4f} → {last:.4f}"
 
 
+def _reward_scale(summary: dict[str, Any]) -> str:
+    """The mean total implicit reward of correct / wrong responses over the last window ("—" in sweeps recorded
+    before the trainer logged it)."""
+    correct, wrong = summary.get("prm/reward_correct/last"), summary.get("prm/reward_wrong/last")
+    if correct is None or wrong is None:
+        return "—"
+    return f"{correct:+.3f} / {wrong:+.3f}"
+
+
 def learns(summary: dict[str, Any], ln2: float = math.log(2)) -> bool:
     """PRM loss ends below ln 2 and pairwise accuracy ends above chance."""
     loss, acc = summary.get("prm_loss/last"), summary.get("prm_acc/last")
@@ -41,11 +50,11 @@ def render(source: Source) -> str:
         s = run.get("summary", {})
         loc, chance = s.get("prm/localisation/last"), s.get("prm/localisation_chance/last")
         rows.append([" ".join(run.get("overrides", [])) or "base", _pair(s, "prm_loss"), _pair(s, "prm_acc"),
-                     "—" if loc is None else f"{loc:.3f} vs {chance:.3f}", _pair(s, "outcome_acc"),
-                     "yes" if learns(s, ln2) else "no", fmt.seconds(s.get("time/step"))])
+                     "—" if loc is None else f"{loc:.3f} vs {chance:.3f}", _reward_scale(s),
+                     _pair(s, "outcome_acc"), "yes" if learns(s, ln2) else "no", fmt.seconds(s.get("time/step"))])
     lines += [fmt.table(["overrides", "PRM loss", "PRM pairwise acc", "localisation vs chance (last)",
-                         "outcome acc", "PRM learns", "step time"], rows), ""]
-    n_learn = sum(r[5] == "yes" for r in rows)
+                         "mean R correct / wrong (last)", "outcome acc", "PRM learns", "step time"], rows), ""]
+    n_learn = sum(r[6] == "yes" for r in rows)
     lines += [f"{n_learn} of {len(rows)} runs end with the PRM loss below ln 2 and its accuracy above chance.", ""]
     return "\n".join(lines)
 

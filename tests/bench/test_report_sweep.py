@@ -1,5 +1,6 @@
-"""bench/report_sweep.py: a PRM sweep renders one row per run, says which runs' PRM learned (loss below ln 2
-AND accuracy above chance), and is recognised by its kind or its file name."""
+"""bench/report_sweep.py: a PRM sweep renders one row per run (with the reward scale by class where it was
+recorded), says which runs' PRM learned (loss below ln 2 AND accuracy above chance), and is recognised by its
+kind or its file name."""
 
 from __future__ import annotations
 
@@ -29,14 +30,16 @@ def test_a_sweep_file_renders_its_runs_in_the_report(tmp_path, bench_module):
     report = bench_module("report")
     runs = [_run(["prm.optim.lr=1e-4"], (0.70, 0.68), (0.45, 0.61)),
             _run(["prm.optim.lr=3e-4"], (0.73, 0.75), (0.46, 0.48))]
+    runs[0]["summary"].update({"prm/reward_correct/last": 0.0125, "prm/reward_wrong/last": -0.25})
     body = {"command": "python -m bench.prm_sweep x", "steps": 40, "config": "configs/tiny_cpu_chain.yaml",
             "window": 10, "shared_settings": ["data.task=chain"], "ln2": math.log(2), "runs": runs}
     (tmp_path / "prm_sweep_named.json").write_text(json.dumps(body))  # recognised by its name
     (tmp_path / "other.json").write_text(json.dumps({"kind": "prm_sweep", **body}))  # ... and by its kind
     text = report.build_report(tmp_path, tmp_path / "REPORT.md")
     section = text.split("## PRM sweeps")[1].split("\n## ")[0]
-    assert section.count("| prm.optim.lr=1e-4 | 0.7000 → 0.6800 | 0.4500 → 0.6100 | 0.500 vs 0.250 |") == 2
-    assert section.count("| prm.optim.lr=3e-4 | 0.7300 → 0.7500 |") == 2
+    assert section.count("| prm.optim.lr=1e-4 | 0.7000 → 0.6800 | 0.4500 → 0.6100 | 0.500 vs 0.250 "
+                         "| +0.013 / -0.250 |") == 2
+    assert section.count("| prm.optim.lr=3e-4 | 0.7300 → 0.7500 | 0.4600 → 0.4800 | 0.500 vs 0.250 | — |") == 2
     assert section.count("1 of 2 runs end with the PRM loss below ln 2") == 2
     assert "Unrecognised results files" in text and "`other.json`" not in text.split("Unrecognised")[1]
 
