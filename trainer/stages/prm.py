@@ -210,7 +210,7 @@ def reward_scale(sum_correct: float, n_correct: float, sum_wrong: float, n_wrong
 
 def prm_stage(models: PrimeModels, batch: TrainBatch, config: Config, *, old_logp: torch.Tensor) -> PRMScores:
     """Scores the reference and the PRM and updates the PRM (prm.update: before / after the scoring, or
-    none); the metrics are prm_loss and prm_acc."""
+    none; prm.epochs passes); the metrics are prm_loss, prm_acc and the reward scale by class."""
     minibatches = prm_minibatches(batch, config)
     scoring_plan = prm_scoring_plan(batch, config, minibatches)  # the reference is scored on the same one
     if fused_head_supported(models, config):
