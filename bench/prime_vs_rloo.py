@@ -31,8 +31,8 @@ from bench.model_flops import step_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_SETTINGS = ["train.checkpoint_every=0", "logging.progress=false", "logging.tensorboard=false"]
-EVIDENCE = ("prm_loss", "prm_acc", "prm/localisation", "prm/localisation_chance", "prm/localisation_n", "adv_std",
-            "filter_kept_frac", "outcome_acc")
+EVIDENCE = ("prm_loss", "prm_acc", "prm/localisation", "prm/localisation_chance", "prm/localisation_n",
+            "prm/reward_correct", "prm/reward_wrong", "adv_std", "filter_kept_frac", "outcome_acc")
 
 
 def _env() -> dict[str, str]:

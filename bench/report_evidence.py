@@ -21,6 +21,10 @@ from .report_plots import evidence_figure
 RESAMPLES = 10_000
 SIGNALS = (("prm_loss", "PRM loss (ln 2 = 0.693: no signal)"), ("prm_acc", "PRM pairwise accuracy (0.5: chance)"),
            ("prm/localisation", "error localisation"), ("prm/localisation_chance", "its chance rate"))
+# The reward scale by class (trainer/stages/prm.py reward_scale): table rows only, as its axis is not the
+# figure's; comparisons recorded before the trainer logged it have no such rows.
+REWARD_SCALE = (("prm/reward_correct", "mean total reward R, correct responses"),
+                ("prm/reward_wrong", "mean total reward R, wrong responses"))
 
 
 def bootstrap_difference(a: list[float], b: list[float], *, resamples: int = RESAMPLES,
@@ -64,7 +68,7 @@ def render_evidence(evidence: dict[str, dict[str, dict[str, list]]], window: int
             continue
         header = ["signal", f"first {window} steps", f"last {window} steps", "seeds"]
         body = []
-        for key, label in SIGNALS:
+        for key, label in (*SIGNALS, *REWARD_SCALE):
             first, n = _seed_mean(per_seed, key, slice(0, window))
             last, _ = _seed_mean(per_seed, key, slice(-window, None))
             if n:

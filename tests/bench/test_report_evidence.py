@@ -51,6 +51,9 @@ def test_learning_efficiency_reports_the_interval_and_the_prm_evidence(tmp_path,
         local = [None, 0.5, *[0.4] * 6, 0.75, 0.25]  # a step without wrong responses logs nothing
         evidence["prime"][str(seed)] = {"prm_loss": loss, "prm_acc": [0.5] * 10, "prm/localisation": local,
                                         "prm/localisation_chance": [0.25] * 10}
+        if seed:  # recorded on seeds 1 and 2 only: the row averages the seeds that have it
+            evidence["prime"][str(seed)].update({"prm/reward_correct": [0.1 * seed] * 10,
+                                                 "prm/reward_wrong": [-0.2] * 10})
         evidence["rloo"][str(seed)] = {"outcome_acc": [0.4] * 10}
     (tmp_path / "learning_efficiency_chain.json").write_text(json.dumps(
         {"command": "python -m bench.prime_vs_rloo", "seeds": [0, 1, 2], "curves": curves, "evidence": evidence}))
@@ -62,10 +65,12 @@ def test_learning_efficiency_reports_the_interval_and_the_prm_evidence(tmp_path,
     assert point == pytest.approx(0.11, abs=5e-4)  # mean(0.50, 0.51, 0.52) - 0.40
     assert 0.10 - 5e-4 <= lo <= point <= hi <= 0.12 + 5e-4
     rows = {line.split(" | ")[0].strip("| "): [c.strip(" |") for c in line.split(" | ")]
-            for line in text.splitlines() if line.startswith("| PRM") or line.startswith("| error")}
+            for line in text.splitlines() if line.startswith(("| PRM", "| error", "| mean total"))}
     assert rows["PRM loss (ln 2 = 0.693: no signal)"][1:] == ["0.7", "0.61", "3"]
     first_local = float(rows["error localisation"][1])
     assert math.isclose(first_local, 0.5)  # the None step is skipped, not counted as 0
     assert float(rows["error localisation"][2]) == pytest.approx(0.5)
+    assert rows["mean total reward R, correct responses"][1:] == ["0.15", "0.15", "2"]
+    assert rows["mean total reward R, wrong responses"][1:] == ["-0.2", "-0.2", "2"]
     assert "Why, from the PRM of `rloo`" not in text  # outcome-only RLOO has no PRM signals
     assert (tmp_path / "plots" / "learning_efficiency_chain_prime_prm.png").read_bytes()[:8] == PNG
