@@ -104,12 +104,39 @@ def test_chain_preset_is_the_default_plus_the_chain_task_and_the_swept_prm_setti
     changed = {(section, key) for section in default for key in default[section]
                if chain[section][key] != default[section][key]}
     assert changed == {("run", "dir"), ("data", "task"), ("data", "chain"), ("rollout", "max_tokens"),
-                       ("prm", "optim")}, changed
-    assert {k: v for k, v in chain["prm"]["optim"].items() if k != "lr"} == {
-        k: v for k, v in default["prm"]["optim"].items() if k != "lr"}
+                       ("prm", "optim"), ("prime", "ref_type"), ("ppo", "optim")}, changed
+    for section in ("prm", "ppo"):
+        assert {k: v for k, v in chain[section]["optim"].items() if k != "lr"} == {
+            k: v for k, v in default[section]["optim"].items() if k != "lr"}
     sweep = json.loads((CONFIGS.parent / "bench" / "results" / "prm_sweep_cpu_tiny_chain.json").read_text())
     learned = [dict(o.split("=") for o in r["overrides"]) for r in sweep["runs"]
                if r["summary"]["prm_loss/last"] < math.log(2)
                and r["summary"]["prm_acc/last"] > r["summary"]["prm_acc/first"]]
     assert [(float(r["prm.optim.lr"]), float(r["prime.beta"])) for r in learned] == [
         (chain["prm"]["optim"]["lr"], chain["prime"]["beta"])], learned
+
+
+def test_chain_preset_policy_settings_are_the_5_seed_comparison_whose_prm_learned():
+    """The chain preset's ref_type and policy lr are those of the recorded 5-seed PRIME vs RLOO comparison
+    in which the PRM learned on average (prm_loss below ln 2 in the last window, pairwise accuracy up, the
+    correct class's mean reward above the wrong one's): changing either without a new measurement fails."""
+    import json
+    import math
+
+    chain = load_config(CONFIGS / "tiny_cpu_chain.yaml")
+    result = json.loads((CONFIGS.parent / "bench" / "results"
+                         / "learning_efficiency_cpu_tiny_chain_ref_policy_lr1.5e-5.json").read_text())
+    overrides = dict(o.split("=") for o in result["config"]["overrides"])
+    assert result["config"]["trainer_config"] == "configs/tiny_cpu_chain.yaml"
+    assert overrides["prime.ref_type"] == chain.prime.ref_type
+    assert float(overrides["ppo.optim.lr"]) == chain.ppo.optim.lr
+    assert len(result["seeds"]) >= 5
+
+    def window_mean(key: str, part: slice) -> float:  # the mean over seeds of each seed's window mean
+        per_seed = [[v for v in s[key][part] if v is not None] for s in result["evidence"]["prime"].values()]
+        return sum(sum(v) / len(v) for v in per_seed) / len(per_seed)
+
+    last, first = slice(-12, None), slice(0, 12)
+    assert window_mean("prm_loss", last) < math.log(2)
+    assert window_mean("prm_acc", last) > window_mean("prm_acc", first) > 0.5
+    assert window_mean("prm/reward_correct", last) > window_mean("prm/reward_wrong", last)
