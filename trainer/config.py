@@ -160,8 +160,8 @@ class PRMConfig:
     ce_weighting: str = choice("mean", "class_balanced")
     # Passes of the PRM update over each batch. The rewards always come from the first pass (`after`: each
     # mini-batch scored before its first optimizer step) or from after the last (`before`); prm_loss is the
-    # first pass's mean, the loss on data the PRM has not trained on. More passes let the PRM keep pace with
-    # a policy that moves its sample distribution every step (bench/README, issue 18).
+    # first pass's mean, the loss on data the PRM has not trained on. Meant to let the PRM keep pace with a
+    # moving policy; on the tiny chain task 2-4 passes overfit each batch instead (bench/README, issue 18).
     epochs: int = 1
     # The paper's 7B values are lr 1e-6 (PRM) and 5e-7 (policy); the tiny default needs larger steps to move
     # within a few dozen RL steps (measured on 30-step runs: 1e-5..5e-5 raise training accuracy).
