@@ -74,8 +74,7 @@ def _mean(values: list[float]) -> float | None:
 def summarise(records: list[dict], window: int) -> dict[str, float | None]:
     series = {k: [r.get(k) for r in records] for k in TRACKED}
     out: dict[str, float | None] = {}
-    for key in ("prm_loss", "prm_acc", "prm/localisation", "prm/localisation_chance", "prm/reward_correct",
-                "prm/reward_wrong", "outcome_acc"):
+    for key in (k for k in TRACKED if k not in ("prm/localisation_n", "time/step")):  # counts and times: no window
         out[f"{key}/first"] = _mean(series[key][:window])
         out[f"{key}/last"] = _mean(series[key][-window:])
     out["prm_loss/min"] = min((v for v in series["prm_loss"] if v is not None), default=None)
