@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 from reference64 import linear_token_logprobs64, linear_token_logprobs_grads64
-from tolerances import assert_close_to_truth, assert_not_worse_than_torch, assert_not_worse_than_torch_rows
+from tolerances import (
+    P_RELATIVE_FLOOR,
+    assert_close_to_truth,
+    assert_not_worse_than_torch,
+    assert_not_worse_than_torch_rows,
+    record_bound_use,
+)
 
 _spec = importlib.util.spec_from_file_location("_lp_helpers", Path(__file__).with_name("_lp_helpers.py"))
 _h = importlib.util.module_from_spec(_spec)
@@ -106,19 +112,36 @@ def test_large_offsets_and_all_negative_rows(path, dtype, generator):
 def test_bf16_dz_backward_as_on_cuda(monkeypatch, generator):
     """On CUDA, bf16 inputs get dz rounded once to bf16 so dh/dW run as tensor-core GEMMs with fp32 outputs.
     Forced here under the interpreter (torch.mm has no out_dtype on CPU: the widened fallback computes the
-    same products), it must still be no worse than PyTorch's own bf16 backward."""
+    same products). Held to a bound derived for exactly that arithmetic, elementwise (u = 2^-8, bf16's unit
+    roundoff): dz = g (onehot - p) / T in fp32, off by at most 1e-5 |dz| plus, in the label's column,
+    P_RELATIVE_FLOOR p |g| / T (tests/tolerances.py), then rounded to bf16 (u |dz|); the GEMM sums those
+    errors times |W| (dh) or |h| (dW) in fp32; the result is rounded once to bf16 (u |dh|). So
+        |dh - dh64| <= u |dh64| + (1 + u) [(u + 1e-5)(|dz| @ |W|) + (P_RELATIVE_FLOOR p|g|/T)_label @ |W|].
+    ("No worse than 2x PyTorch's bf16 backward" is not derivable: PyTorch rounds the forward logits to bf16,
+    so its dz is from other p; a CI seed had ours at 2.3x torch and 0.67 of this bound. 300 fresh seeds used
+    at most 0.83 (dh) and 0.92 (dW) of it.)"""
     from primeflow.kernels.linear_logprob import triton_op
 
     monkeypatch.setattr(triton_op, "dz_dtype", lambda dtype, device: dtype)
     hidden, weight, labels = _h.make_linear(6, 24, 70, torch.bfloat16, generator)
     h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
-    hb, wb = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
     g = torch.randn(6, generator=generator)
     (K.linear_token_logprobs(h, w, labels, temperature=0.7) * g).sum().backward()
-    (_h.naive_linear(hb, wb, labels, 0.7) * g).sum().backward()
     t_dh, t_dw = linear_token_logprobs_grads64(hidden, weight, labels, g, None, 0.7)
-    assert_not_worse_than_torch(h.grad, hb.grad, t_dh, torch.bfloat16, what="dhidden (bf16 dz)")
-    assert_not_worse_than_torch(w.grad, wb.grad, t_dw, torch.bfloat16, what="dweight (bf16 dz)")
+
+    u, temperature = 2.0 ** -8, 0.7
+    p = torch.softmax(hidden.double() @ weight.double().T / temperature, dim=-1)
+    onehot = torch.zeros_like(p).scatter_(1, labels[:, None], 1.0)
+    g_scale = g.double().abs()[:, None] / temperature
+    dz_error = (u + 1e-5) * (onehot - p).abs() * g_scale + onehot * P_RELATIVE_FLOOR * p * g_scale
+    allowed_dh = u * t_dh.abs() + (1 + u) * dz_error @ weight.double().abs()
+    allowed_dw = u * t_dw.abs() + (1 + u) * dz_error.T @ hidden.double().abs()
+    for what, out, truth, allowed in (("dhidden (bf16 dz)", h.grad, t_dh, allowed_dh),
+                                      ("dweight (bf16 dz)", w.grad, t_dw, allowed_dw)):
+        assert out.dtype == torch.bfloat16
+        err = (out.double() - truth).abs()
+        record_bound_use(err, allowed)
+        assert (err <= allowed).all(), f"{what}: worst err/allowed {(err / allowed).max().item():.3f}"
 
 
 def test_only_weight_or_only_hidden_requires_grad(path, generator):

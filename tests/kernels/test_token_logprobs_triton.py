@@ -15,7 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 from reference64 import token_logprobs64, token_logprobs_grad64
-from tolerances import assert_close_to_truth, assert_not_worse_than_torch, assert_not_worse_than_torch_rows
+from tolerances import (
+    P_RELATIVE_FLOOR,
+    assert_close_to_truth,
+    assert_not_worse_than_torch,
+    assert_not_worse_than_torch_rows,
+)
 
 _spec = importlib.util.spec_from_file_location("_lp_helpers", Path(__file__).with_name("_lp_helpers.py"))
 _h = importlib.util.module_from_spec(_spec)
@@ -69,7 +74,10 @@ def test_forward_and_grads_vs_float64(N, V, dtype, temperature, generator):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_logp_only_gradient_is_tight(dtype, generator):
-    """Without entropy the gradient (onehot - p)/T has no cancellation: the per-dtype table applies.
+    """Without entropy the gradient (onehot - p)/T cancels only in the label's own column, where p can be
+    close to 1: fp32 p is known to ~1e-7 relative there, so that column gets tolerances.P_RELATIVE_FLOOR *
+    p * |g| / T on top of the per-dtype table (a CI seed hit p = 0.987: 1.4e-7 off, 1.9x the table alone;
+    400 fresh seeds used at most 0.43 of the bound with the floor). Every other column is held to the table.
     Row 1 (+1e4 offset) is left out: z = x/T rounds to ulp(1e4) = 1e-3 in fp32 before any kernel math
     (PyTorch's fp32 path does the same); the ratio rule above covers it."""
     logits, labels = _h.make_logits(6, 129, dtype, generator)
@@ -77,8 +85,11 @@ def test_logp_only_gradient_is_tight(dtype, generator):
     g = torch.randn(6, generator=generator)
     (K.token_logprobs(x, labels, temperature=0.7) * g).sum().backward()
     truth = token_logprobs_grad64(logits, labels, g, None, 0.7)
+    p_label = torch.softmax(logits.double() / 0.7, dim=-1).gather(1, labels[:, None])
+    label_floor = torch.zeros_like(truth).scatter_(
+        1, labels[:, None], P_RELATIVE_FLOOR * p_label * g.double().abs()[:, None] / 0.7)
     keep = [0, 2, 3, 4, 5]
-    assert_close_to_truth(x.grad[keep], truth[keep], dtype, grad=True, what="dlogits")
+    assert_close_to_truth(x.grad[keep], truth[keep], dtype, grad=True, what="dlogits", extra_atol=label_floor[keep])
 
 
 def test_batch_invariance_bitwise(generator):
