@@ -33,6 +33,20 @@ GRAD_RTOL = {torch.float32: 1e-5, torch.bfloat16: 2**-8 + 1e-5, torch.float16: 2
              torch.float64: 1e-10}
 
 
+# PRM cross-entropy gradients, dL/dprm_t = scale * beta * (sigmoid(R) - outcome) / B on every valid token of a
+# row: with soft labels sigmoid(R) - outcome can cancel to ~1e-7, below the fp32 rounding of R itself (a sum of
+# T terms of size beta * |prm - ref|). That absolute error, ~2^-21 * (1 + beta * sum|prm - ref|) (the 1 for
+# sigmoid's own rounding) times scale * beta / B, is a floor no fp32 implementation can beat, so the PRM-CE
+# gradient tests allow it on top of the dtype table.
+def prm_ce_cancel_floor(prm: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor, *, beta: float,
+                        scale: float = 1.0) -> torch.Tensor:
+    """[B, T] extra absolute allowance for d(scale * prm_ce_loss)/d prm (see above); 0 on masked tokens."""
+    mask = mask.double()
+    B = prm.shape[0]
+    r_scale_B = 1.0 + beta * ((prm.detach().double().cpu() - ref.detach().double().cpu()).abs() * mask).sum(-1)
+    return (scale * beta / B * 2.0 ** -21 * r_scale_B)[:, None] * mask
+
+
 # The largest fraction of an allowed error that any check of the current test used (err / allowed, 1.0 = at
 # the bound). tests/conftest.py resets it per test and stores it as the test's `bound_use` property, which
 # scripts/exactness_sweep.py collects over many seeds and SIMD paths to record the worst case beside the bound.

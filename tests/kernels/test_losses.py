@@ -16,7 +16,7 @@ import primeflow.kernels as K
 import pytest
 import torch
 from primeflow.kernels import reference
-from tolerances import assert_close_to_truth
+from tolerances import assert_close_to_truth, prm_ce_cancel_floor
 
 
 def _load_truth():
@@ -174,13 +174,8 @@ def test_prm_ce_matches_truth(generator, impl, dtype, shape, beta):
     want_loss, want_grad = truth.prm_ce_truth(prm.detach(), ref.detach(), mask, outcome, beta=beta)
     assert loss.dtype == torch.float32 and loss.dim() == 0
     assert_close_to_truth(loss, torch.tensor(want_loss), torch.float32, what=f"prm loss {impl}")
-    # dL/dprm_t = beta * (sigmoid(R) - outcome) / B on every valid token of a row. With soft labels
-    # sigmoid(R) - outcome can cancel to ~1e-7, below the fp32 rounding of R itself (a sum of T terms of size
-    # beta*|logp|): that absolute error, ~2^-21 * beta * sum|prm - ref| (plus 1 for sigmoid's own rounding)
-    # times beta / B, is a floor no fp32 implementation can beat, so it is allowed on top of the dtype table.
-    B = prm.shape[0]
-    r_scale_B = 1.0 + beta * ((prm.detach().double() - ref.detach().double()).abs() * mask).sum(-1)
-    cancel_floor = (0.5 * beta / B * 2.0**-21 * r_scale_B)[:, None].expand_as(want_grad) * mask
+    # soft labels can cancel sigmoid(R) - outcome below R's own fp32 rounding: tolerances.prm_ce_cancel_floor
+    cancel_floor = prm_ce_cancel_floor(prm, ref, mask, beta=beta, scale=0.5)
     assert_close_to_truth(prm.grad, 0.5 * want_grad, dtype, grad=True, what=f"prm grad {impl}",
                           extra_atol=cancel_floor)
     assert ref.grad is None

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tolerances import assert_close_to_truth
+from tolerances import assert_close_to_truth, prm_ce_cancel_floor
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 USES_TRITON_INTERPRETER = INTERPRETED  # tests/conftest.py keeps the variable set for this module's tests
@@ -166,7 +166,10 @@ else:
         (grad,) = torch.autograd.grad(loss * 0.5, x)
         want_loss, want_grad = truth.prm_ce_truth(prm.detach(), ref, mask, outcome, beta=0.5)
         assert_close_to_truth(loss.cpu(), torch.tensor(want_loss), torch.float32, what="triton prm loss")
-        assert_close_to_truth(grad.cpu(), 0.5 * want_grad, dtype, grad=True, what="triton prm grad")
+        # soft labels (outcome in quarters) can cancel sigmoid(R) - outcome below R's fp32 rounding
+        cancel_floor = prm_ce_cancel_floor(prm, ref, mask, beta=0.5, scale=0.5)
+        assert_close_to_truth(grad.cpu(), 0.5 * want_grad, dtype, grad=True, what="triton prm grad",
+                              extra_atol=cancel_floor)
         nan_prm = prm.clone()
         nan_prm[-1, 0] = float("nan")
         assert K.prm_ce_loss(
