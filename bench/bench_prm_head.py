@@ -6,9 +6,10 @@ Run from the repository root (CPU: a 1-process gloo world; the same command on a
     OMP_NUM_THREADS=1 .venv/bin/python -m bench.bench_prm_head --out bench/results/cpu_prm_head_tiny.json
 (one thread: at this size a second one only adds noise on a shared host; 2-thread medians there varied 3x)
 
-Shape: the default tiny checkpoint (make_tiny_checkpoint) and the default run's batch: data.prompts_per_step
-x rollout.n rows (8 x 4), prompts of 16-48 tokens, responses of 1-rollout.max_tokens (24), fp32, the default
-micro-batch budget and PRM mini-batch size. Per prm.update mode (after, none) the two stages run on their own
+Shape: the default tiny checkpoint (make_tiny_checkpoint) and the batch of configs/tiny_cpu_addition.yaml (the
+embedded default when the results were recorded; its frozen reference is what the fused head needs):
+data.prompts_per_step x rollout.n rows (8 x 4), prompts of 16-48 tokens, responses of 1-rollout.max_tokens (24),
+fp32, its micro-batch budget and PRM mini-batch size. Per prm.update mode (after, none) the two stages run on their own
 copies of the models (same weights), interleaved over --repeats rounds after one warm-up round each.
 Reported per mode and head: min and median wall and process-CPU seconds of prm_stage (CPU seconds are what a
 busy neighbour on a shared host inflates least), and the peak extra memory of one call
@@ -36,6 +37,8 @@ import torch
 
 from bench.hardware import environment, write_json_atomic
 from bench.memory import peak_extra_bytes
+
+PRESET = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu_addition.yaml"
 
 VOCAB = 250  # token ids drawn below the tiny tokenizer's specials (as tests/trainer/stage_helpers.py does)
 
@@ -75,7 +78,7 @@ def _peak(fn) -> int:
 def run(repeats: int) -> dict:
     from primeflow.models import make_tiny_checkpoint
     from primeflow.trainer import parallel
-    from primeflow.trainer.config import Config
+    from primeflow.trainer.config import load_config
     from primeflow.trainer.models_setup import build_prime_models
     from primeflow.trainer.stages.prm import prm_stage
     from primeflow.trainer.stages.prm_head import fused_head_supported
@@ -87,7 +90,7 @@ def run(repeats: int) -> dict:
         for mode in ("after", "none"):
             setups = {}
             for head, fused in (("fused", True), ("two_head", False)):
-                config = Config()
+                config = load_config(PRESET)
                 config.prm.update, config.prm.fused_head = mode, fused
                 models = build_prime_models(config, ckpt)
                 assert fused_head_supported(models, config) is fused

@@ -215,6 +215,7 @@ def train_with_trainer(model_dir: Path, train: list[list[dict]], test: list[list
     parallel.init_distributed(tp=1, pp=1)
     torch.manual_seed(seed)
     config = Config()
+    config.prime.ref_type = "freeze"  # the PRM is scored against the frozen SFT copy it starts from
     config.prime.beta, config.prm.optim.lr, config.prm.mini_batch_size = beta, lr, batch
     models = build_prime_models(config, model_dir)
 

@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from primeflow.trainer.learning_summary import finite_mean
+
 ROOT = Path(__file__).resolve().parents[1]
 BASE_SETTINGS = ["train.checkpoint_every=0", "logging.progress=false", "logging.tensorboard=false",
                  "run.resume=none", "train.validate_every=0"]
@@ -66,19 +68,14 @@ def parse_grid(items: list[str]) -> list[list[str]]:
     return [list(c) for c in itertools.product(*axes)] if axes else [[]]
 
 
-def _mean(values: list[float]) -> float | None:
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    return sum(values) / len(values) if values else None
-
-
 def summarise(records: list[dict], window: int) -> dict[str, float | None]:
     series = {k: [r.get(k) for r in records] for k in TRACKED}
     out: dict[str, float | None] = {}
     for key in (k for k in TRACKED if k not in ("prm/localisation_n", "time/step")):  # counts and times: no window
-        out[f"{key}/first"] = _mean(series[key][:window])
-        out[f"{key}/last"] = _mean(series[key][-window:])
+        out[f"{key}/first"] = finite_mean(series[key][:window])
+        out[f"{key}/last"] = finite_mean(series[key][-window:])
     out["prm_loss/min"] = min((v for v in series["prm_loss"] if v is not None), default=None)
-    out["time/step"] = _mean(series["time/step"][1:])
+    out["time/step"] = finite_mean(series["time/step"][1:])
     return out
 
 

@@ -10,10 +10,10 @@ disagree, not more."""
 
 from __future__ import annotations
 
-import math
 import random
 from pathlib import Path
-from typing import Any
+
+from primeflow.trainer.learning_summary import finite_mean
 
 from . import report_fmt as fmt
 from .report_plots import evidence_figure
@@ -39,24 +39,15 @@ def bootstrap_difference(a: list[float], b: list[float], *, resamples: int = RES
     return point, diffs[int(0.025 * (resamples - 1))], diffs[int(0.975 * (resamples - 1))]
 
 
-def _window_mean(values: list[Any], part: slice) -> float | None:
-    kept = [v for v in values[part] if v is not None and math.isfinite(v)]
-    return sum(kept) / len(kept) if kept else None
-
-
 def _seed_mean(per_seed: dict[str, dict[str, list]], key: str, part: slice) -> tuple[float | None, int]:
-    means = [m for s in per_seed.values() if (m := _window_mean(s.get(key, []), part)) is not None]
+    means = [m for s in per_seed.values() if (m := finite_mean(s.get(key, [])[part])) is not None]
     return (sum(means) / len(means) if means else None), len(means)
 
 
 def mean_series(per_seed: dict[str, dict[str, list]], key: str) -> tuple[list[float], list[float | None]]:
     """(steps 1..n, the mean over seeds at each step of `key`, None where no seed has a value)."""
     n = min((len(s.get(key, [])) for s in per_seed.values()), default=0)
-    out = []
-    for i in range(n):
-        vals = [s[key][i] for s in per_seed.values() if s[key][i] is not None and math.isfinite(s[key][i])]
-        out.append(sum(vals) / len(vals) if vals else None)
-    return list(range(1, n + 1)), out
+    return list(range(1, n + 1)), [finite_mean([s[key][i] for s in per_seed.values()]) for i in range(n)]
 
 
 def render_evidence(evidence: dict[str, dict[str, dict[str, list]]], window: int, plots_dir: Path,

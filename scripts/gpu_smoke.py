@@ -222,6 +222,7 @@ def trainer_step(device: torch.device, size: str, workdir: Path) -> dict:
 
     ckpt = checkpoint_of_size(size, workdir)
     config = Config()
+    config.prime.ref_type = "freeze"  # the 7B presets' frozen reference: the PRM stage runs the fused head
     dtype = "bfloat16" if device.type == "cuda" else "float32"
     config.model.params_dtype = config.model.ref_dtype = dtype
     config.prm.mini_batch_size = config.ppo.mini_batch_size = 16

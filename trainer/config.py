@@ -16,9 +16,13 @@ from typing import Any
 import yaml
 
 
-def choice(default: str, *allowed: str) -> Any:
-    """A string field restricted to `allowed` (checked on load, named in errors)."""
-    return field(default=default, metadata={"choices": (default, *allowed)})
+def choice(first: str, *rest: str, default: str | None = None) -> Any:
+    """A string field restricted to `(first, *rest)` (checked on load, named in errors in this order); its
+    default is `default`, or the first allowed value."""
+    allowed = (first, *rest)
+    if default is not None and default not in allowed:
+        raise ValueError(f"default {default!r} is not one of {allowed}")
+    return field(default=first if default is None else default, metadata={"choices": allowed})
 
 
 @dataclass
@@ -91,10 +95,11 @@ class DataConfig:
     prompt_suffix: bool = False         # PRIME's math/code answer-format instruction
     # The built-in task used when train_files is empty (trainer/data/builtin.py): `arithmetic` (one
     # expression, knobs in data.arithmetic) or `chain` (chained arithmetic written step by step, knobs in
-    # data.chain; its step labels drive the prm/localisation metrics)
-    task: str = choice("arithmetic", "chain")
+    # data.chain; its step labels drive the prm/localisation metrics). The embedded default is the chain
+    # task: 4 steps of 1-digit + - *, which the SFT'd tiny model solves 25-35 % of the time (configs/tiny_cpu.yaml)
+    task: str = choice("arithmetic", "chain", default="chain")
     arithmetic: dict = field(default_factory=lambda: {"n": 2000, "digits": 2, "ops": ["+"], "n_operands": 2})
-    chain: dict = field(default_factory=lambda: {"n": 2000, "steps": 3, "digits": 2, "ops": ["+", "-"]})
+    chain: dict = field(default_factory=lambda: {"n": 2000, "steps": 4, "digits": 1, "ops": ["+", "-", "*"]})
 
 
 @dataclass
@@ -112,7 +117,7 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1
-    max_tokens: int = 24
+    max_tokens: int = 64                # a 4-step chain answer is ~40 tokens
     tp: int = 1                         # vLLM tensor parallel size (may differ from the trainer's)
     dtype: str = choice("float32", "bfloat16")
     max_model_len: int = 256
@@ -129,7 +134,10 @@ class PrimeConfig:
     beta: float = 0.05
     granularity: str = choice("token", "whole")
     reward_norm: str = choice("batch_norm", "none")
-    ref_type: str = choice("freeze", "policy")
+    # `freeze` (the paper's, and the 7B presets'): the frozen SFT copy. The tiny default uses `policy`
+    # (pi_ref = the policy's old log-probs): the one measured setting whose PRM learns while the policy moves
+    # (configs/tiny_cpu.yaml's header, bench/results/learning_efficiency_cpu_tiny_chain_ref_policy_lr1.5e-5.json)
+    ref_type: str = choice("freeze", "policy", default="policy")
     advantage_form: str = choice("prime", "paper")
     gamma_process: float = 1.0
     gamma_outcome: float = 1.0
@@ -164,8 +172,9 @@ class PRMConfig:
     # moving policy; on the tiny chain task 2-4 passes overfit each batch instead (bench/README, issue 18).
     epochs: int = 1
     # The paper's 7B values are lr 1e-6 (PRM) and 5e-7 (policy); the tiny default needs larger steps to move
-    # within a few dozen RL steps (measured on 30-step runs: 1e-5..5e-5 raise training accuracy).
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, weight_decay=0.0, grad_clip=10.0))
+    # within a few dozen RL steps: on the chain task only PRM lr 1e-4 (of 1e-5, 3e-5, 1e-4, 3e-4, 1e-3) moved
+    # prm_loss below ln 2 (bench/results/prm_sweep_cpu_tiny_chain*.json).
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, weight_decay=0.0, grad_clip=10.0))
 
 
 @dataclass
@@ -174,7 +183,8 @@ class PPOConfig:
     agg: str = choice("seq-mean-token-mean", "token-mean")
     mini_batch_size: int = 8            # responses per policy optimizer step (global); the paper: 256 of 1024
     epochs: int = 1
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, weight_decay=0.01, grad_clip=1.0))
+    # Tiny default: 1.5e-5 (5e-5 raises accuracy as fast but outruns the PRM: configs/tiny_cpu.yaml's header)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1.5e-5, weight_decay=0.01, grad_clip=1.0))
 
 
 @dataclass
@@ -191,7 +201,7 @@ class TrainConfig:
 
 @dataclass
 class SFTConfig:
-    steps: int = 350                    # ~30-50% sampled accuracy on 2-digit addition: room for RL
+    steps: int = 350                    # ~25-35 % sampled accuracy on the default chain task: room for RL
     batch_size: int = 64
     lr: float = 1e-3
     warmup_steps: int = 20

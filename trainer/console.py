@@ -23,6 +23,7 @@ SUMMARY_KEYS: tuple[tuple[str, str, str], ...] = (
     ("pg_loss", "pg_loss", "{:+.4f}"),
     ("pg_clipfrac", "clip", "{:.3f}"),
     ("logprob_mismatch", "lp_mis", "{:.2e}"),
+    ("prm/localisation", "loc", "{:.2f}"),  # a task with step labels only (data.task=chain)
     ("response_len", "len", "{:.1f}"),
     ("tokens_per_s", "tok/s", "{:.0f}"),
 )
@@ -145,6 +146,24 @@ class RunConsole:
             for step, row in zip(steps, rows, strict=True):
                 table.add_row(step, *[row[i] for i in part])
             self._console.print(table)
+
+    def learning_table(self, records: Sequence[Mapping[str, Any]], *, window: int = 10) -> None:
+        """Whether the run learned: first- vs last-window means of the noisy metrics, each beside its no-signal
+        value (learning_summary.py). Nothing for a run too short to have two disjoint windows."""
+        from .learning_summary import learning_rows
+
+        rows = learning_rows(records, window)
+        if not self.enabled or not rows:
+            return
+        from rich.table import Table
+
+        table = Table(title="Did it learn? (window means)")
+        for name in ("metric", "steps", "first", "last", "no signal"):
+            table.add_column(name, justify="left" if name in ("metric", "steps", "no signal") else "right",
+                             no_wrap=True)
+        for r in rows:
+            table.add_row(r.label, r.steps, _fmt(r.first, "{:.3f}"), _fmt(r.last, "{:.3f}"), r.no_signal)
+        self._console.print(table)
 
 
 def column_parts(step_width: int, widths: Sequence[int], available: int) -> list[list[int]]:

@@ -274,7 +274,9 @@ def finish(t: Trainer, history: list[dict[str, float]]) -> None:
     t.run.logger.close()
     if t.run.layout.is_rank0 and t.run.logger.path.is_file():
         plot_curves(t.run.logger.path, t.run.dir / "curves.png")
-        t.run.console.final_table(read_metrics(t.run.logger.path))  # whole run, also across resumes
+        records = read_metrics(t.run.logger.path)  # the whole run, also across resumes
+        t.run.console.final_table(records)
+        t.run.console.learning_table(records)
         t.run.console.print(f"run directory: {t.run.dir} (metrics.jsonl, curves.png, checkpoints/, TensorBoard)")
 
 

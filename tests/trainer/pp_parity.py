@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from primeflow.models import hf_state_dict
 from primeflow.trainer import parallel
-from primeflow.trainer.config import Config, OptimConfig, ParallelConfig, SFTConfig
+from primeflow.trainer.config import OptimConfig, ParallelConfig, SFTConfig
 from primeflow.trainer.data import arithmetic_sft_pairs
 from primeflow.trainer.models_setup import build_prime_models, trained_model
 from primeflow.trainer.sft import run_sft, sft_batch, sft_micro_loss, tokenize_pairs
@@ -142,7 +142,7 @@ def main() -> int:
     results = {}
     for i, ckpt in enumerate(args.ckpts):
         torch.manual_seed(args.seed)
-        config = Config()
+        config = helpers.frozen_reference_config()
         config.ppo.optim.grad_clip = 1e-3  # far below the policy's grad norm: check_policy's step is clipped
         models = build_prime_models(config, ckpt)
         batch = helpers.random_rollouts(args.seed)

@@ -59,6 +59,15 @@ def random_rollouts(seed: int, *, groups: int = 3, K: int = 4, vocab: int = 250)
                              group_size=K, eos_ids=EOS_IDS, pad_id=PAD_ID)
 
 
+def frozen_reference_config() -> Config:
+    """The built-in config with the paper's frozen SFT reference (prime.ref_type=freeze). The stage tests check
+    that path: a reference model of its own, and the fused PRM + reference head it enables. The embedded
+    default uses ref_type=policy, whose PRM stage is the two-head path minus the reference forward."""
+    config = Config()
+    config.prime.ref_type = "freeze"
+    return config
+
+
 def tiny_models(ckpt, config: Config | None = None):
-    config = config or Config()
+    config = config or frozen_reference_config()
     return build_prime_models(config, ckpt), config

@@ -28,6 +28,8 @@ def test_7b_presets_carry_the_papers_headline_hyperparameters(name):
     assert c.parallel.tp == 4 and c.parallel.distributed_optimizer
     # bf16 compute with fp32 masters; PRM and reference in one precision
     assert c.model.params_dtype == c.model.ref_dtype == "bfloat16" and c.rollout.sleep_between_steps
+    # the paper's frozen SFT reference, stated in the file (the tiny default's is `policy`)
+    assert c.prime.ref_type == "freeze"
 
 
 def test_dotted_overrides_parse_yaml_scalars_and_lists():
@@ -79,58 +81,72 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
 
 def test_prm_and_reference_must_share_one_precision():
     with pytest.raises(ConfigError, match=r"model.ref_dtype: 'bfloat16' differs from model.params_dtype 'float32'"):
-        load_config(None, ["model.ref_dtype=bfloat16"])
-    # no frozen reference to disagree with: allowed
-    assert load_config(None, ["model.ref_dtype=bfloat16", "prime.ref_type=policy"]).model.ref_dtype == "bfloat16"
+        load_config(None, ["model.ref_dtype=bfloat16", "prime.ref_type=freeze"])
+    # no frozen reference to disagree with (the default ref_type=policy): allowed
+    assert load_config(None, ["model.ref_dtype=bfloat16"]).model.ref_dtype == "bfloat16"
     both = load_config(None, ["model.params_dtype=bfloat16", "model.ref_dtype=bfloat16"])
     assert both.model.params_dtype == "bfloat16"
 
 
 def test_the_built_in_task_is_selectable():
-    assert load_config(None, ["data.task=chain"]).data.task == "chain"
-    assert load_config().data.task == "arithmetic"
+    assert load_config(None, ["data.task=arithmetic"]).data.task == "arithmetic"
+    assert load_config().data.task == "chain"
     with pytest.raises(ConfigError, match=r"data\.task: 'sorting' is not allowed.*'arithmetic', 'chain'"):
         load_config(None, ["data.task=sorting"])
 
 
-def test_chain_preset_is_the_default_plus_the_chain_task_and_the_swept_prm_settings():
-    """configs/tiny_cpu_chain.yaml differs from the embedded default only where its header says, and its PRM
-    learning rate and beta are the sweep's only run in bench/results whose PRM learned (last-window prm_loss
-    below ln 2 and prm_acc up), so editing either without the other fails here."""
+def _changed(preset: str, default: dict) -> dict[tuple[str, str], object]:
+    values = to_dict(load_config(CONFIGS / preset))
+    return {(section, key): values[section][key] for section in default for key in default[section]
+            if values[section][key] != default[section][key]}
+
+
+def test_the_other_tiny_presets_differ_from_the_default_only_where_their_headers_say():
+    default = to_dict(load_config())
+    chain = _changed("tiny_cpu_chain.yaml", default)
+    assert set(chain) == {("run", "dir"), ("prime", "ref_type"), ("ppo", "optim")}, chain
+    assert chain[("prime", "ref_type")] == "freeze" and chain[("ppo", "optim")]["lr"] == 5e-5
+    addition = _changed("tiny_cpu_addition.yaml", default)
+    assert set(addition) == {("run", "dir"), ("data", "task"), ("rollout", "max_tokens"), ("prime", "ref_type"),
+                             ("prm", "optim"), ("ppo", "optim")}, addition
+    assert (addition[("data", "task")], addition[("rollout", "max_tokens")], addition[("prime", "ref_type")]) == (
+        "arithmetic", 24, "freeze")
+    for preset in (chain, addition):  # only the learning rate of an optimizer differs
+        for section in ("prm", "ppo"):
+            if (section, "optim") in preset:
+                assert {k: v for k, v in preset[(section, "optim")].items() if k != "lr"} == {
+                    k: v for k, v in default[section]["optim"].items() if k != "lr"}
+
+
+def test_default_prm_settings_are_the_sweeps_only_run_whose_prm_learned():
+    """The embedded default's PRM learning rate and beta are the chain sweep's only run in bench/results whose
+    PRM learned (last-window prm_loss below ln 2 and prm_acc up), so editing either without the other fails."""
     import json
     import math
 
-    chain, default = to_dict(load_config(CONFIGS / "tiny_cpu_chain.yaml")), to_dict(load_config())
-    changed = {(section, key) for section in default for key in default[section]
-               if chain[section][key] != default[section][key]}
-    assert changed == {("run", "dir"), ("data", "task"), ("data", "chain"), ("rollout", "max_tokens"),
-                       ("prm", "optim"), ("prime", "ref_type"), ("ppo", "optim")}, changed
-    for section in ("prm", "ppo"):
-        assert {k: v for k, v in chain[section]["optim"].items() if k != "lr"} == {
-            k: v for k, v in default[section]["optim"].items() if k != "lr"}
+    default = load_config()
     sweep = json.loads((CONFIGS.parent / "bench" / "results" / "prm_sweep_cpu_tiny_chain.json").read_text())
     learned = [dict(o.split("=") for o in r["overrides"]) for r in sweep["runs"]
                if r["summary"]["prm_loss/last"] < math.log(2)
                and r["summary"]["prm_acc/last"] > r["summary"]["prm_acc/first"]]
     assert [(float(r["prm.optim.lr"]), float(r["prime.beta"])) for r in learned] == [
-        (chain["prm"]["optim"]["lr"], chain["prime"]["beta"])], learned
+        (default.prm.optim.lr, default.prime.beta)], learned
 
 
-def test_chain_preset_policy_settings_are_the_5_seed_comparison_whose_prm_learned():
-    """The chain preset's ref_type and policy lr are those of the recorded 5-seed PRIME vs RLOO comparison
-    in which the PRM learned on average (prm_loss below ln 2 in the last window, pairwise accuracy up, the
-    correct class's mean reward above the wrong one's): changing either without a new measurement fails."""
+def test_default_is_the_5_seed_comparison_whose_prm_learned():
+    """The embedded default is exactly the config of the recorded 5-seed PRIME vs RLOO comparison in which the
+    PRM learned on average (prm_loss below ln 2 in the last window, pairwise accuracy up, the correct class's
+    mean reward above the wrong one's): its recorded config file plus its overrides give the default, so
+    changing any setting without a new measurement fails."""
     import json
     import math
 
-    chain = load_config(CONFIGS / "tiny_cpu_chain.yaml")
     result = json.loads((CONFIGS.parent / "bench" / "results"
                          / "learning_efficiency_cpu_tiny_chain_ref_policy_lr1.5e-5.json").read_text())
-    overrides = dict(o.split("=") for o in result["config"]["overrides"])
-    assert result["config"]["trainer_config"] == "configs/tiny_cpu_chain.yaml"
-    assert overrides["prime.ref_type"] == chain.prime.ref_type
-    assert float(overrides["ppo.optim.lr"]) == chain.ppo.optim.lr
     assert len(result["seeds"]) >= 5
+    measured = to_dict(load_config(CONFIGS.parent / result["config"]["trainer_config"],
+                                   [*result["config"]["overrides"], "run.dir=runs/prime-tiny"]))
+    assert measured == to_dict(load_config())
 
     def window_mean(key: str, part: slice) -> float:  # the mean over seeds of each seed's window mean
         per_seed = [[v for v in s[key][part] if v is not None] for s in result["evidence"]["prime"].values()]

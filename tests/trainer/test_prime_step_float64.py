@@ -58,8 +58,9 @@ def step_config(mode: str) -> Config:
     """mode: "after" / "before" (prm.update) or "rloo" (outcome-only). One PRM and one policy mini-batch over
     the whole batch (12 rows), so the policy's shuffle cannot change the result; lr 1e-3 so both models
     visibly move; rollout temperature 0.9 (the policy is scored at it, the PRM and ref are not: prime_spec
-    3.2); a 2-step policy warmup, so the first policy step runs at lr / 2 (trainer/models_setup.py)."""
-    c = Config()
+    3.2); a 2-step policy warmup, so the first policy step runs at lr / 2 (trainer/models_setup.py). The
+    frozen SFT reference (the float64 reference models that one, prime_step64.py)."""
+    c = helpers.frozen_reference_config()
     if mode == "rloo":
         c.prime.mode, c.prm.update = "rloo", "none"  # what config.validate sets for rloo
     else:

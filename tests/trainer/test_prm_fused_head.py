@@ -62,7 +62,7 @@ ckpt = helpers.ckpt
 
 
 def _config(update: str, granularity: str, fused: bool) -> Config:
-    c = Config()
+    c = helpers.frozen_reference_config()
     c.prm.update, c.prime.granularity, c.prm.fused_head = update, granularity, fused
     c.prm.mini_batch_size = 12  # one PRM mini-batch: every `after` reward comes from the pre-step PRM
     c.prm.optim.lr = LR

@@ -103,11 +103,11 @@ def test_an_sft_model_without_a_recorded_recipe_is_reused_as_before(tmp_path):
 
 
 def test_the_built_in_task_is_part_of_the_sft_recipe(tmp_path):
-    arithmetic = _sft_recipe(Config())
-    assert "data.task" not in arithmetic and "data.arithmetic" in arithmetic  # the recipe's original shape
     config = Config()
-    config.data.task = "chain"
-    chain = _sft_recipe(config)
-    assert chain["data.task"] == "chain" and chain["data.chain"] == {"steps": 3, "digits": 2, "ops": ["+", "-"]}
+    config.data.task = "arithmetic"
+    arithmetic = _sft_recipe(config)
+    assert "data.task" not in arithmetic and "data.arithmetic" in arithmetic  # the recipe's original shape
+    chain = _sft_recipe(Config())  # the embedded default's task
+    assert chain["data.task"] == "chain" and chain["data.chain"] == {"steps": 4, "digits": 1, "ops": ["+", "-", "*"]}
     with pytest.raises(StaleSFTModel, match=r"data\.task: None -> 'chain'"):
         _reusable_sft_model(_run(), _sft_dir(tmp_path, arithmetic), chain, resuming=True)

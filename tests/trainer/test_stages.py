@@ -93,7 +93,7 @@ def test_policy_gradient_matches_float64_reference_for_any_packing(ckpt, seed, a
 def _config(dtype: str) -> Config:
     """PRM and reference in one precision (validate() requires it): bf16 runs the PRM in Float16Module with
     fp32 masters and the reference as a plain bf16 model, which must give bitwise the same log-probs."""
-    config = Config()
+    config = helpers.frozen_reference_config()
     config.model.params_dtype = config.model.ref_dtype = dtype
     return config
 

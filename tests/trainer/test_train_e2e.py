@@ -29,6 +29,9 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 TIMEOUT_S = 900
 KILL_AT = Path(__file__).resolve().parent / "kill_at.py"
+# The runs here start from the 2-digit addition preset (24-token answers, the frozen reference and so the
+# fused PRM + reference head), not the embedded default's 64-token chain task: the same machinery, faster.
+PRESET = Path(__file__).resolve().parents[2] / "configs" / "tiny_cpu_addition.yaml"
 # Metrics that measure wall time or process memory are not expected to repeat; everything else must, bit for bit.
 NONDETERMINISTIC = ("time/", "tokens_per_s", "refit_gb_per_s", "memory/")
 CONTRACT_KEYS = ("step", "outcome_acc", "filter_kept_frac", "prm_loss", "prm_acc", "pg_loss", "pg_clipfrac",
@@ -66,7 +69,7 @@ def _args(model: Path, run_dir: Path, steps: int, *extra: str) -> list[str]:
     sets = [f"model.path={model}", f"run.dir={run_dir}", f"train.steps={steps}", "train.checkpoint_every=1",
             "train.keep_last=5", "data.prompts_per_step=4", "filter.max_fetches=20", "ppo.mini_batch_size=8",
             "prm.mini_batch_size=8", "ppo.optim.lr=1e-5", "prm.optim.lr=1e-5", "logging.progress=false", *extra]
-    return ["train", *[a for s in sets for a in ("--set", s)]]
+    return ["train", "--config", str(PRESET), *[a for s in sets for a in ("--set", s)]]
 
 
 def _train(model: Path, run_dir: Path, steps: int, *extra: str, fault: str | None = None, nproc: int = 1,

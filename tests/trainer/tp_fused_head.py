@@ -40,7 +40,7 @@ CASES = [(False, "after"), (True, "after"), (False, "none")]  # (sequence_parall
 
 
 def _config(sequence_parallel: bool, update: str, fused: bool) -> Config:
-    c = Config()
+    c = helpers.frozen_reference_config()
     c.parallel.tp, c.parallel.sequence_parallel = 2, sequence_parallel
     c.prm.update, c.prm.fused_head = update, fused
     c.prm.mini_batch_size = 12  # one PRM mini-batch: every `after` reward comes from the pre-step PRM
