@@ -1,10 +1,12 @@
-"""PRIME vs outcome-only RLOO on the built-in arithmetic task (CPU): per-stage step times and learning
+"""PRIME vs outcome-only RLOO on the config's built-in task (CPU; the embedded default's is the chain task,
+configs/tiny_cpu_addition.yaml's 2-digit addition): per-stage step times and learning
 curves over several seeds with the same budget, written as the report's step_breakdown and
 learning_efficiency JSON (schemas in bench/report_sections.py).
 
     python -m bench.prime_vs_rloo [--steps 40] [--seeds 0 1 2] [--out bench/results] [--tag cpu_tiny]
 
-Both modes start from the same SFT'd tiny model (built once with `primeflow sft`), run the same config
+Both modes start from the same SFT'd tiny model (built once by `primeflow train` itself with train.steps=0, on
+the config's task: so seed 0 of the embedded default is exactly `make train`), run the same config
 except `prime.mode`, and log `outcome_acc` (mean verifier score of the step's rollouts, before filtering:
 the paper's "training reward", Fig. 3). The step breakdown also carries each mode's model flops
 (bench/model_flops.py) and the peak flops of the device, so the report computes MFU. On a GPU node:
@@ -41,16 +43,12 @@ def _env() -> dict[str, str]:
     return env
 
 
-def sft_model(work: Path, steps: int) -> Path:
-    from primeflow.models import make_tiny_checkpoint
+def sft_model(work: Path, steps: int, config: str | None, extra: list[str]) -> Path:
+    """The SFT model the trainer's own start-up builds for this config and task (what `make train` trains from;
+    `primeflow sft` would warm-start on its --data task instead, whatever the config's task is)."""
+    from bench.prm_sweep import sft_model as config_sft_model
 
-    out = work / f"sft_{steps}"
-    if (out / "config.json").is_file():
-        return out
-    base = make_tiny_checkpoint(work / "base", seed=0)
-    subprocess.run([sys.executable, "-m", "primeflow", "sft", "--model", str(base), "--out", str(out), "--steps",
-                    str(steps)], check=True, env=_env())
-    return out
+    return config_sft_model(work / f"sft_{steps}", [f"sft.steps={steps}", *extra], config)
 
 
 def run(mode: str, seed: int, model: Path, steps: int, work: Path, extra: list[str], *, nproc: int = 1,
@@ -133,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    model = Path(args.model) if args.model else sft_model(work, args.sft_steps)
+    model = Path(args.model) if args.model else sft_model(work, args.sft_steps, args.config, args.set)
     command = "python -m bench.prime_vs_rloo " + " ".join(argv if argv is not None else sys.argv[1:])
     curves: dict[str, dict[str, list]] = {"prime": {}, "rloo": {}}
     # the evidence for why (issue 18): per seed and step, the PRM's loss/accuracy, localisation, reward scale
@@ -184,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
               "trainer_config": args.config or "embedded default", "nproc": args.nproc,
               "prompts_per_step": first["data"]["prompts_per_step"], "K": first["rollout"]["n"],
               "max_tokens": first["rollout"]["max_tokens"], "parallel": first["parallel"],
+              "task": None if first["data"]["train_files"] else {
+                  "name": first["data"]["task"], **first["data"][first["data"]["task"]]},
               "reused_runs": {m: str(d) for m, d in reused.items()}}
     gpus, peak_flops, peak_source = devices_and_peak(args.nproc, args.peak_flops, out)
     (out / f"step_breakdown_{args.tag}.json").write_text(json.dumps(

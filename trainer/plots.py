@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .learning_summary import LN2
 from .metrics_log import read_metrics
 
 STAGE_ORDER = ("time/rollout", "time/verify", "time/old_logp", "time/prm", "time/advantage", "time/policy",
@@ -15,6 +16,26 @@ STAGE_ORDER = ("time/rollout", "time/verify", "time/old_logp", "time/prm", "time
 
 
 VALIDATION_KEY = "val/avg/avg@1"  # stages/validation.py: the mean over the validation benchmarks
+# One step's accuracy is a mean of 32 samples on the tiny run (about +-0.09), so the noisy per-step series are
+# drawn faint with their trailing mean over this many steps on top: a trend is readable only that way.
+TREND_STEPS = 10
+
+
+def trailing_mean(values: list[float], window: int = TREND_STEPS) -> list[float]:
+    """Point i: the mean of values[max(0, i - window + 1) : i + 1]."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def _plot_with_trend(ax, x: list[int], y: list[float], *, label: str, **style) -> None:
+    ax.plot(x, y, alpha=0.3, ms=2, **style)
+    ax.plot(x, trailing_mean(y), lw=2, label=f"{label} ({TREND_STEPS}-step mean)", **{
+        k: v for k, v in style.items() if k != "marker"})
 
 
 def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -33,9 +54,11 @@ def _plot_localisation(ax, records: list[dict]) -> None:
     for key, label, style in (("prm/localisation", "lowest step = first wrong step", "-"),
                               ("prm/localisation_chance", "chance (1 / steps)", "--")):
         x, y = _series(records, key)
-        if x:
-            ax.plot(x, y, linestyle=style, marker="o" if style == "-" else None, ms=3, label=label)
-            drew = True
+        if x and style == "-":
+            _plot_with_trend(ax, x, y, label=label, color="tab:blue", marker="o")
+        elif x:
+            ax.plot(x, y, linestyle=style, color="tab:orange", label=label)
+        drew = drew or bool(x)
     ax.set_ylim(-0.02, 1.02)
     ax.legend(loc="best", fontsize=8) if drew else _no_data(ax, "prm/localisation: a task with step labels")
     ax.set_title("PRM error localisation (wrong responses)")
@@ -58,22 +81,29 @@ def plot_curves(metrics_jsonl: str | os.PathLike, out_png: str | os.PathLike) ->
     for key, label in (("outcome_acc", "outcome accuracy"), ("filter_kept_frac", "filter kept fraction"),
                        (VALIDATION_KEY, "validation accuracy (avg@1)")):
         x, y = _series(records, key)
-        if x:
-            ax_acc.plot(x, y, marker="D" if key == VALIDATION_KEY else "o", ms=3, label=label)
-            drew = True
+        if x and key == "outcome_acc":
+            _plot_with_trend(ax_acc, x, y, label=label, color="tab:blue", marker="o")
+        elif x:
+            validation = key == VALIDATION_KEY
+            ax_acc.plot(x, y, marker="D" if validation else "o", ms=3, label=label,
+                        color="tab:orange" if validation else "tab:gray", alpha=1.0 if validation else 0.4)
+        drew = drew or bool(x)
     ax_acc.set_title("outcome accuracy")
     ax_acc.set_ylim(-0.02, 1.02)
     ax_acc.legend(loc="best", fontsize=8) if drew else _no_data(ax_acc, "outcome_acc")
 
     x, y = _series(records, "prm_loss")
     if x:
-        ax_prm.plot(x, y, color="tab:red", marker="o", ms=3, label="prm_loss")
+        _plot_with_trend(ax_prm, x, y, label="prm_loss", color="tab:red", marker="o")
+        ax_prm.axhline(LN2, color="tab:red", linestyle=":", lw=1, label="ln 2 (no signal)")
         ax_prm.set_ylabel("PRM loss", color="tab:red")
+        ax_prm.legend(loc="upper left", fontsize=7)
     x2, y2 = _series(records, "prm_acc")
     if x2:
         twin = ax_prm.twinx()
-        twin.plot(x2, y2, color="tab:blue", marker="s", ms=3, label="prm_acc")
-        twin.set_ylabel("PRM pairwise accuracy", color="tab:blue")
+        _plot_with_trend(twin, x2, y2, label="prm_acc", color="tab:blue", marker="s")
+        twin.axhline(0.5, color="tab:blue", linestyle=":", lw=1)
+        twin.set_ylabel("PRM pairwise accuracy (chance 0.5)", color="tab:blue")
         twin.set_ylim(-0.02, 1.02)
     if not x and not x2:
         _no_data(ax_prm, "prm_loss, prm_acc")

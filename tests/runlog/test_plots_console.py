@@ -186,3 +186,16 @@ def test_final_table_fits_the_terminal_without_cutting_numbers(width, parts):
     # the step column leads every part, so each row of every part says its step
     assert cells.count("step") == parts, out
     assert all(cells.count(str(r["step"])) == parts for r in records), out
+
+
+def test_trend_line_is_the_trailing_mean(seed):
+    """curves.png's trend: point i is the mean of the last TREND_STEPS values up to i (fewer at the start)."""
+    from primeflow.trainer.plots import TREND_STEPS, trailing_mean
+
+    rng = random.Random(seed)
+    values = [rng.uniform(-1, 1) for _ in range(3 * TREND_STEPS + 1)]
+    got = trailing_mean(values)
+    for i, v in enumerate(got):
+        window = values[max(0, i - TREND_STEPS + 1):i + 1]
+        assert abs(v - sum(window) / len(window)) <= 1e-12, i
+    assert trailing_mean([1.0, 3.0], window=5) == [1.0, 2.0]
