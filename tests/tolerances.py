@@ -27,6 +27,14 @@ GRAD_ATOL = {torch.float32: 1e-9, torch.bfloat16: 1e-30, torch.float16: 6e-8, to
 # the logits dtype. PyTorch's log_softmax backward has the same limit. Callers that know p add
 # P_RELATIVE_FLOOR * p * |g| / T to the allowance (a few times the measured 1e-7).
 P_RELATIVE_FLOOR = 5e-7
+
+
+def label_column_floor(p_NV: torch.Tensor, labels_N: torch.Tensor, scale_N1: torch.Tensor) -> torch.Tensor:
+    """P_RELATIVE_FLOOR * p * scale in each row's label column, 0 elsewhere: the allowance for the (1 - p)
+    cancellation of a log-prob-only gradient (scale = |g| / T; with entropy every column cancels, and the
+    callers that know it add P_RELATIVE_FLOOR * p * scale to all of them)."""
+    p_label_N1 = p_NV.gather(1, labels_N[:, None])
+    return torch.zeros_like(p_NV).scatter_(1, labels_N[:, None], P_RELATIVE_FLOOR * p_label_N1 * scale_N1)
 # Absolute floors of the "no worse than PyTorch" ratio rules below.
 RATIO_FLOOR = {torch.float32: 1e-6, torch.bfloat16: 1e-30, torch.float16: 6e-8, torch.float64: 1e-12}
 GRAD_RTOL = {torch.float32: 1e-5, torch.bfloat16: 2**-8 + 1e-5, torch.float16: 2**-11 + 1e-5,
@@ -105,7 +113,7 @@ def assert_close_to_truth(out: torch.Tensor, truth: torch.Tensor, dtype: torch.d
 GRAD_FLOOR_ULPS = 4.0
 # Any fp32 result of magnitude M is rounded to half an ulp of M, and a log-prob z_y - m - log(s) rounds about
 # three times at that scale, while torch's own error is a max over a few elements and can be ~0 by luck. So
-# the ratio rule's floor is at least OUTPUT_FLOOR_ULPS fp32 ulps of max|truth| (a CI-like seed had ours 1.02
+# the ratio rule's floor is at least OUTPUT_FLOOR_ULPS fp32 ulps of max|truth| (a seed sweep found ours 1.02
 # ulps off at logp = -17.3 against torch's 0.09: 2x torch + 1e-6 is below one ulp there). At |truth| <= 2 this
 # is under the 1e-6 absolute floor, so it only matters for large outputs.
 OUTPUT_FLOOR_ULPS = 4.0

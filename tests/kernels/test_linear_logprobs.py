@@ -15,10 +15,10 @@ import pytest
 import torch
 from reference64 import linear_token_logprobs64, linear_token_logprobs_grads64
 from tolerances import (
-    P_RELATIVE_FLOOR,
     assert_close_to_truth,
     assert_not_worse_than_torch,
     assert_not_worse_than_torch_rows,
+    label_column_floor,
     record_bound_use,
 )
 
@@ -123,17 +123,17 @@ def test_bf16_dz_backward_as_on_cuda(monkeypatch, generator):
     from primeflow.kernels.linear_logprob import triton_op
 
     monkeypatch.setattr(triton_op, "dz_dtype", lambda dtype, device: dtype)
+    u, temperature = 2.0 ** -8, 0.7
     hidden, weight, labels = _h.make_linear(6, 24, 70, torch.bfloat16, generator)
     h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
     g = torch.randn(6, generator=generator)
-    (K.linear_token_logprobs(h, w, labels, temperature=0.7) * g).sum().backward()
-    t_dh, t_dw = linear_token_logprobs_grads64(hidden, weight, labels, g, None, 0.7)
+    (K.linear_token_logprobs(h, w, labels, temperature=temperature) * g).sum().backward()
+    t_dh, t_dw = linear_token_logprobs_grads64(hidden, weight, labels, g, None, temperature)
 
-    u, temperature = 2.0 ** -8, 0.7
     p = torch.softmax(hidden.double() @ weight.double().T / temperature, dim=-1)
     onehot = torch.zeros_like(p).scatter_(1, labels[:, None], 1.0)
     g_scale = g.double().abs()[:, None] / temperature
-    dz_error = (u + 1e-5) * (onehot - p).abs() * g_scale + onehot * P_RELATIVE_FLOOR * p * g_scale
+    dz_error = (u + 1e-5) * (onehot - p).abs() * g_scale + label_column_floor(p, labels, g_scale)
     allowed_dh = u * t_dh.abs() + (1 + u) * dz_error @ weight.double().abs()
     allowed_dw = u * t_dw.abs() + (1 + u) * dz_error.T @ hidden.double().abs()
     for what, out, truth, allowed in (("dhidden (bf16 dz)", h.grad, t_dh, allowed_dh),
