@@ -7,8 +7,9 @@ own recipe, train.steps=0) and differs only in the swept keys.
         --set data.chain.steps=4 '--set=data.chain.ops=["+","-","*"]' \
         --grid prm.optim.lr=1e-5,1e-4,1e-3 --grid prime.beta=0.05,0.5 [--out bench/results] [--tag cpu_tiny_chain]
 
-(the recorded cpu_tiny_chain run; the default 2-digit chains leave the SFT'd tiny model at ~1 % accuracy and
-max_tokens=24 cuts every 4-step answer, so the filter keeps nothing)
+(the recorded cpu_tiny_chain run, from the defaults of its day: 2-digit 3-step chains, which leave the SFT'd
+tiny model at ~1 % accuracy, and max_tokens=24, which cuts every 4-step answer; those --set values are now the
+embedded default's own)
 
 Writes `prm_sweep_<tag>.json`: the command, the shared settings, and per run its overrides, the per-step
 prm_loss / prm_acc / prm/localisation / prm/localisation_chance / outcome_acc, and a summary (means over

@@ -193,7 +193,7 @@ def _reusable_sft_model(run: Run, sft_dir: Path, recipe: dict, *, resuming: bool
 
 
 def starting_model(run: Run, *, resuming: bool = False) -> Path:
-    """model.path, or (embedded default) a tiny random Qwen2 checkpoint SFT'd on the arithmetic task in
+    """model.path, or (embedded default) a tiny random Qwen2 checkpoint SFT'd on the built-in task (data.task) in
     run_dir/sft_model (reused when it exists and its recorded settings match the config; see
     `_reusable_sft_model`)."""
     config = run.config

@@ -1,6 +1,6 @@
 """`primeflow train`: the PRIME loop (prime_spec 10.2), one named, timed call per stage.
 
-    primeflow train                                   # the embedded default: tiny model, arithmetic, CPU
+    primeflow train                                   # the embedded default: tiny model, chain task, CPU
     primeflow train --config configs/qwen2.5-7b-prime.yaml --set train.steps=100 --set run.dir=runs/x
     torchrun --nproc-per-node 8 -m primeflow train --config ...     # TP x PP x DP from parallel.*
 

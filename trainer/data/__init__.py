@@ -5,7 +5,8 @@
   malformed rows raise naming file and line, or are skipped and listed.
 - ``apply_prime_suffix(record, system_prompt=...)``, ``PRIME_SYSTEM_PROMPT``, ``MATH_SUFFIX``,
   ``CODE_SUFFIX``: PRIME's prompt format (prime_spec.md 5.1).
-- ``arithmetic_task`` / ``arithmetic_sft_pairs``: the built-in synthetic task of the embedded default.
+- ``arithmetic_task`` / ``arithmetic_sft_pairs``: the built-in one-expression task (data.task=arithmetic; the
+  embedded default's task is the chain task, trainer/data/chain_arithmetic.py).
 - ``encode_prompts(tokenizer, records, max_prompt_len=...)``, ``drop_long_prompts``, ``encode_sft_pair``:
   token ids through the chat template.
 - ``PromptLoader``: seeded epochs, fixed fetch size, the refill buffer, exact state_dict round trip.

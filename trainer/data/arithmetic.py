@@ -1,4 +1,5 @@
-"""The built-in synthetic arithmetic task of the embedded default (issue 7, item 2).
+"""The built-in one-expression arithmetic task (issue 7, item 2; data.task=arithmetic, the embedded default until
+the chain task replaced it).
 
 Problems like ``"47+8*12="`` with exact integer answers, generated from a seed. Difficulty knobs:
 ``digits`` (operands drawn uniformly from 0 .. 10**digits - 1), ``ops`` (any of "+", "-", "*"; usual
