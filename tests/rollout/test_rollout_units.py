@@ -196,6 +196,18 @@ def test_stream_equals_export_and_respects_buckets(world, tmp_path, seed, overri
         if bucket_bytes == 2**30:
             assert len(plan) == 1
 
+    # The wire dtype is the engine's: fp32 weights reach a bf16 engine as their bf16 rounding, and the
+    # bytes counted are bf16 bytes (half), whatever the bucket size.
+    for bucket_bytes in (1, 2**17):
+        plan = global_plan(model, bucket_bytes, wire_dtype=torch.bfloat16)
+        check_plan(plan, expected)
+        assert all(b.dtype == torch.bfloat16 for b in plan)
+        counters = {"bytes": 0, "tensors": 0, "buckets": 0}
+        got = dict(stream_hf_tensors(model, plan, counters))
+        assert set(got) == set(want)
+        assert all(got[k].dtype == torch.bfloat16 and torch.equal(got[k], want[k].to(torch.bfloat16)) for k in want)
+        assert counters["bytes"] == sum(t.numel() * 2 for t in want.values())
+
     bad = dict(expected)
     bad["model.layers.0.mlp.up_proj.weight"] = (1, 2)
     with pytest.raises(ValueError, match=r"'model.layers.0.mlp.up_proj.weight' has shape \[\d+, 256\]"):

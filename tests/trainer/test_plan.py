@@ -71,6 +71,20 @@ def test_presets_fit_72_gb(preset, gpus, capsys):
     assert plan.fits and plan.peak <= 72e9 and plan.kv_tokens >= config.rollout.max_model_len
 
 
+@pytest.mark.parametrize("preset,gpus", PRESETS)
+def test_preset_header_quotes_current_plan(preset, gpus, capsys):
+    """The preset's header quotes the plan's per-stage peaks: a change to the config or to the memory model
+    that moves a peak must update the header too (a stale header would claim a fit the plan no longer
+    shows)."""
+    assert plan_cli.main(["--config", preset, "--gpus", str(gpus)]) == 0
+    row = re.search(r"^peak((?:\s+[0-9]+\.[0-9]){5})\s*$", capsys.readouterr().out, re.M)
+    assert row is not None
+    peaks = row.group(1).split()
+    header = " ".join(line for line in Path(preset).read_text().splitlines() if line.startswith("#"))
+    quoted = re.findall(r"[0-9]+\.[0-9]+", header)
+    assert any(quoted[i:i + 5] == peaks for i in range(len(quoted))), (peaks, preset)
+
+
 def test_not_fitting_names_component_and_knob(capsys):
     code = plan_cli.main(["--config", PRESETS[0][0], "--gpus", "8", "--set", "parallel.recompute=none",
                           "--set", "parallel.sequence_parallel=false"])

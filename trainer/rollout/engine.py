@@ -357,10 +357,11 @@ class RolloutEngine:
 
         policy_model: this rank's PrimeGPTModel (its TP/PP shard; DDP-style `.module` wrappers are
         unwrapped). Collective over the trainer's TP and PP groups: every rank calls it. Streams buckets of
-        ~bucket_mb MiB (see weight_sync.py): gather over TP, convert to HF names, broadcast over PP, feed to
-        vLLM's in-place `reload_weights`, free. The plan is validated against the engine's checkpoint
-        first: a missing / unexpected / mis-shaped tensor raises ValueError naming it, with the engine's
-        weights untouched. Then the prefix cache is reset (cached KV was computed with the old weights).
+        ~bucket_mb MiB (see weight_sync.py), cast to the engine's dtype before they travel: gather over TP,
+        convert to HF names, broadcast over PP, feed to vLLM's in-place `reload_weights`, free. The plan is
+        validated against the engine's checkpoint first: a missing / unexpected / mis-shaped tensor raises
+        ValueError naming it, with the engine's weights untouched. Then the prefix cache is reset (cached KV
+        was computed with the old weights).
         """
         from primeflow.models import unwrap_model
 
@@ -375,7 +376,7 @@ class RolloutEngine:
             raise ValueError(f"bucket_mb must be > 0, got {bucket_mb!r}")
         model = unwrap_model(policy_model)
         t0 = time.perf_counter()
-        plan = global_plan(model, int(bucket_mb * 2**20))
+        plan = global_plan(model, int(bucket_mb * 2**20), wire_dtype=getattr(torch, self.dtype))
         check_plan(plan, self.expected)
         counters = {"bytes": 0, "tensors": 0, "buckets": 0}
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream_hf_tensors(model, plan,

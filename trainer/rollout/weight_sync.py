@@ -2,7 +2,8 @@
 
 Plan. Every Megatron parameter of this pipeline stage becomes a `_Unit`: its entry of the weight-name table
 (primeflow.models.weight_names, shared with HF import and export: how its TP shards join and which HF
-tensors it turns into) and its dtype. Units are grouped, in the table's order, into buckets of about
+tensors it turns into) and its wire dtype (the vLLM engine's, so an fp32-trained policy feeding a bf16 engine
+moves bf16 bytes). Units are grouped, in the table's order, into buckets of about
 `bucket_mb` MiB of full (gathered) HF tensors of one dtype. With PP > 1 the stages exchange their bucket
 lists (names, shapes, dtypes: metadata only) so every rank knows the whole plan; then the plan is checked
 against the tensors the vLLM engine expects (its checkpoint's names and shapes) *before anything is
@@ -73,10 +74,12 @@ def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def stage_units(model) -> list[_Unit]:
+def stage_units(model, wire_dtype: torch.dtype | None = None) -> list[_Unit]:
     """This pipeline stage's parameters as `_Unit`s, in the table's order (embedding, layers, final norm,
     head). Tied embeddings: vLLM ties lm_head to embed_tokens itself; the last stage's copy (PP > 1) is not
-    sent."""
+    sent. wire_dtype: the dtype the weights travel and arrive in (the engine's: vLLM casts to it on load
+    anyway, so sending fp32 masters to a bf16 engine would move twice the bytes for nothing); None = each
+    parameter's own dtype."""
     params = dict(model.named_parameters())
     units: list[_Unit] = []
     for weight in stage_weight_names(model):
@@ -85,7 +88,7 @@ def stage_units(model) -> list[_Unit]:
         if weight.megatron not in params:
             raise ValueError(f"weight sync: the policy model has no parameter {weight.megatron!r} (needed for "
                              f"{list(weight.hf)}); model/spec mismatch")
-        units.append(_Unit(weight, params[weight.megatron].dtype))
+        units.append(_Unit(weight, wire_dtype or params[weight.megatron].dtype))
     return units
 
 
@@ -114,15 +117,15 @@ def make_buckets(units: list[_Unit], stage: int, bucket_bytes: int) -> list[Buck
     return buckets
 
 
-def global_plan(model, bucket_bytes: int) -> list[Bucket]:
+def global_plan(model, bucket_bytes: int, wire_dtype: torch.dtype | None = None) -> list[Bucket]:
     """Every stage's buckets in stage order (metadata exchanged over the PP group when PP > 1); this stage's
-    buckets carry their units."""
+    buckets carry their units. wire_dtype: see `stage_units`."""
     from megatron.core import parallel_state as ps
     from primeflow.trainer.parallel import pp_group
 
     pp = ps.get_pipeline_model_parallel_world_size()
     stage = ps.get_pipeline_model_parallel_rank()
-    mine = make_buckets(stage_units(model), stage, bucket_bytes)
+    mine = make_buckets(stage_units(model, wire_dtype), stage, bucket_bytes)
     if pp == 1:
         return mine
     meta = [(b.stage, str(b.dtype).removeprefix("torch."), b.hf) for b in mine]
@@ -193,12 +196,12 @@ def _gather_tp(bucket: Bucket, params: dict[str, torch.Tensor], tp: int, group) 
     """Full Megatron tensors of the bucket's units (one all-gather of the flattened shards over TP)."""
     full: dict[str, torch.Tensor] = {}
     sharded = [u for u in bucket.units if u.weight.tp_dim is not None and tp > 1]
-    for u in bucket.units:
+    for u in bucket.units:  # cast to the unit's wire dtype before any collective (a no-op when equal)
         if u not in sharded:
-            full[u.weight.megatron] = params[u.weight.megatron].detach()
+            full[u.weight.megatron] = params[u.weight.megatron].detach().to(u.dtype)
     if not sharded:
         return full
-    local = [params[u.weight.megatron].detach() for u in sharded]
+    local = [params[u.weight.megatron].detach().to(u.dtype) for u in sharded]
     send = torch.cat([t.reshape(-1) for t in local])
     if dist.get_backend(group) == "nccl":
         recv_flat = torch.empty(tp * send.numel(), dtype=send.dtype, device=send.device)
