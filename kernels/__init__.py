@@ -16,6 +16,7 @@ else:
     from . import reference
     from ._backend import Backend
     from ._ext import HAS_EXTENSION
+    from ._library import trusted_values
     from .linear_logprob import linear_token_logprobs, linear_token_logprobs_backend
     from .logprob import token_logprobs, token_logprobs_backend
     from .ppo_loss import PPOStats, ppo_clip_loss, ppo_clip_loss_backend
@@ -27,4 +28,4 @@ else:
                "linear_token_logprobs", "linear_token_logprobs_backend", "PrimeLogprobs", "prime_token_rewards",
                "prime_token_rewards_backend", "linear_prime_rewards", "rloo_advantages", "rloo_advantages_backend",
                "prm_ce_loss", "prm_ce_loss_backend", "prm_ce_terms", "prm_pairwise_accuracy", "ppo_clip_loss",
-               "ppo_clip_loss_backend", "PPOStats"]
+               "ppo_clip_loss_backend", "PPOStats", "trusted_values"]

@@ -15,6 +15,10 @@ its own flags which outputs exist.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import torch
 from torch._subclasses.fake_tensor import is_fake
 
@@ -26,11 +30,29 @@ def qualified(name: str) -> str:
     return f"{NAMESPACE}::{name}"
 
 
+_TRUSTED_VALUES: ContextVar[bool] = ContextVar("primeflow_trusted_values", default=False)
+
+
+@contextmanager
+def trusted_values() -> Iterator[None]:
+    """Skip the value checks (label ranges, mask and outcome contents) inside the block: each one reads the
+    device, a host sync per op call, and a training step calls the ops once per micro-batch. For a caller
+    that checked the values once where they were made: the trainer checks every step's token ids, masks
+    and outcomes on the host when it builds the batch (trainer/batch.py). Shape, dtype and device checks
+    still run."""
+    token = _TRUSTED_VALUES.set(True)
+    try:
+        yield
+    finally:
+        _TRUSTED_VALUES.reset(token)
+
+
 def values_readable(*tensors: torch.Tensor | None) -> bool:
-    """Whether checks that read tensor values (label ranges, mask contents) can run: not while
-    torch.compile traces (a read would be a graph break and a host sync inside the graph) and not on fake
-    or meta tensors, which carry no data. Shape, dtype and device checks run either way."""
-    if torch.compiler.is_compiling():
+    """Whether checks that read tensor values (label ranges, mask contents) can run: not inside
+    `trusted_values()`, not while torch.compile traces (a read would be a graph break and a host sync inside
+    the graph) and not on fake or meta tensors, which carry no data. Shape, dtype and device checks run
+    either way."""
+    if _TRUSTED_VALUES.get() or torch.compiler.is_compiling():
         return False
     return not any(t is not None and (is_fake(t) or t.is_meta) for t in tensors)
 

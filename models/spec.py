@@ -99,7 +99,10 @@ class SDPAttention(MegatronModule):
         starts_S, lens_S = starts_S[keep], lens_S[keep]
         if lens_S.numel() == 0:
             return torch.zeros(t, n * d, dtype=query.dtype, device=query.device)
-        L = int(lens_S.max())
+        # the longest sequence: pack_rows states it on the host (no device read); padded cu_seqlens may be
+        # longer than it, and a caller may not state it. (The zero-length filter above is a boolean index,
+        # a device sync of its own on a GPU: this fp32 / CPU fallback keeps it; bf16 on CUDA is flash-attn's.)
+        L = params.max_seqlen_q if params.cu_seqlens_q_padded is None and params.max_seqlen_q else int(lens_S.max())
         pos_L = torch.arange(L, device=query.device)
         valid_SL = pos_L[None, :] < lens_S[:, None].to(query.device)
         index_SL = torch.where(valid_SL, starts_S[:, None].to(query.device) + pos_L[None, :], 0)

@@ -49,6 +49,24 @@ class TrainBatch:
 
 
 
+def check_batch_values(batch: TrainBatch, *, vocab_size: int) -> None:
+    """The value checks the kernels would otherwise make on every call (kernels.trusted_values), made once
+    per step on the host copy before it moves to the device: every token id in [0, vocab_size), every
+    response with at least one valid token (its outcome sits on its last one), every outcome in [0, 1] (a
+    soft BCE label; NaN propagates, as in the kernels). The response mask is a prefix mask by construction."""
+    if batch.input_ids.device.type != "cpu":
+        raise ValueError("check_batch_values reads the host copy of the batch (before TrainBatch.to)")
+    lo, hi = int(batch.input_ids.min()), int(batch.input_ids.max())
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"token ids must lie in [0, {vocab_size}) (the model's vocabulary), got [{lo}, {hi}]")
+    empty = [i for i, n in enumerate(batch.response_lens) if n < 1]
+    if empty:
+        raise ValueError(f"responses {empty[:8]} have no token: every response needs one to carry its outcome")
+    bad = ((batch.outcome < 0) | (batch.outcome > 1)).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"outcomes must lie in [0, 1]; responses {bad[:8]} have {batch.outcome[bad[:8]].tolist()}")
+
+
 def build_train_batch(prompt_ids: list[list[int]], response_ids: list[list[int]], vllm_logp: list[list[float]],
                       finish_reasons: list[str], outcome: list[float], *, group_size: int,
                       eos_ids: set[int] | list[int], pad_id: int) -> TrainBatch:

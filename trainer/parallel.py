@@ -101,6 +101,14 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
+def synchronize() -> None:
+    """Wait for the work queued on this rank's device (nothing to wait for on the CPU): the training loop
+    calls it at stage boundaries only, so a stage's wall time includes its own kernels."""
+    d = device()
+    if d.type == "cuda":
+        torch.cuda.synchronize(d)
+
+
 def layout() -> ParallelLayout:
     """The current layout (after init_distributed)."""
     from megatron.core import parallel_state as ps

@@ -73,7 +73,7 @@ def run_sft(base: str | Path, out: str | Path, pairs: list[tuple[list[dict], str
         stats = minibatch_step(model, optim, plan, sft_micro_loss(batch))
         sched.step()
         if step == 1 or step % 25 == 0 or step == cfg.steps:
-            log(f"sft step {step}/{cfg.steps}  nll/token {stats['loss']:.4f}  ({time.perf_counter() - t0:.0f} s)")
+            log(f"sft step {step}/{cfg.steps}  nll/token {float(stats.loss):.4f}  ({time.perf_counter() - t0:.0f} s)")
     export_hf_checkpoint(unwrap_model(model), out)
     parallel.barrier()
     return Path(out)

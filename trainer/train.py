@@ -18,16 +18,20 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+from primeflow.kernels import trusted_values
+from primeflow.models import unwrap_model
+
 from . import parallel
-from .batch import TrainBatch, train_batch_from_groups
+from .batch import TrainBatch, check_batch_values, train_batch_from_groups
 from .checkpointing import CheckpointError, CheckpointManager, layout_change
 from .config import Config, ConfigError, load_config
 from .data import AssembledBatch, PromptLoader, assemble_step
 from .data.chain_steps import StepLabeller
 from .memory_stats import peak_memory_metrics
 from .models_setup import PrimeModels, build_prime_models
-from .rollout import RolloutEngine, RolloutGroup, logprob_mismatch
+from .rollout import RolloutEngine, RolloutGroup
 from .rollout.handoff import after_rollout, refit_and_wake
+from .rollout.metrics import logprob_mismatch_on_device
 from .run_lock import RunDirInUse
 from .run_setup import (
     DataError,
@@ -47,6 +51,7 @@ from .stages.policy import policy_stage
 from .stages.prm import prm_stage
 from .stages.results import OldLogprobs, PolicyTargets
 from .stages.rollout import RolloutStage, StageClock
+from .stages.step_metrics import DeviceMetrics
 from .stages.validation import validation_stage
 
 
@@ -71,13 +76,17 @@ class Trainer:
 
 @contextmanager
 def timed(t: Trainer, clock: StageClock, name: str):
-    """Time a stage (metrics `time/<name>`) and show it as a live bar on rank 0 when logging.progress."""
+    """Time a stage (metrics `time/<name>`) and show it as a live bar on rank 0 when logging.progress. The
+    stage ends when its device work does (one sync per stage: the time then is the stage's, not the next
+    one's; the metrics themselves are read once per step)."""
     t0 = time.perf_counter()
     if t.config.logging.progress:
         with t.run.console.stage(name):
             yield
+            parallel.synchronize()
     else:
         yield
+        parallel.synchronize()
     clock.add(name, time.perf_counter() - t0)
 
 
@@ -102,6 +111,9 @@ def to_train_batch(t: Trainer, assembled: AssembledBatch) -> TrainBatch:
     assert versions == {t.policy_version}, f"batch mixes policy versions {versions} (current {t.policy_version})"
     batch = train_batch_from_groups(groups, group_size=t.config.rollout.n, eos_ids=set(t.engine.eos_token_ids),
                                     pad_id=t.tokenizer.pad_token_id)
+    # once here, on the host, what the kernels would check on the device per call (prime_step runs the
+    # stages under kernels.trusted_values)
+    check_batch_values(batch, vocab_size=unwrap_model(t.models.policy).real_vocab_size)
     return batch.to(parallel.device())  # the step's one host-to-device move
 
 
@@ -109,8 +121,8 @@ def old_logprobs(t: Trainer, batch: TrainBatch) -> OldLogprobs:
     """log pi_old of the sampled tokens, recomputed by the trainer at the rollout temperature."""
     logp = batch_logprobs(t.models.policy, batch, budget=t.config.train.micro_batch_tokens,
                           temperature=t.config.rollout.temperature)
-    mean, worst = logprob_mismatch(batch.vllm_logp, logp, batch.response_mask)
-    return OldLogprobs(logp, {"logprob_mismatch": mean, "logprob_mismatch_max": worst})
+    mean, worst = logprob_mismatch_on_device(batch.vllm_logp, logp, batch.response_mask)
+    return OldLogprobs(logp, DeviceMetrics({"logprob_mismatch": mean, "logprob_mismatch_max": worst}))
 
 
 def refit(t: Trainer) -> dict[str, float]:
@@ -123,7 +135,8 @@ def refit(t: Trainer) -> dict[str, float]:
 
 
 def prime_step(t: Trainer, step: int) -> dict[str, float]:
-    cfg, clock, metrics = t.config, StageClock(), {}
+    """One PRIME step, stage by stage; its metrics stay on the device until the one read at the end."""
+    cfg, clock, metrics = t.config, StageClock(), DeviceMetrics()
     t0 = time.perf_counter()
     assembled = collect_rollouts(t, step, clock)
     if assembled.epoch_ended:
@@ -134,6 +147,28 @@ def prime_step(t: Trainer, step: int) -> dict[str, float]:
         return {}
     metrics.update(assembled.metrics())
     batch = to_train_batch(t, assembled)
+    with trusted_values():  # the batch's values were checked on the host: no per-call device reads
+        _train_on_batch(t, step, batch, assembled, clock, metrics)
+    metrics.put("train_acc", batch.outcome.mean())
+    elapsed = time.perf_counter() - t0
+    n_tokens = float(sum(batch.seq_lens))
+    return {
+        **metrics.read(),  # the step's one device-to-host read of its metrics
+        "response_len": sum(batch.response_lens) / batch.rows,
+        "tokens": n_tokens,
+        "tokens_per_s": n_tokens / elapsed,
+        "tokens_per_s_per_gpu": n_tokens / elapsed / t.run.layout.world_size,
+        "time/step": elapsed,
+        **{f"time/{k}": v for k, v in clock.seconds.items()},
+        **peak_memory_metrics(),
+    }
+
+
+def _train_on_batch(t: Trainer, step: int, batch: TrainBatch, assembled: AssembledBatch, clock: StageClock,
+                    metrics: DeviceMetrics) -> None:
+    """The stages after the rollout, in order: old log-probs, PRM, (localisation), advantages, policy
+    update, refit; each adds its metrics (still on the device) to `metrics`."""
+    cfg = t.config
     with timed(t, clock, "old_logp"):
         old = old_logprobs(t, batch)
     metrics.update(old.metrics)
@@ -156,19 +191,6 @@ def prime_step(t: Trainer, step: int) -> dict[str, float]:
         metrics.update(policy_stage(t.models, batch, cfg, PolicyTargets(old.logp, adv.advantages), step=step))
     with timed(t, clock, "refit"):
         metrics.update(refit(t))
-    elapsed = time.perf_counter() - t0
-    n_tokens = float(sum(batch.seq_lens))
-    metrics.update({
-        "response_len": sum(batch.response_lens) / batch.rows,
-        "train_acc": float(batch.outcome.mean()),
-        "tokens": n_tokens,
-        "tokens_per_s": n_tokens / elapsed,
-        "tokens_per_s_per_gpu": n_tokens / elapsed / t.run.layout.world_size,
-        "time/step": elapsed,
-        **{f"time/{k}": v for k, v in clock.seconds.items()},
-        **peak_memory_metrics(),
-    })
-    return metrics
 
 
 def save_checkpoint(t: Trainer, step: int) -> None:

@@ -105,3 +105,16 @@ def test_prime_inputs_read_back_once_and_name_cu_seqlens():
         check_prime_inputs(labels, prm, ref, None, 0.05, None, torch.tensor([0, 2, 4]))
     with pytest.raises(ValueError, match="nondecreasing .* a step of -2"):
         check_prime_inputs(labels, prm, ref, None, 0.05, None, torch.tensor([0, 3, 1, 5]))
+
+
+def test_trusted_values_skips_only_the_value_checks_and_only_inside():
+    from primeflow.kernels import trusted_values
+
+    bad_ids = torch.tensor([0, 3, 12])  # 12 is outside the vocabulary of 10
+    with trusted_values(), CountScalarReads() as inside:
+        check_labels("labels", bad_ids, 3, 10, torch.device("cpu"))  # the caller vouched for the values
+    assert inside.reads == 0
+    with pytest.raises(ValueError, match="must have shape"), trusted_values():
+        check_labels("labels", bad_ids, 4, 10, torch.device("cpu"))  # shape checks still run
+    with pytest.raises(ValueError, match=r"must lie in \[0, 10\)"):
+        check_labels("labels", bad_ids, 3, 10, torch.device("cpu"))  # and the values again after the block

@@ -73,7 +73,7 @@ def one_layout(ckpt: Path, batch, rows: list[int], budget: int, *, dtype: str, d
     grads = {k: v.clone() for k, v in hf_state_dict(model, grads=True).items()}
     after1 = _weights(model)
     flat = torch.cat([w.flatten().float() for w in after1.values()])
-    out = {"grads": grads, "weights": after1, "grad_norm": stats["grad_norm"], "loss": stats["loss"],
+    out = {"grads": grads, "weights": after1, "grad_norm": stats.grad_norm, "loss": float(stats.loss),
            "ranks_equal": _all_ranks_equal(flat), "micro_batches_here": len(plan)}
 
     # checkpoint round trip (megatron-core's dist_checkpointing), then one more step from both

@@ -82,8 +82,8 @@ def check_policy(models, config, batch, seed: int) -> dict:
     # the update
     stats = minibatch_step(models.policy, models.policy_optim, plan,
                            ppo_micro_loss(models.policy, batch, targets, config, rows))
-    return {"logp": current, "logp_same": _same_everywhere(current), "loss": loss, "clipped": float(clipped[0]),
-            "grads": grads, "grad_norm": stats["grad_norm"], "step_loss": stats["loss"],
+    return {"logp": current, "logp_same": _same_everywhere(current), "loss": float(loss), "clipped": float(clipped[0]),
+            "grads": grads, "grad_norm": stats.grad_norm, "step_loss": float(stats.loss),
             "weights": _gather_named(hf_state_dict(models.policy)), "tokens": _tokens(batch, plan)}
 
 
@@ -101,8 +101,8 @@ def check_prm(models, config, batch) -> dict:
     # the frozen reference scores itself (ref_type=freeze); old_logp would only be read for ref_type=policy,
     # and equals the reference's log-probs here anyway (the untrained policy is the same SFT copy)
     scores = prm_stage(models, batch, config, old_logp=ref)
-    metrics, rewards = scores.metrics, scores.token_rewards
-    return {"loss": loss, "grads": grads, "tokens": _tokens(batch, plan), "metrics": metrics,
+    metrics, rewards = scores.metrics.read(), scores.token_rewards
+    return {"loss": float(loss), "grads": grads, "tokens": _tokens(batch, plan), "metrics": metrics,
             "metrics_same": _same_everywhere(torch.tensor([metrics[k] for k in sorted(metrics)])),
             "rewards": rewards, "rewards_same": _same_everywhere(rewards),
             "weights": _gather_named(hf_state_dict(models.prm))}
@@ -126,7 +126,7 @@ def check_sft(ckpt: Path, out: Path, seed: int) -> dict:
     exported = {}
     for f in sorted(out.glob("*.safetensors")):
         exported.update(load_file(str(f)))
-    return {"loss": loss, "grads": grads, "tokens": _tokens(batch, plan), "log": logged[0].split("(")[0],
+    return {"loss": float(loss), "grads": grads, "tokens": _tokens(batch, plan), "log": logged[0].split("(")[0],
             "exported": exported}
 
 

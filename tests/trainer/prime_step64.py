@@ -101,8 +101,8 @@ def trainer_step(models, batch, config) -> dict:
     scores = prm_stage(models, batch, config, old_logp=old_logp) if config.prime.mode == "prime" else None
     adv = advantage_stage(batch, config, old_logp=old_logp,
                           token_rewards=None if scores is None else scores.token_rewards)
-    metrics = {**(scores.metrics if scores else {}), **adv.metrics,
-               **policy_stage(models, batch, config, PolicyTargets(old_logp, adv.advantages), step=1)}
+    metrics = {**(scores.metrics.read() if scores else {}), **adv.metrics.read(),
+               **policy_stage(models, batch, config, PolicyTargets(old_logp, adv.advantages), step=1).read()}
     out = {
         "advantages": adv.advantages.detach().cpu(),
         "pg_loss": metrics["pg_loss"],

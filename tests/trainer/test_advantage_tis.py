@@ -41,7 +41,7 @@ def _advantages(inputs, cap: float):
     config = Config()
     config.rollout.tis_cap = cap
     result = advantage_stage(batch, config, old_logp=old, token_rewards=rewards)
-    return result.advantages, result.metrics
+    return result.advantages, result.metrics.read()
 
 
 @pytest.mark.parametrize("cap", [1.5, 2.0])

@@ -100,7 +100,7 @@ def test_stage_reports_the_balanced_loss_of_its_own_rewards(ckpt, fused):
         scores = prm_stage(models, batch, config, old_logp=old_logp)
         R = scores.token_rewards.sum(-1)  # update=after: the rewards of the update's own forwards
         want = _truth64(R, outcome) if weighting == "class_balanced" else float(prm_ce_terms(R, outcome).mean())
-        assert scores.metrics["prm_loss"] == pytest.approx(want, rel=1e-5)
+        assert scores.metrics.read()["prm_loss"] == pytest.approx(want, rel=1e-5)
         assert R.abs().max() > 1e-3  # the perturbed PRM gives rewards away from 0
-        losses[weighting] = scores.metrics["prm_loss"]
+        losses[weighting] = scores.metrics.read()["prm_loss"]
     assert not math.isclose(losses["class_balanced"], losses["mean"], rel_tol=1e-3)

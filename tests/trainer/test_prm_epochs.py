@@ -55,8 +55,8 @@ def test_after_rewards_and_loss_are_the_first_pass_and_more_passes_train(ckpt, f
     one, steps_one, ce_one, _ = _run(ckpt, batch, update="after", fused=fused, epochs=1)
     three, steps_three, ce_three, _ = _run(ckpt, batch, update="after", fused=fused, epochs=3)
     assert torch.equal(three.token_rewards, one.token_rewards)
-    assert three.metrics["prm_loss"] == one.metrics["prm_loss"]
-    assert three.metrics["prm_acc"] == one.metrics["prm_acc"]
+    assert three.metrics.read()["prm_loss"] == one.metrics.read()["prm_loss"]
+    assert three.metrics.read()["prm_acc"] == one.metrics.read()["prm_acc"]
     assert (steps_one, steps_three) == (3, 9)  # one optimizer step per mini-batch and pass
     assert ce_three < ce_one - 1e-3  # the further passes fit the batch further (lr 1e-3, 6 more steps)
 

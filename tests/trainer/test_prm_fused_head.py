@@ -149,8 +149,8 @@ def test_fused_stage_equals_two_head_stage(ckpt, seed, update, granularity, monk
         _check("token_rewards", f.token_rewards, t.token_rewards, token_allowed, worst)
         assert f.token_rewards[mask].abs().max() > 0.01  # the perturbed PRM's rewards are visible
     loss_allowed = n_max * beta * 2 * eps_lp + 2.0 ** -22
-    _check("prm_loss", torch.tensor(f.metrics["prm_loss"]), torch.tensor(t.metrics["prm_loss"]), loss_allowed,
-           worst)
+    _check("prm_loss", torch.tensor(f.metrics.read()["prm_loss"]), torch.tensor(t.metrics.read()["prm_loss"]),
+           loss_allowed, worst)
     assert len(fused["grads"]) == len(two["grads"]) == (0 if update == "none" else 1)
     for g_fused, g_two in zip(fused["grads"], two["grads"], strict=True):
         for name, want_g in g_two.items():

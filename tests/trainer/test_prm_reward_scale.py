@@ -12,6 +12,7 @@ import pytest
 import torch
 from primeflow.trainer.stages.logprobs import batch_logprobs
 from primeflow.trainer.stages.prm import prm_stage, reward_scale
+from primeflow.trainer.stages.step_metrics import DeviceMetrics
 
 _spec = importlib.util.spec_from_file_location("_stage_helpers", Path(__file__).with_name("stage_helpers.py"))
 helpers = importlib.util.module_from_spec(_spec)
@@ -37,10 +38,13 @@ def test_class_means_of_the_stage_rewards(ckpt, fused):
     correct = outcome.bool()
     want_correct, want_wrong = float(R[correct].mean()), float(R[~correct].mean())
     assert abs(want_correct - want_wrong) > 1e-4  # the two classes are told apart by the check
-    assert scores.metrics["prm/reward_correct"] == pytest.approx(want_correct, rel=1e-5, abs=1e-7)
-    assert scores.metrics["prm/reward_wrong"] == pytest.approx(want_wrong, rel=1e-5, abs=1e-7)
+    metrics = scores.metrics.read()
+    assert metrics["prm/reward_correct"] == pytest.approx(want_correct, rel=1e-5, abs=1e-7)
+    assert metrics["prm/reward_wrong"] == pytest.approx(want_wrong, rel=1e-5, abs=1e-7)
 
 
 def test_an_empty_class_leaves_its_key_out():
-    assert reward_scale(0.0, 0.0, -3.0, 4.0) == {"prm/reward_wrong": -0.75}  # metrics are numbers: no None
-    assert reward_scale(2.0, 4.0, 0.0, 0.0) == {"prm/reward_correct": 0.5}
+    for outcome, want in (([0.0, 0.0], {"prm/reward_wrong": -1.5}), ([1.0, 1.0], {"prm/reward_correct": -1.5})):
+        metrics = DeviceMetrics()
+        reward_scale(metrics, torch.tensor([[-1.0, -1.0], [-1.0, 0.0]]), torch.tensor(outcome))
+        assert metrics.read() == want  # metrics are numbers: no None, no NaN

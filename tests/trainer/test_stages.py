@@ -108,7 +108,7 @@ def test_prm_loss_is_ln2_at_step0_and_after_mode_scores_with_pre_update_prm(ckpt
     old_logp = batch_logprobs(models.policy, batch, budget=10_000)
     before = [p.detach().clone() for p in models.prm.parameters()]
     scores = prm_stage(models, batch, config, old_logp=old_logp)
-    metrics, rewards = scores.metrics, scores.token_rewards
+    metrics, rewards = scores.metrics.read(), scores.token_rewards
     # first mini-batch: PRM == ref exactly, so its CE is ln 2 and its rewards are exactly 0
     assert rewards[:4].abs().max() == 0.0
     # later mini-batches are scored by a PRM that already took 1-2 steps: rewards move
@@ -126,7 +126,7 @@ def test_prm_none_mode_keeps_loss_exactly_ln2_and_before_mode_scores_with_update
     scores = prm_stage(models, batch, config, old_logp=old_logp)
     assert scores.token_rewards.abs().max() == 0.0
     # ln 2 in fp32, exactly
-    assert scores.metrics["prm_loss"] == float(torch.tensor(math.log(2), dtype=torch.float32))
+    assert scores.metrics.read()["prm_loss"] == float(torch.tensor(math.log(2), dtype=torch.float32))
     config.prm.update, config.prm.optim.lr = "before", 1e-3
     rewards, mask = prm_stage(models, batch, config, old_logp=old_logp).token_rewards, batch.response_mask
     # unlike `after`, even the first PRM mini-batch is scored by the already-updated PRM: nonzero rewards

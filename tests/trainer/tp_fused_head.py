@@ -99,7 +99,7 @@ def run_case(ckpt: Path, sequence_parallel: bool, update: str, fused: bool, seed
     finally:
         prm_head.linear_prime_rewards = real_head
     out = {"ref_logp": scores.ref_logp, "prm_logp": scores.prm_logp, "token_rewards": scores.token_rewards,
-           "metrics": scores.metrics, "grads": grads, "params": hf_state_dict(models.prm),
+           "metrics": scores.metrics.read(), "grads": grads, "params": hf_state_dict(models.prm),
            "fused_calls": len(calls), "tp_group_given": all(g is not None for g in calls),
            "max_logit": _max_logit(models, batch), "mask": batch.response_mask,
            "response_lens": list(batch.response_lens), "beta": config.prime.beta}

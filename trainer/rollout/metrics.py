@@ -41,20 +41,28 @@ def logprob_mismatch(vllm_logp: torch.Tensor, trainer_logp: torch.Tensor, mask: 
     global figures (collective: every rank of the group must call). No masked token (anywhere in the
     group) gives (nan, nan): a metric that silently reads 0 would hide an empty batch.
     """
+    mean, peak = logprob_mismatch_on_device(vllm_logp, trainer_logp, mask, group=group)
+    return tuple(torch.stack([mean, peak]).tolist())
+
+
+def logprob_mismatch_on_device(vllm_logp: torch.Tensor, trainer_logp: torch.Tensor, mask: torch.Tensor, *,
+                               group: dist.ProcessGroup | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """logprob_mismatch as float64 0-dim tensors on vllm_logp's device, nothing read to the host (the
+    training loop reads its metrics once per step, trainer/stages/step_metrics.py)."""
     m = _check(vllm_logp, trainer_logp, mask, ("vllm_logp", "trainer_logp"))
     diff = (vllm_logp.detach().double() - trainer_logp.detach().double().to(vllm_logp.device)).abs()
-    diff = diff[m.to(diff.device)]
-    stats = torch.tensor([diff.sum().item(), float(diff.numel())], dtype=torch.float64)
-    peak = torch.tensor([diff.max().item() if diff.numel() else -math.inf], dtype=torch.float64)
+    m = m.to(diff.device)
+    stats = torch.stack([torch.where(m, diff, 0.0).sum(), m.sum().double()])
+    peak = torch.where(m, diff, -math.inf).amax().reshape(1)
     if group is not None and dist.get_world_size(group) > 1:
         device = vllm_logp.device if dist.get_backend(group) == "nccl" else torch.device("cpu")
         stats, peak = stats.to(device), peak.to(device)
         dist.all_reduce(stats, group=group)
         dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=group)
-    total, count = stats.tolist()
-    if count == 0:
-        return math.nan, math.nan
-    return total / count, float(peak.item())
+    total, count = stats[0], stats[1]
+    empty = count == 0
+    return (torch.where(empty, math.nan, total / count.clamp(min=1)).to(vllm_logp.device),
+            torch.where(empty, math.nan, peak[0]).to(vllm_logp.device))
 
 
 def tis_weights(trainer_old_logp: torch.Tensor, vllm_logp: torch.Tensor, mask: torch.Tensor, *,

@@ -14,6 +14,7 @@ from ..batch import TrainBatch
 from ..config import Config
 from ..rollout.metrics import tis_weights
 from .results import Advantages
+from .step_metrics import DeviceMetrics
 
 
 def advantage_stage(batch: TrainBatch, config: Config, *, old_logp: torch.Tensor,
@@ -30,17 +31,33 @@ def advantage_stage(batch: TrainBatch, config: Config, *, old_logp: torch.Tensor
                           reward_norm="none" if outcome_only else p.reward_norm, form=p.advantage_form,
                           whiten=p.whiten, process_coef=0.0 if outcome_only else p.process_coef,
                           outcome_coef=p.outcome_coef)
-    metrics = {}
+    metrics = DeviceMetrics()
+    mask = batch.response_mask
     cap = config.rollout.tis_cap
     if cap > 0:
         # Truncated importance sampling (vLLM sampled from pi_vllm, the trainer's pi_old differs slightly):
         # weight w = min(pi_old / pi_vllm, cap) > 0 scales the token's loss; for PPO-clip that equals
         # scaling its advantage, so the weight is folded into the advantage (0 on padding, which every loss
         # masks anyway).
-        w = tis_weights(old_logp, batch.vllm_logp, batch.response_mask, cap=cap)
+        w = tis_weights(old_logp, batch.vllm_logp, mask, cap=cap)
         adv = adv * w
-        metrics["tis_weight_mean"] = float(w[batch.response_mask].mean())
-    valid = adv[batch.response_mask]
-    metrics["adv_mean"] = float(valid.mean())
-    metrics["adv_std"] = float(valid.std()) if valid.numel() > 1 else 0.0
+        metrics.put("tis_weight_mean", masked_mean(w, mask))
+    mean, std = masked_mean_std(adv, mask)
+    metrics.put("adv_mean", mean)
+    metrics.put("adv_std", std)
     return Advantages(adv, metrics)
+
+
+def masked_mean(x_BR: torch.Tensor, mask_BR: torch.Tensor) -> torch.Tensor:
+    """float64 0-dim mean of x over the mask (NaN for an empty mask), without boolean indexing: x[mask]
+    needs the count of selected elements on the host, a device-to-host sync."""
+    return torch.where(mask_BR, x_BR.double(), 0.0).sum() / mask_BR.sum()
+
+
+def masked_mean_std(x_BR: torch.Tensor, mask_BR: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """masked_mean and the unbiased standard deviation over the mask (0 for one element or none)."""
+    n = mask_BR.sum()
+    mean = masked_mean(x_BR, mask_BR)
+    sq = torch.where(mask_BR, (x_BR.double() - mean) ** 2, 0.0).sum()
+    std = torch.where(n > 1, (sq / (n - 1).clamp(min=1)).sqrt(), 0.0)
+    return mean, std

@@ -50,10 +50,11 @@ def _idle_rank_loss(micro_loss: MicroLoss) -> MicroLoss:
 
 
 def accumulate_grads(model: torch.nn.Module, optim: MegatronAdamW, micro_batches: list[list[int]],
-                     micro_loss: MicroLoss) -> float:
+                     micro_loss: MicroLoss) -> torch.Tensor:
     """Backward every micro-batch's loss share into DDP's gradient buffer (DP communication only after the
     last one), then finalize: gradients summed over DP ranks and tied-embedding copies over PP stages.
-    Returns the mini-batch loss, on every rank."""
+    Returns the mini-batch loss, on every rank, as a float64 0-dim tensor on the batch's device (not read
+    to the host: stages/step_metrics.py)."""
     optim.zero_grad()
     model.train()
     local = torch.zeros((), dtype=torch.float64, device=micro_loss.batch.device)
@@ -85,16 +86,23 @@ def accumulate_grads(model: torch.nn.Module, optim: MegatronAdamW, micro_batches
     if parallel.layout().dp > 1:
         dist.all_reduce(local, group=parallel.dp_group())
     parallel.broadcast_from_last_stage(local)  # the losses exist on the last stage only
-    return float(local)
+    return local
+
+
+@dataclass(frozen=True)
+class MinibatchStats:
+    """One optimizer step's mini-batch loss (float64 0-dim, on the device) and gradient norm before
+    clipping (a host float: Megatron's clip reads it to the host to scale the gradients)."""
+
+    loss: torch.Tensor
+    grad_norm: float
 
 
 def minibatch_step(model: torch.nn.Module, optim: MegatronAdamW, micro_batches: list[list[int]],
-                   micro_loss: MicroLoss) -> dict[str, float]:
-    """accumulate_grads + Megatron's clip and AdamW step (the clip threshold is the optimizer's config);
-    returns the mini-batch `loss` and `grad_norm` (pre-clip)."""
+                   micro_loss: MicroLoss) -> MinibatchStats:
+    """accumulate_grads + Megatron's clip and AdamW step (the clip threshold is the optimizer's config)."""
     loss = accumulate_grads(model, optim, micro_batches, micro_loss)
-    norm = optim.step()
-    return {"loss": loss, "grad_norm": norm}
+    return MinibatchStats(loss, optim.step())
 
 
 def chunks(rows: list[int], size: int) -> list[list[int]]:

@@ -13,6 +13,7 @@ from ..models_setup import PrimeModels
 from .logprobs import all_rows_sum, micro_batch_plan, row_index
 from .optim_step import MicroLoss, chunks, minibatch_step
 from .results import PolicyTargets
+from .step_metrics import DeviceMetrics
 
 
 def _normaliser(batch: TrainBatch, rows: list[int], agg: str) -> float:
@@ -45,7 +46,9 @@ def ppo_micro_loss(policy: torch.nn.Module, batch: TrainBatch, targets: PolicyTa
 
 
 def policy_stage(models: PrimeModels, batch: TrainBatch, config: Config, targets: PolicyTargets, *,
-                 step: int) -> dict[str, float]:
+                 step: int) -> DeviceMetrics:
+    """ppo.epochs passes of PPO-clip optimizer steps; the metrics pg_loss, pg_clipfrac and policy_grad_norm
+    (means over the optimizer steps), on the device."""
     ppo = config.ppo
     gen = torch.Generator().manual_seed(config.train.seed * 1_000_003 + step)
     losses, norms = [], []
@@ -56,12 +59,12 @@ def policy_stage(models: PrimeModels, batch: TrainBatch, config: Config, targets
             plan = micro_batch_plan(batch, rows, config.train.micro_batch_tokens)
             loss_fn = ppo_micro_loss(models.policy, batch, targets, config, rows, clipped)
             stats = minibatch_step(models.policy, models.policy_optim, plan, loss_fn)
-            losses.append(stats["loss"])
-            norms.append(stats["grad_norm"])
+            losses.append(stats.loss)
+            norms.append(stats.grad_norm)
     models.policy_sched.step()
     clipped = all_rows_sum(clipped)  # per-rank clip counts, summed over DP (from the last PP stage)
-    return {
-        "pg_loss": sum(losses) / len(losses),
-        "pg_clipfrac": float(clipped[0]) / max(sum(batch.response_lens) * ppo.epochs, 1),
+    return DeviceMetrics({
+        "pg_loss": torch.stack(losses).mean(),
+        "pg_clipfrac": clipped[0] / max(sum(batch.response_lens) * ppo.epochs, 1),
         "policy_grad_norm": sum(norms) / len(norms),
-    }
+    })

@@ -30,6 +30,7 @@ from .optim_step import MicroLoss, chunks, minibatch_step
 from .prm_ce import balanced_ce_sum, class_weights
 from .prm_head import HeadRecord, HeadScores, evaluating, fused_head_scores, fused_head_supported, score_with_head
 from .results import PRMScores
+from .step_metrics import DeviceMetrics
 
 MiniBatches = list[tuple[list[int], list[list[int]]]]  # per PRM mini-batch: (rows, this rank's micro-batches)
 
@@ -112,10 +113,10 @@ def fused_micro_loss(models: PrimeModels, batch: TrainBatch, config: Config, min
 
 
 def _update(models: PrimeModels, config: Config, minibatches: MiniBatches,
-            micro_loss: Callable[[list[int]], MicroLoss]) -> list[float]:
+            micro_loss: Callable[[list[int]], MicroLoss]) -> list[torch.Tensor]:
     """One pass of PRM optimizer steps over the batch, one per mini-batch, with `micro_loss(mini-batch rows)`'s
-    shares; returns the mini-batches' losses."""
-    return [minibatch_step(models.prm, models.prm_optim, plan, micro_loss(rows))["loss"]
+    shares; returns the mini-batches' losses (on the device)."""
+    return [minibatch_step(models.prm, models.prm_optim, plan, micro_loss(rows)).loss
             for rows, plan in minibatches]
 
 
@@ -156,7 +157,7 @@ def _fused_stage(models: PrimeModels, batch: TrainBatch, config: Config, minibat
     scored alone and the log-ratio taken in torch (as the two-head path does)."""
     mode, beta, mask = config.prm.update, config.prime.beta, batch.response_mask
     record = HeadRecord(batch)
-    losses: list[float] = []
+    losses: list[torch.Tensor] = []
     with evaluating(models.ref):
         if mode == "none":
             score_with_head(models, batch, scoring_plan, record, beta=beta)
@@ -173,39 +174,32 @@ def _fused_stage(models: PrimeModels, batch: TrainBatch, config: Config, minibat
         rewards = place_rewards(reward_BR, reward_sum_B, mask, granularity=config.prime.granularity)
     monitor = None
     if not losses:
-        monitor = float(prm_ce_terms(reward_sum_B, batch.outcome).mean())
+        monitor = prm_ce_terms(reward_sum_B, batch.outcome).mean()
     return _scores(batch, ref_BR, prm_BR, rewards, losses, monitor)
 
 
 def _scores(batch: TrainBatch, ref_BR: torch.Tensor, prm_BR: torch.Tensor, rewards: torch.Tensor,
-            losses: list[float], monitor: float | None) -> PRMScores:
-    """PRMScores with the metrics: prm_loss (the update's mean training loss over PRM mini-batches; `none`
-    reports the CE of the scores, `monitor`), prm_acc, and the reward scale by class (reward_scale)."""
+            losses: list[torch.Tensor], monitor: torch.Tensor | None) -> PRMScores:
+    """PRMScores with the metrics, on the device: prm_loss (the update's mean training loss over PRM
+    mini-batches; `none` reports the CE of the scores, `monitor`), prm_acc, and the reward scale by class
+    (reward_scale)."""
+    metrics = DeviceMetrics()
     with torch.no_grad():
-        acc_1 = prm_pairwise_accuracy(rewards, batch.response_mask, batch.outcome, group_size=batch.group_size)
-        acc, *scale = torch.cat([acc_1.reshape(1).float(), _class_sums(rewards, batch.outcome)]).tolist()  # 1 read
-    metrics = {"prm_loss": sum(losses) / len(losses) if losses else monitor, "prm_acc": acc, **reward_scale(*scale)}
+        metrics.put("prm_loss", torch.stack(losses).mean() if losses else monitor)
+        metrics.put("prm_acc", prm_pairwise_accuracy(rewards, batch.response_mask, batch.outcome,
+                                                     group_size=batch.group_size))
+        reward_scale(metrics, rewards, batch.outcome)
     return PRMScores(ref_BR, prm_BR, rewards, metrics)
 
 
-def _class_sums(rewards_BR: torch.Tensor, outcome_B: torch.Tensor) -> torch.Tensor:
-    """[4]: the sums of the responses' total rewards R_b weighted by outcome and by 1 - outcome, and the two
-    weights' sums (soft labels weigh a response into both classes)."""
-    R_B, o_B = rewards_BR.sum(-1), outcome_B.to(rewards_BR.dtype)
-    return torch.stack([(R_B * o_B).sum(), o_B.sum(), (R_B * (1 - o_B)).sum(), (1 - o_B).sum()])
-
-
-def reward_scale(sum_correct: float, n_correct: float, sum_wrong: float, n_wrong: float) -> dict[str, float]:
+def reward_scale(metrics: DeviceMetrics, rewards_BR: torch.Tensor, outcome_B: torch.Tensor) -> None:
     """prm/reward_correct, prm/reward_wrong: the mean total implicit reward R_b = sum_t r_t of correct and of
-    wrong responses (a key is left out when its class has no response). Their gap is what the PRM tells
-    apart, their common drift how far it has moved from the reference on what the policy samples now
-    (bench/README, issue 18)."""
-    out = {}
-    if n_correct > 0:
-        out["prm/reward_correct"] = sum_correct / n_correct
-    if n_wrong > 0:
-        out["prm/reward_wrong"] = sum_wrong / n_wrong
-    return out
+    wrong responses, soft labels weighing a response into both classes (a key is left out when its class
+    has no weight). Their gap is what the PRM tells apart, their common drift how far it has moved from
+    the reference on what the policy samples now (bench/README, issue 18)."""
+    R_B, o_B = rewards_BR.double().sum(-1), outcome_B.double()
+    metrics.put_ratio("prm/reward_correct", (R_B * o_B).sum(), o_B.sum())
+    metrics.put_ratio("prm/reward_wrong", (R_B * (1 - o_B)).sum(), (1 - o_B).sum())
 
 
 def prm_stage(models: PrimeModels, batch: TrainBatch, config: Config, *, old_logp: torch.Tensor) -> PRMScores:
@@ -217,7 +211,7 @@ def prm_stage(models: PrimeModels, batch: TrainBatch, config: Config, *, old_log
         return _fused_stage(models, batch, config, minibatches, scoring_plan)
     ref_BR = reference_logprobs(models, batch, config, scoring_plan, old_logp)
     budget, mode = config.train.micro_batch_tokens, config.prm.update
-    losses: list[float] = []
+    losses: list[torch.Tensor] = []
     if mode == "after":
         record = torch.zeros(batch.response_mask.shape, dtype=torch.float32, device=batch.device)
         losses = _update(models, config, minibatches,
@@ -235,5 +229,5 @@ def prm_stage(models: PrimeModels, batch: TrainBatch, config: Config, *, old_log
     monitor = None
     if not losses:
         with torch.no_grad():
-            monitor = float(prm_ce_loss(prm_BR, ref_BR, batch.response_mask, batch.outcome, beta=config.prime.beta))
+            monitor = prm_ce_loss(prm_BR, ref_BR, batch.response_mask, batch.outcome, beta=config.prime.beta)
     return _scores(batch, ref_BR, prm_BR, rewards, losses, monitor)

@@ -1,6 +1,7 @@
 """What the PRIME stages hand to one another: small typed results, passed explicitly by the loop
 (trainer/train.py prime_step), never a string-keyed bag on the batch. Tensors are fp32 [B, R] response
-columns on the batch's device, 0 on padding; `metrics` are the stage's public metric keys (architecture.md).
+columns on the batch's device, 0 on padding; `metrics` are the stage's public metric keys (architecture.md),
+still on the device (step_metrics.py: the loop reads them once per step).
 """
 
 from __future__ import annotations
@@ -9,13 +10,15 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .step_metrics import DeviceMetrics
+
 
 @dataclass(frozen=True)
 class OldLogprobs:
     """log pi_old of the sampled tokens, recomputed by the trainer at the rollout temperature."""
 
     logp: torch.Tensor
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: DeviceMetrics = field(default_factory=DeviceMetrics)
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,7 @@ class PRMScores:
     ref_logp: torch.Tensor
     prm_logp: torch.Tensor
     token_rewards: torch.Tensor
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: DeviceMetrics = field(default_factory=DeviceMetrics)
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ class Advantages:
     """PRIME advantages (TIS-weighted when rollout.tis_cap > 0)."""
 
     advantages: torch.Tensor
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: DeviceMetrics = field(default_factory=DeviceMetrics)
 
 
 @dataclass(frozen=True)
