@@ -52,7 +52,7 @@ def values_readable(*tensors: torch.Tensor | None) -> bool:
     `trusted_values()`, not while torch.compile traces (a read would be a graph break and a host sync inside
     the graph) and not on fake or meta tensors, which carry no data. Shape, dtype and device checks run
     either way."""
-    if _TRUSTED_VALUES.get() or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or _TRUSTED_VALUES.get():  # dynamo cannot trace ContextVar.get
         return False
     return not any(t is not None and (is_fake(t) or t.is_meta) for t in tensors)
 
