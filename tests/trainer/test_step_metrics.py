@@ -41,7 +41,7 @@ ckpt = helpers.ckpt
 
 READS = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__", "numpy")
 # host-side reads that are not device syncs: the policy's mini-batch shuffle is a CPU generator's permutation
-ALLOWED = {("primeflow.trainer.stages.policy", "policy_stage")}
+ALLOWED = {("primeflow.trainer.stages.policy", "shuffled_rows")}
 SHIM = "primeflow.models.compat"  # the CPU stand-in for torch.cuda inside Megatron's modules
 
 

@@ -45,6 +45,11 @@ def ppo_micro_loss(policy: torch.nn.Module, batch: TrainBatch, targets: PolicyTa
     return MicroLoss(batch, share, temperature=config.rollout.temperature)
 
 
+def shuffled_rows(n_rows: int, gen: torch.Generator) -> list[int]:
+    """The rows in the order of a CPU generator's permutation (a host tensor: reading it is no device sync)."""
+    return torch.randperm(n_rows, generator=gen).tolist()
+
+
 def policy_stage(models: PrimeModels, batch: TrainBatch, config: Config, targets: PolicyTargets, *,
                  step: int) -> DeviceMetrics:
     """ppo.epochs passes of PPO-clip optimizer steps; the metrics pg_loss, pg_clipfrac and policy_grad_norm
@@ -54,7 +59,7 @@ def policy_stage(models: PrimeModels, batch: TrainBatch, config: Config, targets
     losses, norms = [], []
     clipped = torch.zeros(1, dtype=torch.float64, device=batch.device)
     for _ in range(ppo.epochs):
-        order = torch.randperm(batch.rows, generator=gen).tolist()
+        order = shuffled_rows(batch.rows, gen)
         for rows in chunks(order, ppo.mini_batch_size):
             plan = micro_batch_plan(batch, rows, config.train.micro_batch_tokens)
             loss_fn = ppo_micro_loss(models.policy, batch, targets, config, rows, clipped)
