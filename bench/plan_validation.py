@@ -60,15 +60,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def measure(cases: list[dict], workdir: Path) -> list[dict]:
-    """Run the torchrun worker (2 processes over gloo) on `cases`; rank 0's records."""
+def measure(cases: list[dict], workdir: Path, nproc: int = 2, timeout_s: int = 600) -> list[dict]:
+    """Run the torchrun worker (`nproc` processes over gloo) on `cases`; rank 0's records."""
     cases_file, out = workdir / "cases.json", workdir / "measured.json"
     cases_file.write_text(json.dumps(cases))
     env = {k: v for k, v in os.environ.items() if k not in _DROP_ENV}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
            f"--master_port={_free_port()}", str(WORKER), "--cases", str(cases_file), "--out", str(out),
            "--workdir", str(workdir)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"plan_measure.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return json.loads(out.read_text())
