@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 
 import torch
+from primeflow.kernels import trusted_values
 
 from . import parallel
-from .batch import TrainBatch, build_train_batch
+from .batch import TrainBatch, build_train_batch, check_batch_values
 from .config import OptimConfig, ParallelConfig, SFTConfig
 from .models_setup import trained_model
 from .stages.logprobs import micro_batch_plan, row_index
@@ -64,13 +65,16 @@ def run_sft(base: str | Path, out: str | Path, pairs: list[tuple[list[dict], str
                                         parallel_cfg=ParallelConfig())
     prompts, responses = tokenize_pairs(tokenizer, pairs)
     order = random.Random(seed)
+    vocab_size = unwrap_model(model).real_vocab_size
     t0 = time.perf_counter()
     for step in range(1, cfg.steps + 1):
         pick = [order.randrange(len(pairs)) for _ in range(cfg.batch_size)]
-        batch = sft_batch([prompts[i] for i in pick], [responses[i] for i in pick],
-                          tokenizer.pad_token_id).to(parallel.device())
+        host_batch = sft_batch([prompts[i] for i in pick], [responses[i] for i in pick], tokenizer.pad_token_id)
+        check_batch_values(host_batch, vocab_size=vocab_size)  # once on the host, as the PRIME step does
+        batch = host_batch.to(parallel.device())
         plan = micro_batch_plan(batch, list(range(batch.rows)), micro_batch_tokens)
-        stats = minibatch_step(model, optim, plan, sft_micro_loss(batch))
+        with trusted_values():  # no per-micro-batch device reads for the kernels' value checks
+            stats = minibatch_step(model, optim, plan, sft_micro_loss(batch))
         sched.step()
         if step == 1 or step % 25 == 0 or step == cfg.steps:
             log(f"sft step {step}/{cfg.steps}  nll/token {float(stats.loss):.4f}  ({time.perf_counter() - t0:.0f} s)")

@@ -151,3 +151,23 @@ def test_stages_read_nothing_to_the_host_until_the_step_ends(ckpt, update, fused
     R = scores.token_rewards.double().sum(-1)
     assert got["prm/reward_wrong"] == pytest.approx(float(R[batch.outcome == 0].mean()), rel=1e-9, abs=1e-12)
     assert all(math.isfinite(v) for v in got.values()), got
+
+
+def test_sft_steps_read_only_their_log_line(ckpt, tmp_path):
+    """`primeflow sft` checks its batch once on the host and runs the update under trusted_values: the
+    kernels' per-micro-batch value reads are gone, and the only reads left are the host batch's build and
+    check (before its one move to the device) and the log line's loss. With trusted_values removed from
+    run_sft the kernels' reads show and this fails."""
+    from primeflow.trainer.config import SFTConfig
+    from primeflow.trainer.data import arithmetic_sft_pairs
+    from primeflow.trainer.sft import run_sft
+
+    lines: list[str] = []
+    with primeflow_reads() as reads:
+        run_sft(ckpt, tmp_path / "sft", arithmetic_sft_pairs(8, seed=0),
+                SFTConfig(steps=3, batch_size=4, lr=1e-3, warmup_steps=0), micro_batch_tokens=40, log=lines.append)
+    where = {(module, function) for module, function, _ in reads}
+    host = {("primeflow.trainer.batch", "build_train_batch"), ("primeflow.trainer.batch", "check_batch_values")}
+    assert where <= host | {("primeflow.trainer.sft", "run_sft")}, where
+    # one loss read per logged step (steps 1 and 3), none on step 2
+    assert sum(function == "run_sft" for _, function, _ in reads) == len(lines) == 2, (reads, lines)
