@@ -255,6 +255,10 @@ def activation_bytes(s: RankShape, mb: MicroBatch, memory: ActivationMemory, *, 
     layer_extra = t * (2 * f + h) * e
     if sp:  # the linears re-gather their sequence-sharded inputs in backward and reduce-scatter d(input)
         layer_extra += 2 * t * h * e
+    if memory.recompute == "selective" and "mlp" in memory.recompute_modules:
+        # measured (bench/plan_validation.py, TP 1 and 2): while a recomputed MLP runs its backward, its
+        # recomputed output (t h) and one f-wide temporary stay alive besides what a plain backward holds
+        layer_extra += t * (f + h) * e
     if e < FP32:  # bf16: fp32 copies of d(hidden) through the upcasting norms and of the weight gradients
         layer_extra += t_sp * h * FP32 + (2 * f * h) * FP32
     # the layer-phase moment: what is still saved when the worst layer's backward runs (later layers and

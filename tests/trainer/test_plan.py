@@ -6,7 +6,7 @@
   allocator peaks of forward+backward and of a no-grad forward within 15 % (measured: within 12.3 %). At
   TP = 2 the measured peaks move by up to 10 % between runs of the same case (the same bytes in the same
   allocations each run, but gloo's work objects free some buffers at run-dependent moments), and the formula
-  is off by more than 15 % on some of them (selective recompute, sequence-parallel forwards), so they are
+  is off by more than 15 % on some runs of the sequence-parallel cases, so they are
   recorded in bench/results/cpu_plan_validation.json and README.md, not asserted.
 * The 7B presets fit 72 GB per 80 GB GPU by the plan; a config that does not fit names the stage, the
   component and the config key; bad input names the key.
