@@ -1,7 +1,9 @@
 """GPU smoke test of the training path (scripts/gpu_smoke.sh runs it; a few minutes on one H100/H200).
 
-Needs only torch, triton, transformers and megatron-core (no vLLM: rollouts are synthetic random responses,
-so the trainer side is measured alone). Sections, each recorded even if another fails:
+Needs only torch, triton, transformers and megatron-core (no vLLM: the rollouts are sampled with transformers'
+`generate` from the same checkpoint, trainer/rollout/hf_sampler.py, so the trainer side is measured alone on
+real samples with a real sampler's log-probs; `--rollouts synthetic` uses random tokens instead). Sections,
+each recorded even if another fails:
   kernels  the compiled Triton kernels on CUDA (no interpreter) against float64 references on fresh random
            inputs: token_logprobs and linear_token_logprobs (values and gradients, bf16 and fp32),
            rloo_advantages, prm_ce_loss, ppo_clip_loss; max errors, the bound used, pass/fail, and each
@@ -11,7 +13,10 @@ so the trainer side is measured alone). Sections, each recorded even if another 
            the autotuner chose, and the two results' largest difference (bounded by the bf16 rule above).
   trainer  one PRIME step's training stages on CUDA in bf16 with fp32 masters (megatron-core DDP + optimizer,
            NCCL world of 1): old log-probs, PRM stage (rewards of the first PRM mini-batch must be exactly 0),
-           advantages, policy update; per stage: seconds and torch.cuda.max_memory_allocated.
+           advantages, policy update; per stage: seconds and torch.cuda.max_memory_allocated; and the
+           sampler-vs-trainer log-prob mismatch (mean, max) on the sampled tokens. The rollouts are 16
+           built-in chain-arithmetic prompts x 4 samples; their outcomes alternate within each group
+           (assigned, not verified: a random-weight model answers none right, and the stages need both).
 Writes one JSON (--out). `--device cpu` runs the same code on CPU (gloo, CPU kernels) as a dry run.
 """
 
@@ -208,10 +213,36 @@ def _rl_op_checks(device: torch.device, g: torch.Generator) -> dict:
                        _check("prm_ce_loss", ce.detach().reshape(1), torch.as_tensor(want_ce).reshape(1), FP32_REL)]}
 
 
-def trainer_step(device: torch.device, size: str, workdir: Path) -> dict:
+def sampled_rollouts(ckpt: Path, device: torch.device, *, prompts: int = 16, n: int = 4, max_tokens: int = 128):
+    """A host TrainBatch of `prompts` x `n` responses sampled with transformers from `ckpt` on `device`
+    (bf16 on CUDA, fp32 on CPU), outcomes alternating within each group (see the module docstring)."""
+    from primeflow.trainer.batch import build_train_batch
+    from primeflow.trainer.data.chain_arithmetic import chain_task
+    from primeflow.trainer.data.encode import encode_prompts
+    from primeflow.trainer.rollout.hf_sampler import sample_responses
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(ckpt))
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=dtype).to(device).eval()
+    eos = {tokenizer.eos_token_id}
+    ids = encode_prompts(tokenizer, chain_task(prompts, seed=0), max_prompt_len=1024)
+    got = sample_responses(model, ids, n=n, max_tokens=max_tokens, eos_ids=eos, pad_id=tokenizer.pad_token_id,
+                           seed=0)
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the sampler's copy of the weights is not part of the trainer's memory
+    outcome = [float(i % 2) for i in range(len(got.response_ids))]
+    return build_train_batch(got.prompt_ids, got.response_ids, got.logprobs, got.finish_reasons, outcome,
+                             group_size=n, eos_ids=eos, pad_id=tokenizer.pad_token_id)
+
+
+def trainer_step(device: torch.device, size: str, workdir: Path, rollouts: str = "transformers") -> dict:
     from primeflow.trainer import parallel
+    from primeflow.trainer.batch import check_batch_values
     from primeflow.trainer.config import Config
     from primeflow.trainer.models_setup import build_prime_models
+    from primeflow.trainer.rollout.metrics import logprob_mismatch
     from primeflow.trainer.stages.advantage import advantage_stage
     from primeflow.trainer.stages.logprobs import batch_logprobs
     from primeflow.trainer.stages.policy import policy_stage
@@ -242,18 +273,27 @@ def trainer_step(device: torch.device, size: str, workdir: Path) -> dict:
         return result
 
     models = stage("build_models", lambda: build_prime_models(config, ckpt))
-    batch = random_rollouts(config_vocab(ckpt), rows=64)
+    if rollouts == "transformers":
+        host = stage("rollout_transformers", lambda: sampled_rollouts(ckpt, device))
+        check_batch_values(host, vocab_size=config_vocab(ckpt))
+        batch = host.to(parallel.device())
+    else:
+        batch = random_rollouts(config_vocab(ckpt), rows=64)
     assert batch.device == parallel.device()
+    out["rollouts"] = {"kind": rollouts, "rows": batch.rows, "response_tokens": sum(batch.response_lens)}
     old_logp = stage("old_logp", lambda: batch_logprobs(models.policy, batch, budget=8192))
+    if rollouts == "transformers":
+        mean, worst = logprob_mismatch(batch.vllm_logp, old_logp, batch.response_mask)
+        out["sampler_vs_trainer_logprob"] = {"mean_abs": mean, "max_abs": worst}
     scores = stage("prm", lambda: prm_stage(models, batch, config, old_logp=old_logp))
-    out["prm"] = scores.metrics
+    out["prm"] = scores.metrics.read()
     first = scores.token_rewards[:config.prm.mini_batch_size]
     out["first_prm_minibatch_rewards_exactly_zero"] = bool(first.abs().max() == 0)
     adv = stage("advantage", lambda: advantage_stage(batch, config, old_logp=old_logp,
                                                      token_rewards=scores.token_rewards))
-    out["advantage"] = adv.metrics
+    out["advantage"] = adv.metrics.read()
     targets = PolicyTargets(old_logp, adv.advantages)
-    out["policy"] = stage("policy", lambda: policy_stage(models, batch, config, targets, step=1))
+    out["policy"] = stage("policy", lambda: policy_stage(models, batch, config, targets, step=1)).read()
     out["tokens"] = int(sum(batch.seq_lens))
     return out
 
@@ -267,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     ap.add_argument("--size", default="60M", help="bench.bench_refit.SIZES: tiny, 60M, 0.5B, 7B")
     ap.add_argument("--skip-kernels", action="store_true")
+    ap.add_argument("--rollouts", choices=("transformers", "synthetic"), default="transformers",
+                    help="sampled with transformers from the checkpoint (default) or random tokens")
     ap.add_argument("--skip-trainer", action="store_true", help="kernel checks only (make validate-kernels)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
@@ -281,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"environment": environment(), "device": str(device)}
     if device.type == "cuda":
         report["gpu"] = torch.cuda.get_device_name()
-    sections = [] if args.skip_trainer else [("trainer", lambda: trainer_step(device, args.size, args.out.parent))]
+    sections = [] if args.skip_trainer else [("trainer", lambda: trainer_step(device, args.size, args.out.parent, args.rollouts))]
     if not args.skip_kernels:
         sections[:0] = [("kernels", lambda: kernel_checks(device)), ("tiles", lambda: head_tiles(device))]
     for name, fn in sections:
